@@ -1,0 +1,412 @@
+"""Teacher/student comparison: pairing, paired bootstrap CIs, non-inferiority verdicts, cost ratios.
+
+Works from stored results alone (`store.read_table`), so a comparison re-renders without re-running.
+Each student is paired with its teacher within the same run, so both were measured on the same hardware.
+
+Quality: the CI is of the mean per-document difference (student - teacher) over documents both models
+answered, resampling documents (a paired bootstrap): pairing removes the per-document difficulty that both
+models share, so the CI is far tighter than comparing two independent scores. The verdict tests that
+difference against the run's absolute `retention_margin`.
+Speed and cost: ratios of the student's perf summary to the teacher's for the same workload, at the
+highest load level both ran, where throughput is closest to the server's capacity.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from rich.table import Table
+
+from bench import store
+from bench.config import CompareConfig
+
+# Bound the bootstrap's index matrix (draws x documents) so big tasks do not need gigabytes.
+_MAX_DRAWS_PER_CHUNK = 2_000_000
+_DOC_KEYS = ("task", "metric", "filter", "doc_id")
+_PREFERRED_FILTER = "none"
+
+ScoreKey = tuple[str, str, str]  # task, metric, filter
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A student and its teacher in one run."""
+
+    run_id: str
+    teacher: str
+    student: str
+
+
+@dataclass(frozen=True)
+class QualityComparison:
+    """One (task, metric) of a pair: scores, retention and the paired CI of the difference."""
+
+    task: str
+    metric: str
+    filter: str
+    teacher_score: float
+    student_score: float
+    retention_pct: float | None  # None when the teacher scores 0
+    diff_mean: float | None  # mean per-document (student - teacher) over paired documents
+    diff_ci_low: float | None
+    diff_ci_high: float | None
+    n_paired: int
+    verdict: str  # "better", "non-inferior", "inconclusive", "inferior", or "no-data" without paired samples
+
+
+@dataclass(frozen=True)
+class PerfComparison:
+    """One workload of a pair at the highest load level both models ran."""
+
+    workload: str
+    level: float
+    throughput_ratio: float | None  # student / teacher output tokens per second
+    usd_per_mtok_ratio: float | None  # student / teacher $ per million output tokens
+    j_per_token_ratio: float | None  # student / teacher joules per output token
+
+
+@dataclass(frozen=True)
+class ComparisonRow:
+    """One row of the comparison: a pair, one task metric, one workload, with units in the names."""
+
+    run_id: str
+    teacher: str
+    student: str
+    task: str | None
+    metric: str | None
+    filter: str | None
+    teacher_score: float | None
+    student_score: float | None
+    retention_pct: float | None
+    diff_mean: float | None
+    diff_ci_low: float | None
+    diff_ci_high: float | None
+    n_paired: int
+    verdict: str
+    retention_margin: float
+    confidence: float
+    workload: str | None
+    level: float | None
+    throughput_ratio: float | None
+    usd_per_mtok_ratio: float | None
+    j_per_token_ratio: float | None
+    summary: str
+
+
+# -- statistics ---------------------------------------------------------------------------------------
+
+
+def bootstrap_ci(diffs: np.ndarray, confidence: float, samples: int, seed: int) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean of paired differences, resampling documents with a seeded RNG."""
+    diffs = np.asarray(diffs, dtype=np.float64)
+    if diffs.size == 0:
+        raise ValueError("bootstrap_ci needs at least one paired difference")
+    rng = np.random.default_rng(seed)
+    means = np.empty(samples)
+    chunk = max(1, _MAX_DRAWS_PER_CHUNK // diffs.size)
+    for start in range(0, samples, chunk):
+        stop = min(samples, start + chunk)
+        means[start:stop] = diffs[rng.integers(0, diffs.size, size=(stop - start, diffs.size))].mean(axis=1)
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    return float(low), float(high)
+
+
+def verdict(diff_ci_low: float, diff_ci_high: float, retention_margin: float) -> str:
+    """Non-inferiority at an absolute margin: is the whole CI of (student - teacher) above -margin?"""
+    if diff_ci_low > 0:
+        return "better"
+    if diff_ci_low > -retention_margin:
+        return "non-inferior"
+    if diff_ci_high < -retention_margin:
+        return "inferior"
+    return "inconclusive"
+
+
+def _ratio(student: float | None, teacher: float | None) -> float | None:
+    if student is None or teacher is None or teacher == 0:
+        return None
+    value = student / teacher
+    return value if math.isfinite(value) else None
+
+
+# -- reading the stored tables ------------------------------------------------------------------------
+
+
+def _select(table: pa.Table, run_id: str, model: str) -> pa.Table:
+    return table.filter(pc.and_(pc.equal(table["run_id"], run_id), pc.equal(table["model"], model)))
+
+
+def _pairs(models: pa.Table) -> list[Pair]:
+    found = {
+        Pair(row["run_id"], row["teacher"], row["name"])
+        for row in models.to_pylist()
+        if row["role"] == "student" and row["teacher"]
+    }
+    return sorted(found, key=dataclasses.astuple)
+
+
+def _scores(eval_scores: pa.Table, run_id: str, model: str) -> dict[ScoreKey, float]:
+    return {
+        (row["task"], row["metric"], row["filter"]): row["value"]
+        for row in _select(eval_scores, run_id, model).to_pylist()
+    }
+
+
+def _doc_values(eval_samples: pa.Table, run_id: str, model: str) -> pa.Table:
+    # Averaging repeated rows of a document keeps the join one-to-one.
+    return _select(eval_samples, run_id, model).group_by(list(_DOC_KEYS)).aggregate([("value", "mean")])
+
+
+def _paired_diffs(eval_samples: pa.Table, pair: Pair) -> dict[ScoreKey, np.ndarray]:
+    """Per-document (student - teacher) differences for every (task, metric, filter), ordered by doc_id."""
+    teacher = _doc_values(eval_samples, pair.run_id, pair.teacher)
+    student = _doc_values(eval_samples, pair.run_id, pair.student)
+    joined = teacher.join(student, keys=list(_DOC_KEYS), left_suffix="_teacher", right_suffix="_student")
+    # Join output order is unspecified; sort so the seeded bootstrap sees the same vector every time.
+    joined = joined.sort_by([(key, "ascending") for key in _DOC_KEYS])
+    diffs = pc.subtract(joined["value_mean_student"], joined["value_mean_teacher"]).to_numpy(zero_copy_only=False)
+    keys = zip(*(joined[key].to_pylist() for key in _DOC_KEYS[:3]), strict=True)
+    grouped: dict[ScoreKey, np.ndarray] = {}
+    position = 0
+    for key, group in itertools.groupby(keys):
+        size = sum(1 for _ in group)
+        grouped[key] = diffs[position : position + size]
+        position += size
+    return grouped
+
+
+def _perf_levels(perf_summary: pa.Table, run_id: str, model: str) -> dict[tuple[str, float], dict[str, Any]]:
+    return {(row["workload"], row["level"]): row for row in _select(perf_summary, run_id, model).to_pylist()}
+
+
+def _manifest_settings(results_dir: Path) -> dict[str, CompareConfig]:
+    """Each run's compare settings from its manifest's config dump (defaults where it has none)."""
+    settings = {}
+    for run_dir in store.run_dirs(results_dir):
+        try:
+            config = store.read_manifest(run_dir).get("config", {})
+        except FileNotFoundError:
+            config = {}
+        # Only the compare section: an older manifest's other sections need not validate today.
+        settings[run_dir.name] = CompareConfig.model_validate(config.get("compare", {}))
+    return settings
+
+
+# -- comparing ----------------------------------------------------------------------------------------
+
+
+def _pick_filter(teacher: dict[ScoreKey, float], student: dict[ScoreKey, float], task: str, metric: str) -> str:
+    common = sorted(f for (t, m, f) in teacher if t == task and m == metric and (t, m, f) in student)
+    return _PREFERRED_FILTER if _PREFERRED_FILTER in common else common[0]
+
+
+def _quality(
+    key: ScoreKey, scores: tuple[float, float], paired: np.ndarray, settings: CompareConfig, seed: int
+) -> QualityComparison:
+    teacher_score, student_score = scores
+    retention = _ratio(student_score, teacher_score)
+    mean = low = high = None
+    outcome = "no-data"
+    if paired.size:
+        mean = float(paired.mean())
+        low, high = bootstrap_ci(paired, settings.confidence, settings.bootstrap_samples, seed)
+        outcome = verdict(low, high, settings.retention_margin)
+    return QualityComparison(
+        task=key[0],
+        metric=key[1],
+        filter=key[2],
+        teacher_score=teacher_score,
+        student_score=student_score,
+        retention_pct=None if retention is None else retention * 100,
+        diff_mean=mean,
+        diff_ci_low=low,
+        diff_ci_high=high,
+        n_paired=int(paired.size),
+        verdict=outcome,
+    )
+
+
+def compare_quality(
+    teacher: dict[ScoreKey, float],
+    student: dict[ScoreKey, float],
+    diffs: dict[ScoreKey, np.ndarray],
+    settings: CompareConfig,
+    seed: int,
+) -> list[QualityComparison]:
+    """Every (task, metric) both models scored, with the paired (student - teacher) differences."""
+    results = []
+    for task, metric in sorted({(t, m) for (t, m, f) in teacher if (t, m, f) in student}):
+        key = (task, metric, _pick_filter(teacher, student, task, metric))
+        results.append(_quality(key, (teacher[key], student[key]), diffs.get(key, np.empty(0)), settings, seed))
+    return results
+
+
+def compare_perf(
+    teacher: dict[tuple[str, float], dict[str, Any]], student: dict[tuple[str, float], dict[str, Any]]
+) -> list[PerfComparison]:
+    """Per workload, student/teacher ratios at the highest load level both models ran."""
+    results = []
+    for workload in sorted({w for (w, _) in teacher}):
+        levels = [level for (w, level) in teacher if w == workload and (w, level) in student]
+        if not levels:
+            continue
+        level = max(levels)
+        t, s = teacher[(workload, level)], student[(workload, level)]
+        results.append(
+            PerfComparison(
+                workload=workload,
+                level=level,
+                throughput_ratio=_ratio(s["output_tokens_per_s"], t["output_tokens_per_s"]),
+                usd_per_mtok_ratio=_ratio(s["usd_per_mtok_output"], t["usd_per_mtok_output"]),
+                j_per_token_ratio=_ratio(s["j_per_output_token"], t["j_per_output_token"]),
+            )
+        )
+    return results
+
+
+def _row(
+    pair: Pair, quality: QualityComparison | None, perf: PerfComparison | None, settings: CompareConfig
+) -> ComparisonRow:
+    # The parts' field names are ComparisonRow's own; fields a row lacks (no eval, no perf) stay None.
+    fields: dict[str, Any] = dict.fromkeys(f.name for f in dataclasses.fields(ComparisonRow))
+    fields.update(dataclasses.asdict(pair), n_paired=0, verdict="no-data")
+    fields.update(retention_margin=settings.retention_margin, confidence=settings.confidence)
+    fields.update(dataclasses.asdict(quality) if quality else {})
+    fields.update(dataclasses.asdict(perf) if perf else {})
+    fields["summary"] = _summary(pair, quality, perf, settings)
+    return ComparisonRow(**fields)
+
+
+def compare_pair(tables: dict[str, pa.Table], pair: Pair, settings: CompareConfig, seed: int) -> list[ComparisonRow]:
+    """Rows for one pair: every compared task metric crossed with every compared workload."""
+    qualities = compare_quality(
+        _scores(tables["eval_scores"], pair.run_id, pair.teacher),
+        _scores(tables["eval_scores"], pair.run_id, pair.student),
+        _paired_diffs(tables["eval_samples"], pair),
+        settings,
+        seed,
+    )
+    perfs = compare_perf(
+        _perf_levels(tables["perf_summary"], pair.run_id, pair.teacher),
+        _perf_levels(tables["perf_summary"], pair.run_id, pair.student),
+    )
+    # A pair with nothing comparable still gets a "no-data" row, so a missing student is visible.
+    return [
+        _row(pair, quality, perf, settings) for quality, perf in itertools.product(qualities or [None], perfs or [None])
+    ]
+
+
+def compare_results(results_dir: Path, settings: CompareConfig | None = None, seed: int = 0) -> list[ComparisonRow]:
+    """Compare every student with its teacher under a results directory (or one run directory).
+
+    `settings` overrides the compare settings that each run's manifest recorded. Rows are sorted and the
+    bootstrap is seeded, so the same results always give the same rows.
+    """
+    names = ("models", "eval_scores", "eval_samples", "perf_summary")
+    tables = {name: store.read_table(results_dir, name) for name in names}
+    by_run = _manifest_settings(results_dir)
+    rows = [
+        row
+        for pair in _pairs(tables["models"])
+        for row in compare_pair(tables, pair, settings or by_run.get(pair.run_id, CompareConfig()), seed)
+    ]
+    return sorted(rows, key=_sort_key)
+
+
+def _sort_key(row: ComparisonRow) -> tuple:
+    return (row.run_id, row.teacher, row.student, row.task or "", row.metric or "", row.workload or "", row.level or 0)
+
+
+# -- rendering ----------------------------------------------------------------------------------------
+
+
+def _summary(
+    pair: Pair, quality: QualityComparison | None, perf: PerfComparison | None, settings: CompareConfig
+) -> str:
+    """One line a person can read: how much quality the student keeps, at what speed and cost."""
+    text = f"{pair.student} vs {pair.teacher}" + ("" if quality or perf else ": no comparable results")
+    if quality:
+        kept = (
+            f"keeps {quality.retention_pct:.1f}% of {pair.teacher}'s {quality.metric}"
+            if quality.retention_pct is not None
+            else f"scores {quality.student_score:.3f} vs {pair.teacher}'s {quality.teacher_score:.3f} {quality.metric}"
+        )
+        paired = f"CI of diff {_fmt_ci(quality.diff_ci_low, quality.diff_ci_high)}"
+        text = f"{pair.student} {kept} on {quality.task} ({paired}, n={quality.n_paired})"
+    if perf:
+        costs = [f"{_fmt(perf.throughput_ratio, '.2f')}x throughput"]
+        costs += [f"{_fmt(perf.usd_per_mtok_ratio, '.2f')}x $/Mtok"] if perf.usd_per_mtok_ratio is not None else []
+        costs += [f"{_fmt(perf.j_per_token_ratio, '.2f')}x J/token"] if perf.j_per_token_ratio is not None else []
+        text += f" at {', '.join(costs)} ({perf.workload} @ {perf.level:g})"
+    if quality:
+        text += f": {quality.verdict} at margin {settings.retention_margin:g}"
+    return text
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _fmt_ci(low: float | None, high: float | None) -> str:
+    return "-" if low is None or high is None else f"{low:+.3f}..{high:+.3f}"
+
+
+_COLUMNS: tuple[tuple[str, Callable[[ComparisonRow], str]], ...] = (
+    ("run", lambda r: r.run_id),
+    ("teacher", lambda r: r.teacher),
+    ("student", lambda r: r.student),
+    ("task", lambda r: r.task or "-"),
+    ("metric", lambda r: r.metric or "-"),
+    ("teacher score", lambda r: _fmt(r.teacher_score, ".3f")),
+    ("student score", lambda r: _fmt(r.student_score, ".3f")),
+    ("retention %", lambda r: _fmt(r.retention_pct, ".1f")),
+    ("diff CI", lambda r: _fmt_ci(r.diff_ci_low, r.diff_ci_high)),
+    ("n", lambda r: str(r.n_paired)),
+    ("verdict", lambda r: r.verdict),
+    ("workload", lambda r: r.workload or "-"),
+    ("level", lambda r: _fmt(r.level, "g")),
+    ("throughput x", lambda r: _fmt(r.throughput_ratio, ".2f")),
+    ("$/Mtok x", lambda r: _fmt(r.usd_per_mtok_ratio, ".2f")),
+    ("J/token x", lambda r: _fmt(r.j_per_token_ratio, ".2f")),
+)
+
+
+_TEXT_COLUMNS = {"run", "teacher", "student", "task", "metric", "verdict", "workload"}
+
+
+def _cells(rows: Iterable[ComparisonRow]) -> list[list[str]]:
+    return [[cell(row) for _, cell in _COLUMNS] for row in rows]
+
+
+def render_table(rows: Sequence[ComparisonRow]) -> Table:
+    """A rich table of the rows, in the order given."""
+    table = Table(title="student vs teacher")
+    for header, _ in _COLUMNS:
+        table.add_column(header, justify="left" if header in _TEXT_COLUMNS else "right")
+    for cells in _cells(rows):
+        table.add_row(*cells)
+    return table
+
+
+def to_markdown(rows: Sequence[ComparisonRow]) -> str:
+    """A Markdown table of the rows, then one summary line per row."""
+    lines = ["| " + " | ".join(header for header, _ in _COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in _cells(rows)]
+    lines += ["", *(f"- {row.summary}" for row in rows)]
+    return "\n".join(lines) + "\n"
+
+
+def to_json(rows: Sequence[ComparisonRow]) -> str:
+    """The rows as a JSON list of objects (sorted keys; missing values are null)."""
+    return json.dumps([dataclasses.asdict(row) for row in rows], indent=2, sort_keys=True, allow_nan=False) + "\n"

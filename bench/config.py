@@ -1,0 +1,257 @@
+"""The benchmark config: frozen pydantic models, YAML loading, and errors that name the key path.
+
+A config is validated once, here; every later stage receives these typed sections. Loading never
+imports vLLM, Ray or lm-eval, so `validate` and `plan` stay instant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class Section(BaseModel):
+    """Base of every config section: immutable, and unknown keys are errors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ServeConfig(Section):
+    """How vLLM serves one model."""
+
+    tensor_parallel_size: PositiveInt = Field(1, description="GPUs per model server, on one node.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights/activation dtype passed to vLLM (`--dtype`)."
+    )
+    max_model_len: PositiveInt | None = Field(None, description="Context length (`--max-model-len`).")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM GPU memory fraction.")
+    cpu_kv_cache_gib: PositiveFloat = Field(
+        1.0, description="KV cache size in GiB for the CPU build of vLLM (VLLM_CPU_KVCACHE_SPACE)."
+    )
+    extra_args: tuple[str, ...] = Field((), description="Extra vLLM server arguments, e.g. ['--enforce-eager'].")
+    startup_timeout_s: PositiveFloat = Field(600, description="How long to wait for the server to be healthy.")
+
+    @field_validator("tensor_parallel_size")
+    @classmethod
+    def _power_of_two(cls, value: int) -> int:
+        if value & (value - 1):
+            raise ValueError("must be a power of two")
+        return value
+
+
+class ModelConfig(Section):
+    """A model under test. A student names its teacher; a model without one is a teacher."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$", description="Unique name, e.g. 'r1-distill-7b'.")
+    source: str = Field(min_length=1, description="Hugging Face model id or a local model directory.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) for hub ids.")
+    teacher: str | None = Field(None, description="Name of this student's teacher model.")
+    parameters: PositiveInt | None = Field(None, description="Parameter count; read from the weights if omitted.")
+    serve: ServeConfig = ServeConfig()
+
+    @property
+    def role(self) -> Literal["teacher", "student"]:
+        return "student" if self.teacher else "teacher"
+
+
+class TaskConfig(Section):
+    """An lm-eval task, by registered name or from a local task YAML directory."""
+
+    name: str = Field(min_length=1, description="lm-eval task or group name, e.g. 'gsm8k' or 'toy'.")
+    include_path: str | None = Field(None, description="Directory of local lm-eval task YAMLs.")
+    num_fewshot: int = Field(0, ge=0)
+    limit: PositiveInt | None = Field(None, description="Evaluate only the first N documents per task.")
+    max_gen_toks: PositiveInt = Field(64, description="Generation budget for generate_until tasks.")
+
+
+class LengthDistribution(Section):
+    """A token-length distribution for synthetic prompts or outputs."""
+
+    kind: Literal["fixed", "uniform", "normal"] = "fixed"
+    mean: PositiveInt = Field(description="Mean (or fixed) length in tokens.")
+    spread: int = Field(0, ge=0, description="Half-width (uniform) or standard deviation (normal), in tokens.")
+    min: PositiveInt = 1
+    max: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> LengthDistribution:
+        if self.max is not None and self.max < self.min:
+            raise ValueError("max must be >= min")
+        return self
+
+
+class SLOConfig(Section):
+    """Latency objectives a request must meet to count towards goodput."""
+
+    ttft_s: PositiveFloat | None = None
+    tpot_s: PositiveFloat | None = None
+    e2e_s: PositiveFloat | None = None
+
+
+class WorkloadConfig(Section):
+    """A performance workload: synthetic prompts sent at several load levels."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    mode: Literal["concurrency", "rate", "offline"] = Field(
+        "concurrency", description="Fixed concurrency, Poisson arrival rate (req/s), or one offline batch."
+    )
+    levels: tuple[PositiveFloat, ...] = Field((1,), description="Concurrency or rate levels (at least one).")
+    num_requests: PositiveInt = Field(64, description="Timed requests per level.")
+    warmup_requests: int = Field(4, ge=0, description="Untimed requests sent before each level.")
+    max_duration_s: PositiveFloat | None = Field(None, description="Stop a level early after this long.")
+    prompt_tokens: LengthDistribution = LengthDistribution(mean=32)
+    output_tokens: LengthDistribution = LengthDistribution(mean=32)
+    request_timeout_s: PositiveFloat = 120
+    slo: SLOConfig = SLOConfig()
+
+    @field_validator("levels")
+    @classmethod
+    def _levels_given_and_whole(cls, levels: tuple[float, ...], info: ValidationInfo) -> tuple[float, ...]:
+        if not levels:
+            raise ValueError("give at least one level")
+        if info.data.get("mode", "concurrency") == "concurrency" and any(level != int(level) for level in levels):
+            raise ValueError("concurrency levels must be whole numbers")
+        return levels
+
+
+class HardwareConfig(Section):
+    """What the run is priced as: a device type looked up in the price table."""
+
+    device_type: str = Field("cpu-core", description="Key in the price table, e.g. 'H100-80GB' or 'cpu-core'.")
+    prices: str = Field("configs/prices.yaml", description="Price table YAML ($ per device-hour).")
+    devices_per_model: PositiveInt | None = Field(
+        None, description="Devices billed per model server; default tensor_parallel_size (GPU) or 1 (CPU)."
+    )
+
+
+class CompareConfig(Section):
+    """How student and teacher are judged against each other."""
+
+    retention_margin: float = Field(
+        0.05, ge=0, lt=1, description="Non-inferiority margin: the student may lose at most this much absolute score."
+    )
+    confidence: float = Field(0.95, gt=0, lt=1)
+    bootstrap_samples: PositiveInt = 2000
+
+
+class RunConfig(Section):
+    """Where results go and how the run behaves."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$", description="Run id; results/<name>/.")
+    results_dir: str = "results"
+    seed: int = 0
+    cell_retries: int = Field(1, ge=0, description="Extra attempts for a failed cell.")
+    cell_timeout_s: PositiveFloat = 3600
+
+
+class BenchConfig(Section):
+    """A whole benchmark: models, tasks, workloads, hardware, comparison and run settings."""
+
+    run: RunConfig
+    models: tuple[ModelConfig, ...] = Field(min_length=1)
+    tasks: tuple[TaskConfig, ...] = ()
+    workloads: tuple[WorkloadConfig, ...] = ()
+    hardware: HardwareConfig = HardwareConfig()
+    compare: CompareConfig = CompareConfig()
+
+    @field_validator("models")
+    @classmethod
+    def _unique_names_and_known_teachers(cls, models: tuple[ModelConfig, ...]) -> tuple[ModelConfig, ...]:
+        names = [m.name for m in models]
+        for index, model in enumerate(models):
+            if names.index(model.name) != index:
+                raise ValueError(f"[{index}].name: duplicate model name {model.name!r}")
+            if model.teacher is not None and model.teacher not in names:
+                raise ValueError(f"[{index}].teacher: unknown teacher {model.teacher!r}; models are {names}")
+            if model.teacher == model.name:
+                raise ValueError(f"[{index}].teacher: a model cannot be its own teacher")
+            if model.teacher is not None and models[names.index(model.teacher)].teacher is not None:
+                raise ValueError(f"[{index}].teacher: {model.teacher!r} is itself a student")
+        return models
+
+    def model(self, name: str) -> ModelConfig:
+        return next(m for m in self.models if m.name == name)
+
+    def content_hash(self) -> str:
+        """Stable hash of the validated config, recorded in the run manifest."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; each line reads `file: dotted.key.path: message`."""
+
+    def __init__(self, lines: list[str]):
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+def _dotted(location: tuple[str | int, ...]) -> str:
+    path = ""
+    for part in location:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+def _error_lines(source: str, error: ValidationError) -> list[str]:
+    lines = []
+    for item in error.errors():
+        location = tuple(part for part in item["loc"] if not str(part).startswith("function-after"))
+        message = item["msg"].removeprefix("Value error, ")
+        key = _dotted(location)
+        # Validators on a list report the element's own sub-path at the start of the message.
+        if message.startswith("[") and "]." in message:
+            sub, message = message.split(": ", 1)
+            key += sub
+        lines.append(f"{source}: {key or '<root>'}: {message}")
+    return lines
+
+
+def _check_paths(config: BenchConfig, base: Path, source: str) -> list[str]:
+    errors = []
+    for index, task in enumerate(config.tasks):
+        if task.include_path is not None and not (base / task.include_path).is_dir():
+            errors.append(f"{source}: tasks[{index}].include_path: no such directory {task.include_path!r}")
+    if not (base / config.hardware.prices).is_file():
+        errors.append(f"{source}: hardware.prices: no such file {config.hardware.prices!r}")
+    for index, model in enumerate(config.models):
+        looks_local = model.source.startswith((".", "/")) or model.source.count("/") > 1
+        if looks_local and not (base / model.source).is_dir():
+            errors.append(f"{source}: models[{index}].source: no such model directory {model.source!r}")
+    return errors
+
+
+def parse_config(data: object, source: str = "<config>", base: Path = Path(".")) -> BenchConfig:
+    """Validate already-parsed YAML data; relative paths are checked against `base`."""
+    if not isinstance(data, dict):
+        raise ConfigError([f"{source}: <root>: expected a mapping of config sections"])
+    try:
+        config = BenchConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_error_lines(source, error)) from None
+    path_errors = _check_paths(config, base, source)
+    if path_errors:
+        raise ConfigError(path_errors)
+    return config
+
+
+def load_config(path: str | Path) -> BenchConfig:
+    """Read and validate a YAML config file. Paths inside it are relative to the working directory."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such config file"]) from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ConfigError([f"{where}: not valid YAML: {getattr(error, 'problem', None) or error}"]) from None
+    return parse_config(data, source=str(path))

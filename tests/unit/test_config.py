@@ -1,0 +1,222 @@
+"""Config contract: every malformed config is rejected through the CLI with the key path that is wrong.
+
+Each case starts from a valid workspace (config, price table, model and task directories in tmp_path),
+breaks one thing, and runs `distill-bench validate`: exit code 2, the line names the exact key, and
+nothing is written. The other unit tests reuse `write_workspace` and `valid_config_data` from here.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from bench.cli import app
+from bench.config import BenchConfig, parse_config
+
+PRICES_YAML = 'prices: {cpu-core: {usd_per_hour: 0.05, source: "test fixture", date: "2026-11-01"}}\n'
+
+
+def valid_config_data() -> dict:
+    """A small valid config: a teacher and its student, one local task, one workload."""
+    return {
+        "run": {"name": "unit-run", "seed": 7},
+        "models": [
+            {"name": "teacher", "source": "./models/teacher"},
+            {"name": "student", "source": "./models/student", "teacher": "teacher"},
+        ],
+        "tasks": [{"name": "toy_arith", "include_path": "./tasks", "limit": 10}],
+        "workloads": [{"name": "chat", "levels": [1, 4], "num_requests": 8}],
+        "hardware": {"device_type": "cpu-core", "prices": "prices.yaml"},
+    }
+
+
+def write_workspace(root: Path, data: object = None, prices: str = PRICES_YAML) -> Path:
+    """Write config.yaml, prices.yaml and the model and task directories under root; return the config."""
+    for directory in ("models/teacher", "models/student", "tasks"):
+        (root / directory).mkdir(parents=True, exist_ok=True)
+    (root / "prices.yaml").write_text(prices)
+    config = root / "config.yaml"
+    config.write_text(yaml.safe_dump(valid_config_data() if data is None else data, sort_keys=False))
+    return config
+
+
+def listing(root: Path) -> list[str]:
+    return sorted(str(path.relative_to(root)) for path in root.rglob("*"))
+
+
+# -- edits that break a valid config ---------------------------------------------------------------
+
+
+def _parts(dotted: str) -> list[str | int]:
+    return [int(part) if part.isdigit() else part for part in dotted.split(".")]
+
+
+def setting(dotted: str, value: object) -> Callable[[dict], dict]:
+    """An edit that sets `a.0.b` (list indexes as numbers) to value."""
+
+    def edit(data: dict) -> dict:
+        *parents, last = _parts(dotted)
+        node = data
+        for part in parents:
+            node = node[part]
+        node[last] = value
+        return data
+
+    return edit
+
+
+def removing(dotted: str) -> Callable[[dict], dict]:
+    def edit(data: dict) -> dict:
+        *parents, last = _parts(dotted)
+        node = data
+        for part in parents:
+            node = node[part]
+        del node[last]
+        return data
+
+    return edit
+
+
+def adding_model(model: dict) -> Callable[[dict], dict]:
+    def edit(data: dict) -> dict:
+        data["models"].append(model)
+        return data
+
+    return edit
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    expected: str  # must appear in stderr; `at(key)` for a config key
+    edit: Callable[[dict], object] = lambda data: data
+    raw_config: str | None = None  # written verbatim instead of the edited YAML
+    prices: str = PRICES_YAML
+    delete_config: bool = False
+
+
+def at(key: str, file: str = "config.yaml") -> str:
+    """The start of an error line naming exactly this key (the ': ' after it rules out longer keys)."""
+    return f"{file}: {key}: "
+
+
+CASES = [
+    Case("unknown-top-level-key", at("colour"), setting("colour", "blue")),
+    Case("unknown-nested-key", at("models[0].serve.foo"), setting("models.0.serve", {"foo": 1})),
+    Case("unknown-teacher", at("models[1].teacher"), setting("models.1.teacher", "nobody")),
+    Case("duplicate-model-name", at("models[1].name"), setting("models.1.name", "teacher")),
+    Case(
+        "student-of-a-student",
+        at("models[2].teacher"),
+        adding_model({"name": "grandchild", "source": "./models/student", "teacher": "student"}),
+    ),
+    Case("own-teacher", at("models[0].teacher"), setting("models.0.teacher", "teacher")),
+    Case("missing-include-path", at("tasks[0].include_path"), setting("tasks.0.include_path", "./no-such-tasks")),
+    Case(
+        "negative-rate-level",
+        at("workloads[0].levels[0]"),
+        lambda data: setting("workloads.0.levels", [-2.0])(setting("workloads.0.mode", "rate")(data)),
+    ),
+    Case("zero-concurrency", at("workloads[0].levels[1]"), setting("workloads.0.levels", [1, 0])),
+    Case("fractional-concurrency", at("workloads[0].levels"), setting("workloads.0.levels", [1, 2.5])),
+    Case(
+        "non-numeric-price",
+        at("prices.cpu-core.usd_per_hour", file="prices.yaml"),
+        prices='prices: {cpu-core: {usd_per_hour: cheap, source: "x", date: "2026-11-01"}}\n',
+    ),
+    Case("unknown-device-type", at("hardware.device_type"), setting("hardware.device_type", "H100-80GB")),
+    Case("missing-price-file", at("hardware.prices"), setting("hardware.prices", "no-such-prices.yaml")),
+    Case(
+        "tensor-parallel-3",
+        at("models[0].serve.tensor_parallel_size"),
+        setting("models.0.serve", {"tensor_parallel_size": 3}),
+    ),
+    Case(
+        "gpu-memory-1.5",
+        at("models[1].serve.gpu_memory_utilization"),
+        setting("models.1.serve", {"gpu_memory_utilization": 1.5}),
+    ),
+    Case("bad-dtype", at("models[0].serve.dtype"), setting("models.0.serve", {"dtype": "float8"})),
+    Case("missing-run-name", at("run.name"), removing("run.name")),
+    Case("missing-run-section", at("run"), removing("run")),
+    Case("empty-models", at("models"), setting("models", [])),
+    Case("models-not-a-list", at("models"), setting("models", {"name": "teacher"})),
+    Case("bad-model-name", at("models[0].name"), setting("models.0.name", "my teacher")),
+    Case(
+        "length-max-below-min",
+        at("workloads[0].prompt_tokens"),
+        setting("workloads.0.prompt_tokens", {"mean": 16, "min": 8, "max": 4}),
+    ),
+    Case("unknown-slo-key", at("workloads[0].slo.ttft_ms"), setting("workloads.0.slo", {"ttft_ms": 200})),
+    Case("negative-fewshot", at("tasks[0].num_fewshot"), setting("tasks.0.num_fewshot", -1)),
+    Case("confidence-one", at("compare.confidence"), setting("compare", {"confidence": 1.0})),
+    Case("missing-local-model-dir", at("models[1].source"), setting("models.1.source", "./models/nowhere")),
+    Case("non-mapping-yaml", at("<root>"), raw_config="- just\n- a list\n"),
+    Case("invalid-yaml", "config.yaml:2:7: not valid YAML", raw_config="run: {name: x\nmodels: [\n"),
+    Case("missing-config-file", "config.yaml: no such config file", delete_config=True),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_malformed_config_names_the_key(case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the config's relative paths resolve against the working directory
+    config = write_workspace(tmp_path, case.edit(copy.deepcopy(valid_config_data())), prices=case.prices)
+    if case.raw_config is not None:
+        config.write_text(case.raw_config)
+    if case.delete_config:
+        config.unlink()
+    before = listing(tmp_path)
+
+    result = CliRunner().invoke(app, ["validate", "config.yaml"])
+
+    assert result.exit_code == 2, result.output
+    assert case.expected in result.stderr, result.stderr
+    assert result.stdout == ""
+    assert listing(tmp_path) == before
+
+
+def test_cases_cover_at_least_twenty_malformed_configs() -> None:
+    assert len(CASES) >= 20
+    assert len({case.id for case in CASES}) == len(CASES)
+
+
+# -- valid configs -----------------------------------------------------------------------------------
+
+
+def _parsed(tmp_path: Path, data: dict | None = None) -> BenchConfig:
+    write_workspace(tmp_path)
+    return parse_config(valid_config_data() if data is None else data, source="config.yaml", base=tmp_path)
+
+
+@pytest.mark.parametrize("mode", ["python", "json"])
+def test_model_dump_round_trips(tmp_path: Path, mode: str) -> None:
+    config = _parsed(tmp_path)
+    again = parse_config(config.model_dump(mode=mode), base=tmp_path)
+    assert again == config
+    assert again.content_hash() == config.content_hash()
+
+
+def test_defaults_are_filled_in(tmp_path: Path) -> None:
+    config = _parsed(tmp_path)
+    assert config.model("student").role == "student"
+    assert config.model("teacher").serve.tensor_parallel_size == 1
+    assert config.workloads[0].levels == (1, 4)
+
+
+def test_content_hash_is_stable_and_key_order_free(tmp_path: Path) -> None:
+    first = _parsed(tmp_path)
+    reordered = {key: value for key, value in reversed(valid_config_data().items())}
+    assert _parsed(tmp_path, reordered).content_hash() == first.content_hash()
+    assert len(first.content_hash()) == 64
+
+
+def test_content_hash_changes_with_any_setting(tmp_path: Path) -> None:
+    base = _parsed(tmp_path).content_hash()
+    changed = setting("compare", {"retention_margin": 0.1})(valid_config_data())
+    assert _parsed(tmp_path, changed).content_hash() != base
