@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -140,6 +141,103 @@ def plan(
     console.print(table)
     to_run = len(pending_cells(cells, done))
     console.print(f"{_plural(len(cells), 'cell')}, {len(cells) - to_run} done, {to_run} to run", soft_wrap=True)
+
+
+class OutputFormat(StrEnum):
+    table = "table"
+    json = "json"
+    markdown = "markdown"
+
+
+def _print_comparison(results_dir: Path, output: OutputFormat) -> None:
+    from bench.compare import compare_results, render_table, to_json, to_markdown
+
+    rows = compare_results(results_dir)
+    if not rows:
+        err_console.print(f"{results_dir}: no teacher/student pair with stored results")
+        raise typer.Exit(1)
+    if output is OutputFormat.table:
+        console.print(render_table(rows))
+        for row in rows:
+            console.print(row.summary, soft_wrap=True, highlight=False)
+    else:
+        # Plain print: machine-readable output must not be wrapped or styled by rich.
+        print(to_json(rows) if output is OutputFormat.json else to_markdown(rows))
+
+
+@app.command()
+def run(
+    config_path: ConfigArg,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (e.g. 'auto' or host:6379); default: embedded local Ray.")
+    ] = None,
+    results_dir: Annotated[
+        Path | None,
+        typer.Option("--results-dir", metavar="DIR", help="Results root; default: the config's run.results_dir."),
+    ] = None,
+) -> None:
+    """Run every cell of a config that is not stored yet, then print the teacher/student comparison.
+
+    Cells already in results/<run.name>/ are skipped, so an interrupted run resumes where it stopped.
+    Exits 1 if any cell failed (failures are stored in the `failures` table and retried by the next run).
+
+    Example: distill-bench run configs/quickstart.yaml
+    """
+    from bench.progress import RunProgress
+    from bench.run import run as run_cells
+
+    with config_errors():
+        config, prices = load_checked(config_path)
+    outcome = run_cells(config, prices, RunProgress(console), address=address, results_dir=results_dir)
+    console.print(
+        f"{outcome.run_dir}: {outcome.succeeded} cells run, {outcome.skipped} already stored, {outcome.failed} failed",
+        soft_wrap=True,
+    )
+    _print_comparison(outcome.run_dir, OutputFormat.table)
+    if outcome.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def compare(
+    results_dir: Annotated[Path, typer.Argument(metavar="RESULTS_DIR", help="A results root or one run directory.")],
+    output: Annotated[OutputFormat, typer.Option("--format", help="table, json or markdown.")] = OutputFormat.table,
+) -> None:
+    """Compare each student with its teacher from stored results only: scores, retention, CI, speed, cost.
+
+    Example: distill-bench compare results/quickstart --format markdown
+    """
+    if not results_dir.is_dir():
+        err_console.print(f"{results_dir}: no such results directory")
+        raise typer.Exit(EXIT_CONFIG_ERROR)
+    _print_comparison(results_dir, output)
+
+
+toy_app = typer.Typer(help="The toy teacher/student pair and task suite (quickstart and tests).", no_args_is_help=True)
+app.add_typer(toy_app, name="toy")
+
+
+@toy_app.command("build")
+def toy_build(
+    out: Annotated[Path | None, typer.Option("--out", metavar="DIR", help="Model directory root.")] = None,
+    tasks_dir: Annotated[Path, typer.Option("--tasks-dir", metavar="DIR")] = Path("configs/tasks/toy"),
+    preset: Annotated[str, typer.Option(help="Size preset: 'full' (shipped) or 'tiny' (tests).")] = "full",
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Build the toy suite, teacher, distilled student and label-trained baseline (seeded, cached).
+
+    The full preset takes about 40-60 minutes on 2 CPU cores; its weights ship in the repo, so the quickstart
+    never trains. A second call with the same settings returns at once.
+
+    Example: distill-bench toy build --preset tiny --out /tmp/toy --tasks-dir /tmp/toy/tasks
+    """
+    from bench.toy.build import DEFAULT_MODELS_DIR, PRESETS, build
+
+    if preset not in PRESETS:
+        err_console.print(f"--preset: unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+        raise typer.Exit(EXIT_CONFIG_ERROR)
+    report = build(out or DEFAULT_MODELS_DIR, tasks_dir, preset, seed, log=lambda line: console.print(line))
+    console.print(f"toy build done in {report['build_s']} s: {out or DEFAULT_MODELS_DIR}/report.json")
 
 
 if __name__ == "__main__":

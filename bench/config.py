@@ -201,7 +201,7 @@ def _dotted(location: tuple[str | int, ...]) -> str:
     return path
 
 
-def _error_lines(source: str, error: ValidationError) -> list[str]:
+def error_lines(source: str, error: ValidationError) -> list[str]:
     lines = []
     for item in error.errors():
         location = tuple(part for part in item["loc"] if not str(part).startswith("function-after"))
@@ -236,7 +236,7 @@ def parse_config(data: object, source: str = "<config>", base: Path = Path("."))
     try:
         config = BenchConfig.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(_error_lines(source, error)) from None
+        raise ConfigError(error_lines(source, error)) from None
     path_errors = _check_paths(config, base, source)
     if path_errors:
         raise ConfigError(path_errors)

@@ -33,16 +33,21 @@ class Cell:
     key: str
 
 
-def cell_key(kind: CellKind, model: ModelConfig, target: BaseModel, seed: int) -> str:
-    """Content key of a cell: a short sha256 of the canonical JSON of everything that shapes its results."""
-    content = {
-        "kind": kind,
-        "model": model.model_dump(mode="json"),
-        "target": target.model_dump(mode="json"),
-        "seed": seed,
-    }
+def _short_hash(content: dict) -> str:
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:KEY_HEX_CHARS]
+
+
+def cell_key(kind: CellKind, model: ModelConfig, target: BaseModel, seed: int) -> str:
+    """Content key of a cell: a short sha256 of the canonical JSON of everything that shapes its results."""
+    return _short_hash(
+        {"kind": kind, "model": model.model_dump(mode="json"), "target": target.model_dump(mode="json"), "seed": seed}
+    )
+
+
+def model_key(model: ModelConfig) -> str:
+    """Key of a model's row in the `models` table: changes whenever the model or its serving changes."""
+    return _short_hash({"kind": "model", "model": model.model_dump(mode="json")})
 
 
 def build_plan(config: BenchConfig) -> list[Cell]:

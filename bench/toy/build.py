@@ -14,7 +14,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench.toy.tasks import GENERATIVE_TASKS, Example, multiple_choice, train_stream, write_lm_eval_tasks
+from bench.serve import weights_sha256
+from bench.toy.tasks import GENERATIVE_TASKS, Example, train_stream, write_lm_eval_tasks
 
 MODEL_NAMES = ("teacher", "student-kd", "student-label")
 DEFAULT_MODELS_DIR = Path(__file__).parent / "models"
@@ -70,14 +71,6 @@ def _digest(payload: object) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def weights_sha256(model_dir: Path) -> str:
-    """sha256 over the model's safetensors files, in name order (recorded as provenance)."""
-    digest = hashlib.sha256()
-    for path in sorted(model_dir.glob("*.safetensors")):
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
 def _cached(model_dir: Path, key: str) -> bool:
     stamp = model_dir / "build.json"
     return stamp.is_file() and json.loads(stamp.read_text()).get("key") == key
@@ -105,7 +98,7 @@ def _load(model_dir: Path):
     return LlamaForCausalLM.from_pretrained(model_dir).float().eval()
 
 
-def _train_teacher(preset: Preset, seed: int, held_out: set[str], out: Path, log: Log) -> str:
+def _train_teacher(preset: Preset, seed: int, splits: dict[str, list], out: Path, log: Log) -> str:
     from bench.toy.train import Pair, Schedule, Shape, label_loss, make_model, optimise
 
     key = _digest({"stage": "teacher", "preset": asdict(preset), "seed": seed})
@@ -113,12 +106,17 @@ def _train_teacher(preset: Preset, seed: int, held_out: set[str], out: Path, log
         log("teacher: cached")
         return key
     model = make_model(Shape(*preset.teacher), seed)
-    stream = (Pair(e.prompt, e.answer) for e in train_stream(seed, held_out))
+    stream = (Pair(e.prompt, e.answer) for e in train_stream(seed, _held_out(splits)))
     schedule = Schedule(preset.teacher_steps, preset.batch_size, preset.teacher_lr)
     started = time.monotonic()
     optimise(model, schedule, label_loss(stream, preset.batch_size), lambda s: log(f"teacher: {s}"))
     _save(model, out / "teacher", key, {"trained_on": "labels", "train_s": round(time.monotonic() - started, 1)})
+    log(f"teacher test scores: {score_model(model, splits)}")
     return key
+
+
+def _held_out(splits: dict[str, list]) -> set[str]:
+    return {doc.prompt for task in GENERATIVE_TASKS for doc in splits[task]}
 
 
 def _distill_pool(preset: Preset, seed: int, held_out: set[str]) -> list[Example]:
@@ -127,7 +125,7 @@ def _distill_pool(preset: Preset, seed: int, held_out: set[str]) -> list[Example
     return [next(stream) for _ in range(preset.distill_prompts)]
 
 
-def _train_students(preset: Preset, seed: int, held_out: set[str], out: Path, teacher_key: str, log: Log) -> None:
+def _train_students(preset: Preset, seed: int, splits: dict[str, list], out: Path, teacher_key: str, log: Log) -> None:
     from bench.toy.train import (
         Pair,
         Schedule,
@@ -145,7 +143,7 @@ def _train_students(preset: Preset, seed: int, held_out: set[str], out: Path, te
     if _cached(out / "student-kd", key) and _cached(out / "student-label", key):
         log("students: cached")
         return
-    examples = _distill_pool(preset, seed, held_out)
+    examples = _distill_pool(preset, seed, _held_out(splits))
     teacher = _load(out / "teacher")
     log(f"teacher answers {len(examples)} unlabeled prompts")
     answers = greedy_answers(teacher, [e.prompt for e in examples], max_new_tokens=12)
@@ -170,24 +168,19 @@ def _train_students(preset: Preset, seed: int, held_out: set[str], out: Path, te
     _save(baseline, out / "student-label", key, info | {"train_s": round(time.monotonic() - started, 1)})
 
 
-def evaluate_models(out: Path, splits: dict[str, list], seed: int) -> dict[str, dict[str, float]]:
-    """Greedy exact match per generative task and multiple-choice accuracy, per saved model."""
+def score_model(model, splits: dict[str, list]) -> dict[str, float]:
+    """Greedy exact match per generative task and multiple-choice accuracy, as lm-eval computes them."""
     from bench.toy.train import choice_logprobs, greedy_answers
 
-    scores: dict[str, dict[str, float]] = {}
-    for name in MODEL_NAMES:
-        model = _load(out / name)
-        result = {}
-        for task in GENERATIVE_TASKS:
-            docs: list[Example] = splits[task]
-            answers = greedy_answers(model, [d.prompt for d in docs], max_new_tokens=12)
-            result[task] = sum(a == d.answer for a, d in zip(answers, docs, strict=True)) / len(docs)
-        mc_docs = multiple_choice(splits["toy_add"], seed)
-        hits = [_argmax(choice_logprobs(model, d["prompt"], d["choices"])) == d["gold"] for d in mc_docs]
-        result["toy_add_mc"] = sum(hits) / len(hits)
-        result["mean"] = sum(result.values()) / len(result)
-        scores[name] = result
-    return scores
+    result = {}
+    for task in GENERATIVE_TASKS:
+        docs: list[Example] = splits[task]
+        answers = greedy_answers(model, [d.prompt for d in docs], max_new_tokens=12)
+        result[task] = sum(a == d.answer for a, d in zip(answers, docs, strict=True)) / len(docs)
+    hits = [_argmax(choice_logprobs(model, d["prompt"], d["choices"])) == d["gold"] for d in splits["toy_add_mc"]]
+    result["toy_add_mc"] = sum(hits) / len(hits)
+    result["mean"] = sum(result.values()) / len(result)
+    return result
 
 
 def _argmax(values: list[float]) -> int:
@@ -215,10 +208,9 @@ def build(
 
     started = time.monotonic()
     splits = write_lm_eval_tasks(tasks_dir, seed, preset.test_size)
-    held_out = {doc.prompt for task in GENERATIVE_TASKS for doc in splits[task]}
-    teacher_key = _train_teacher(preset, seed, held_out, out, log)
-    _train_students(preset, seed, held_out, out, teacher_key, log)
-    scores = evaluate_models(out, splits, seed)
+    teacher_key = _train_teacher(preset, seed, splits, out, log)
+    _train_students(preset, seed, splits, out, teacher_key, log)
+    scores = {name: score_model(_load(out / name), splits) for name in MODEL_NAMES}
     report = {
         "key": build_key,
         "preset": preset_name,

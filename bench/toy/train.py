@@ -178,7 +178,9 @@ def pool_stream(pool: Sequence[Pair], seed: int) -> Iterator[Pair]:
 
 
 @torch.no_grad()
-def greedy_answers(model: LlamaForCausalLM, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 512) -> list[str]:
+def greedy_answers(
+    model: LlamaForCausalLM, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 512
+) -> list[str]:
     """Greedy answers (up to `</s>`) for each prompt, batched with left padding."""
     answers: list[str] = []
     for start in range(0, len(prompts), batch_size):

@@ -1,0 +1,310 @@
+"""Ray: start or attach a cluster, place one model worker per model, dispatch cells, retry, time out.
+
+Each model gets one `ModelWorker` actor that owns its vLLM server for the whole run; that model's cells run
+against it one after another, then it stops. Placement: with GPUs, a model takes `tensor_parallel_size` GPUs
+on one node (a one-bundle placement group, STRICT_PACK); without GPUs, a worker takes every CPU of a node,
+so models are measured one at a time and never compete for cores (which would skew the comparison).
+Driver-side, `dispatch` keeps one call in flight per model and reacts to whichever finishes first
+(`ray.wait` with a timeout, never a polling loop over results).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.config import BenchConfig, ModelConfig, TaskConfig, WorkloadConfig
+from bench.cost import Billing
+from bench.plan import Cell
+from bench.records import EvalSample, EvalScore, ModelRecord, PerfRequest, PerfSummary
+
+log = logging.getLogger(__name__)
+
+
+def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
+    """Attach to the cluster at `address`, or start an embedded local one (tests may declare logical GPUs)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address is None:
+        # A local cluster we own: Ray 2.60's default token auth only gets in the way here.
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(
+        address=address,
+        num_cpus=num_cpus if address is None else None,
+        num_gpus=num_gpus if address is None else None,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
+
+
+def shutdown() -> None:
+    import ray
+
+    ray.shutdown()
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Ray resources for one model worker."""
+
+    num_cpus: float
+    num_gpus: int
+    bundle: dict[str, float] | None  # the placement-group bundle, when GPUs are used
+
+
+def placement_for(model: ModelConfig, node_cpus: float, cluster_gpus: float) -> Placement:
+    """GPUs on one node for tensor parallelism; or a whole node's CPUs where there are no GPUs."""
+    if cluster_gpus <= 0:
+        return Placement(num_cpus=node_cpus, num_gpus=0, bundle=None)
+    gpus = model.serve.tensor_parallel_size
+    return Placement(num_cpus=1, num_gpus=gpus, bundle={"GPU": gpus, "CPU": 1})
+
+
+def _node_cpus() -> float:
+    import ray
+
+    return max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]), default=1)
+
+
+class ModelWorker:
+    """The Ray actor for one model: owns its vLLM server and runs that model's cells against it."""
+
+    def __init__(self, model: ModelConfig, seed: int, run_dir: str, workdir: str, device_type: str):
+        # Task files and relative model paths are relative to where `distill-bench run` was started.
+        os.chdir(workdir)
+        self.model = model
+        self.seed = seed
+        self.run_dir = Path(run_dir)
+        self.device_type = device_type
+        self.server = None
+
+    def start(self) -> ModelRecord:
+        """Start (or restart) the server and wait until it is healthy; returns its provenance."""
+        from bench.serve import VllmServer
+
+        if self.server is not None:
+            self.server.stop()
+        self.server = VllmServer(self.model, self.seed, self.run_dir / "logs" / f"{self.model.name}.server.log")
+        self.server.start()
+        return self.server.provenance(self.device_type)
+
+    def alive(self) -> bool:
+        return self.server is not None and self.server.alive()
+
+    def assigned_gpus(self) -> list[int]:
+        """The GPU ids Ray gave this worker (empty on CPU); NVML samples these."""
+        import ray
+
+        return [int(gpu) for gpu in ray.get_gpu_ids()]
+
+    def evaluate(self, task: TaskConfig) -> tuple[list[EvalScore], list[EvalSample]]:
+        from bench.evaluate import Endpoint, evaluate_task
+
+        endpoint = Endpoint(base_url=self.server.base_url, served_model=self.model.name, tokenizer=self.model.source)
+        return evaluate_task(endpoint, task, self.seed)
+
+    def measure(self, workload: WorkloadConfig, billing: Billing) -> tuple[list[PerfRequest], list[PerfSummary]]:
+        from bench.loadgen import run_workload, summarize
+
+        runs = run_workload(
+            self.server.base_url,
+            self.model.name,
+            workload,
+            prompt_space(self.model),
+            self.seed,
+            gpu_indices=self.assigned_gpus(),
+        )
+        requests = [request for run in runs for request in run.requests]
+        return requests, [summarize(workload, run, billing, run.energy_j) for run in runs]
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+
+def prompt_space(model: ModelConfig):
+    """Token ids for synthetic prompts: the tokenizer's vocabulary minus its special tokens."""
+    from transformers import AutoTokenizer
+
+    from bench.loadgen import PromptSpace
+
+    tokenizer = AutoTokenizer.from_pretrained(model.source, revision=model.revision)
+    return PromptSpace(vocab_size=len(tokenizer), special_ids=frozenset(tokenizer.all_special_ids))
+
+
+@dataclass
+class ModelRun:
+    """Driver-side state of one model's worker."""
+
+    model: ModelConfig
+    cells: list[Cell]
+    run_dir: Path
+    placement: Placement
+    actor: object = None
+    record: ModelRecord | None = None
+    restarts_left: int = 1
+    attempts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Events:
+    """What `dispatch` reports to the caller, which stores results and drives the progress display."""
+
+    on_started: Callable[[ModelRecord], None]
+    on_eval: Callable[[Cell, list[EvalScore], list[EvalSample]], None]
+    on_perf: Callable[[Cell, list[PerfRequest], list[PerfSummary]], None]
+    on_failed: Callable[[Cell, int, str], None]
+    on_stage: Callable[[str, str], None]  # (model, what it is doing now)
+    billing_for: Callable[[ModelRecord], Billing]
+
+
+def _launch(run: ModelRun, config: BenchConfig) -> None:
+    import ray
+    from ray.util.placement_group import placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    placement = run.placement
+    options: dict = {"num_cpus": placement.num_cpus, "num_gpus": placement.num_gpus, "max_concurrency": 1}
+    if placement.bundle:
+        group = placement_group([placement.bundle], strategy="STRICT_PACK", name=f"distill-bench-{run.model.name}")
+        options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(placement_group=group)
+    worker = ray.remote(ModelWorker).options(**options)
+    run.actor = worker.remote(run.model, config.run.seed, str(run.run_dir), os.getcwd(), config.hardware.device_type)
+
+
+def _size(run: ModelRun) -> int:
+    # Biggest first: GPUs held x cells to run, so small students fill the gaps the teacher leaves.
+    return run.model.serve.tensor_parallel_size * len(run.cells)
+
+
+def dispatch(config: BenchConfig, cells: list[Cell], run_dir: Path, events: Events) -> None:
+    """Run every cell on its model's worker; failed cells are retried, then reported, never dropped."""
+    import ray
+
+    gpus, node_cpus = ray.cluster_resources().get("GPU", 0), _node_cpus()
+    runs = [
+        ModelRun(m, [c for c in cells if c.model == m.name], run_dir, placement_for(m, node_cpus, gpus))
+        for m in config.models
+    ]
+    runs = sorted((r for r in runs if r.cells), key=_size, reverse=True)
+    inflight: dict[object, tuple[ModelRun, Cell | None, float]] = {}
+    for run in runs:
+        _launch(run, config)
+        # A start call has no deadline of its own: it may queue until resources free up; the server's
+        # startup timeout bounds the start itself.
+        inflight[run.actor.start.remote()] = (run, None, float("inf"))
+        events.on_stage(run.model.name, "waiting for resources / starting server")
+    while inflight:
+        next_deadline = min(deadline for _, _, deadline in inflight.values())
+        timeout = max(0.0, next_deadline - time.monotonic()) if next_deadline != float("inf") else None
+        ready, _ = ray.wait(list(inflight), num_returns=1, timeout=timeout)
+        if not ready:
+            _expire(inflight, config, events)
+            continue
+        run, cell, _ = inflight.pop(ready[0])
+        try:
+            result = ray.get(ready[0], timeout=60)
+        except Exception as error:  # noqa: BLE001 - any failure of a cell or a server is handled the same way
+            _after_failure(run, cell, _describe(error), inflight, config, events)
+            continue
+        _after_success(run, cell, result, inflight, config, events)
+
+
+def _describe(error: Exception) -> str:
+    text = str(error)
+    return text[-4000:] if len(text) > 4000 else text
+
+
+def _expire(inflight: dict, config: BenchConfig, events: Events) -> None:
+    """Cells past their deadline: kill the worker (the cell may hang forever) and treat it as a failure."""
+    import ray
+
+    now = time.monotonic()
+    for ref, (run, cell, deadline) in list(inflight.items()):
+        if deadline <= now:
+            del inflight[ref]
+            ray.kill(run.actor)
+            if run.restarts_left > 0:
+                _launch(run, config)
+            message = f"timed out after {config.run.cell_timeout_s:.0f} s"
+            _after_failure(run, cell, message, inflight, config, events, restarted=True)
+
+
+def _submit_next(run: ModelRun, inflight: dict, config: BenchConfig, events: Events) -> None:
+    if not run.cells:
+        _finish(run)
+        events.on_stage(run.model.name, "done")
+        return
+    cell = run.cells[0]
+    target = _target(config, cell)
+    events.on_stage(run.model.name, f"{cell.kind} {cell.target}")
+    if cell.kind == "eval":
+        ref = run.actor.evaluate.remote(target)
+    else:
+        ref = run.actor.measure.remote(target, events.billing_for(run.record))
+    inflight[ref] = (run, cell, time.monotonic() + config.run.cell_timeout_s)
+
+
+def _finish(run: ModelRun) -> None:
+    """Stop the server, then free the worker's resources so the next model can be placed."""
+    import ray
+
+    try:
+        ray.get(run.actor.stop.remote(), timeout=120)
+    finally:
+        ray.kill(run.actor)
+
+
+def _target(config: BenchConfig, cell: Cell) -> TaskConfig | WorkloadConfig:
+    targets = config.tasks if cell.kind == "eval" else config.workloads
+    return next(t for t in targets if t.name == cell.target)
+
+
+def _after_success(run: ModelRun, cell: Cell | None, result, inflight: dict, config: BenchConfig, events: Events):
+    if cell is None:
+        run.record = result
+        events.on_started(result)
+    else:
+        run.cells.pop(0)
+        (events.on_eval if cell.kind == "eval" else events.on_perf)(cell, *result)
+    _submit_next(run, inflight, config, events)
+
+
+def _after_failure(
+    run: ModelRun, cell: Cell | None, message: str, inflight: dict, config: BenchConfig, events: Events,
+    restarted: bool = False,
+) -> None:  # fmt: skip
+    """Retry the cell (bounded); restart a dead server once; give up on a model whose server won't run."""
+    import ray
+
+    if cell is None:  # the server did not start: every cell of this model fails
+        for pending in run.cells:
+            events.on_failed(pending, 0, f"server did not start: {message}")
+        run.cells.clear()
+        ray.kill(run.actor)
+        events.on_stage(run.model.name, "failed to start")
+        return
+    attempts = run.attempts[cell.key] = run.attempts.get(cell.key, 0) + 1
+    log.warning("%s %s %s failed (attempt %d): %s", run.model.name, cell.kind, cell.target, attempts, message)
+    server_alive = not restarted and ray.get(run.actor.alive.remote(), timeout=60)
+    if attempts > config.run.cell_retries:
+        events.on_failed(cell, attempts, message)
+        run.cells.pop(0)
+    if server_alive:
+        _submit_next(run, inflight, config, events)
+    elif run.restarts_left > 0:
+        run.restarts_left -= 1
+        events.on_stage(run.model.name, "restarting server")
+        inflight[run.actor.start.remote()] = (run, None, float("inf"))
+    else:
+        for pending in run.cells:
+            events.on_failed(pending, run.attempts.get(pending.key, 0), f"server died again: {message}")
+        run.cells.clear()
+        ray.kill(run.actor)

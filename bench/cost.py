@@ -1,0 +1,110 @@
+"""The price table, and the money, energy and compute arithmetic of a measured load level.
+
+$ per million output tokens is what the billed devices cost while they produce tokens at the measured
+throughput: devices_billed × $/device-hour ÷ 3600 ÷ (output tokens/s) × 1e6. It assumes on-demand billing
+for the whole measured time with no idle time and no other tenants, so it compares models fairly on the
+same hardware; it is not a forecast of a real bill.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from pydantic import Field, ValidationError
+
+from bench.config import ConfigError, HardwareConfig, Section, error_lines
+
+SECONDS_PER_HOUR = 3600.0
+TOKENS_PER_MTOK = 1e6
+
+
+class DevicePrice(Section):
+    """The on-demand price of one device (one GPU, or one vCPU for `cpu-core`) for one hour."""
+
+    usd_per_hour: float = Field(ge=0, allow_inf_nan=False, description="US dollars per device-hour, e.g. 6.155.")
+    source: str = Field(min_length=1, description="Provider and page the price was read from.")
+    date: datetime.date = Field(description="When the price was read, YYYY-MM-DD.")
+    note: str | None = Field(None, description="Anything a reader needs to judge the price.")
+
+
+class PriceTable(Section):
+    """Prices by device type; the keys are what `hardware.device_type` names."""
+
+    prices: dict[str, DevicePrice]
+
+    def price(self, device_type: str) -> DevicePrice | None:
+        """The price of a device type, or None when the table does not list it."""
+        return self.prices.get(device_type)
+
+
+def load_price_table(path: str | Path) -> PriceTable:
+    """Read and validate a price table YAML. Raises ConfigError with `file: prices.<device>.<key>: message` lines."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such price table"]) from None
+    except yaml.YAMLError as error:
+        raise ConfigError([f"{path}: not valid YAML: {error}"]) from None
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: <root>: expected a mapping with a 'prices' key"])
+    try:
+        return PriceTable.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(error_lines(str(path), error)) from None
+
+
+@dataclass(frozen=True)
+class Billing:
+    """What one model server is billed as while it is measured."""
+
+    device_type: str  # price-table key, e.g. "H100-80GB" or "cpu-core"
+    gpu_type: str | None  # the GPU name the driver reports; None on CPU
+    gpu_count: int
+    devices_billed: int
+    usd_per_device_hour: float | None  # None when the table does not price device_type
+    parameters: int | None
+
+
+def billing_for(
+    hardware: HardwareConfig, prices: PriceTable, gpu_type: str | None, gpu_count: int, parameters: int | None
+) -> Billing:
+    """The billing of a model server: devices_per_model if set, else its GPU count (1 on CPU)."""
+    price = prices.price(hardware.device_type)
+    return Billing(
+        device_type=hardware.device_type,
+        gpu_type=gpu_type,
+        gpu_count=gpu_count,
+        devices_billed=hardware.devices_per_model or max(gpu_count, 1),
+        usd_per_device_hour=price.usd_per_hour if price is not None else None,
+        parameters=parameters,
+    )
+
+
+def usd_per_mtok(output_tokens_per_s: float, billing: Billing) -> float | None:
+    """$ per million output tokens at a throughput; None without a price or without throughput."""
+    if billing.usd_per_device_hour is None or output_tokens_per_s <= 0:
+        return None
+    usd_per_s = billing.devices_billed * billing.usd_per_device_hour / SECONDS_PER_HOUR
+    return usd_per_s / output_tokens_per_s * TOKENS_PER_MTOK
+
+
+def j_per_token(energy_j: float | None, output_tokens: int) -> float | None:
+    """Joules per output token; None without an energy reading or without tokens."""
+    if energy_j is None or output_tokens <= 0:
+        return None
+    return energy_j / output_tokens
+
+
+def flops_per_token(parameters: int | None) -> float | None:
+    """Forward-pass FLOPs per generated token, estimated as 2 × parameters.
+
+    One multiply and one add per weight per token; it ignores attention over the context and the KV cache,
+    so it is a size-proportional estimate for comparing models, not a measurement. None without a count.
+    """
+    if parameters is None:
+        return None
+    return 2.0 * parameters

