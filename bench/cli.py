@@ -213,6 +213,27 @@ def compare(
     _print_comparison(results_dir, output)
 
 
+@app.command()
+def slurm(
+    config_path: ConfigArg,
+    nodes: Annotated[int, typer.Option(min=1, help="Nodes to allocate.")] = 1,
+    time: Annotated[str, typer.Option(help="Wall-time limit, HH:MM:SS.")] = "04:00:00",
+    partition: Annotated[str | None, typer.Option(help="Slurm partition.")] = None,
+    account: Annotated[str | None, typer.Option(help="Slurm account.")] = None,
+    gpus_per_node: Annotated[int | None, typer.Option(min=1, help="Default: the largest tensor_parallel_size.")] = None,
+) -> None:
+    """Print a Slurm batch script that starts Ray across the allocation and runs this config on it.
+
+    Example: distill-bench slurm configs/r1-distill.yaml --nodes 2 --partition gpu > job.sbatch && sbatch job.sbatch
+    """
+    from bench.slurm import SlurmOptions, render
+
+    with config_errors():
+        config, _ = load_checked(config_path)
+    options = SlurmOptions(nodes, time, partition, account, gpus_per_node)
+    print(render(config, config_path, options, Path.cwd()), end="")
+
+
 toy_app = typer.Typer(help="The toy teacher/student pair and task suite (quickstart and tests).", no_args_is_help=True)
 app.add_typer(toy_app, name="toy")
 

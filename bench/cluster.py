@@ -34,6 +34,9 @@ def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: i
     if address is None:
         # A local cluster we own: Ray 2.60's default token auth only gets in the way here.
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        # Ray starts workers at niceness 15 and the vLLM servers inherit it: any other process on the node
+        # would then starve the server and skew its measurements.
+        os.environ.setdefault("RAY_worker_niceness", "0")
     ray.init(
         address=address,
         num_cpus=num_cpus if address is None else None,
@@ -218,8 +221,10 @@ def dispatch(config: BenchConfig, cells: list[Cell], run_dir: Path, events: Even
 
 
 def _describe(error: Exception) -> str:
-    text = str(error)
-    return text[-4000:] if len(text) > 4000 else text
+    """The error raised inside the worker (not Ray's wrapper around it), trimmed for storage."""
+    cause = getattr(error, "cause", None) or error
+    text = f"{type(cause).__name__}: {cause}"
+    return text if len(text) <= 4000 else text[:1000] + "\n...\n" + text[-3000:]
 
 
 def _expire(inflight: dict, config: BenchConfig, events: Events) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -33,8 +34,8 @@ class ServeConfig(Section):
     )
     max_model_len: PositiveInt | None = Field(None, description="Context length (`--max-model-len`).")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM GPU memory fraction.")
-    cpu_kv_cache_gib: PositiveFloat = Field(
-        1.0, description="KV cache size in GiB for the CPU build of vLLM (VLLM_CPU_KVCACHE_SPACE)."
+    cpu_kv_cache_gib: PositiveInt = Field(
+        1, description="KV cache size in whole GiB for the CPU build of vLLM (VLLM_CPU_KVCACHE_SPACE)."
     )
     extra_args: tuple[str, ...] = Field((), description="Extra vLLM server arguments, e.g. ['--enforce-eager'].")
     startup_timeout_s: PositiveFloat = Field(600, description="How long to wait for the server to be healthy.")
@@ -177,6 +178,19 @@ class BenchConfig(Section):
                 raise ValueError(f"[{index}].teacher: {model.teacher!r} is itself a student")
         return models
 
+    @model_validator(mode="after")
+    def _generation_fits_every_context(self) -> BenchConfig:
+        # lm-eval keeps max_length - max_gen_toks tokens of prompt; with no room left it silently cuts the
+        # prompt's first tokens (BOS included) and every score is wrong.
+        for t_index, task in enumerate(self.tasks):
+            for m_index, model in enumerate(self.models):
+                if model.serve.max_model_len is not None and task.max_gen_toks >= model.serve.max_model_len:
+                    raise ValueError(
+                        f"tasks[{t_index}].max_gen_toks: {task.max_gen_toks} leaves no room for the prompt within "
+                        f"models[{m_index}].serve.max_model_len ({model.serve.max_model_len})"
+                    )
+        return self
+
     def model(self, name: str) -> ModelConfig:
         return next(m for m in self.models if m.name == name)
 
@@ -194,6 +208,9 @@ class ConfigError(Exception):
         self.lines = lines
 
 
+_KEY_PATH = re.compile(r"(\[\d+\]|[A-Za-z_]\w*)(\.[A-Za-z_]\w*|\[\d+\])*")
+
+
 def _dotted(location: tuple[str | int, ...]) -> str:
     path = ""
     for part in location:
@@ -207,10 +224,11 @@ def error_lines(source: str, error: ValidationError) -> list[str]:
         location = tuple(part for part in item["loc"] if not str(part).startswith("function-after"))
         message = item["msg"].removeprefix("Value error, ")
         key = _dotted(location)
-        # Validators on a list report the element's own sub-path at the start of the message.
-        if message.startswith("[") and "]." in message:
-            sub, message = message.split(": ", 1)
-            key += sub
+        # Validators on a list report the element's own sub-path at the start of the message, and
+        # cross-section validators on the whole config report the full path there.
+        head, separator, rest = message.partition(": ")
+        if separator and _KEY_PATH.fullmatch(head) and (head.startswith("[") or not key):
+            key, message = key + head, rest
         lines.append(f"{source}: {key or '<root>'}: {message}")
     return lines
 

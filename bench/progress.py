@@ -64,4 +64,4 @@ class RunProgress:
 
     def cell_failed(self, cell: Cell, error: str) -> None:
         self.progress.advance(self.cells_task)
-        self._say(f"FAILED {cell.kind} {cell.model} × {cell.target}: {error.splitlines()[-1] if error else ''}")
+        self._say(f"FAILED {cell.kind} {cell.model} × {cell.target}: {error.splitlines()[0] if error else ''}")

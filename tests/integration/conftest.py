@@ -11,7 +11,7 @@ from bench.config import ModelConfig, ServeConfig
 
 REPO = Path(__file__).resolve().parents[2]
 TOY_MODELS = REPO / "bench" / "toy" / "models"
-TOY_SERVE = ServeConfig(dtype="float32", max_model_len=64, cpu_kv_cache_gib=0.5, extra_args=("--enforce-eager",))
+TOY_SERVE = ServeConfig(dtype="float32", max_model_len=64, cpu_kv_cache_gib=1, extra_args=("--enforce-eager",))
 
 
 @pytest.fixture(autouse=True)

@@ -117,6 +117,11 @@ CASES = [
         adding_model({"name": "grandchild", "source": "./models/student", "teacher": "student"}),
     ),
     Case("own-teacher", at("models[0].teacher"), setting("models.0.teacher", "teacher")),
+    Case(
+        "generation-fills-the-context",
+        at("tasks[0].max_gen_toks"),
+        lambda data: setting("tasks.0.max_gen_toks", 64)(setting("models.1.serve", {"max_model_len": 64})(data)),
+    ),
     Case("missing-include-path", at("tasks[0].include_path"), setting("tasks.0.include_path", "./no-such-tasks")),
     Case(
         "negative-rate-level",

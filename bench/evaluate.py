@@ -1,0 +1,252 @@
+"""lm-eval against a served model: scores with their stderr, and one record per document and metric.
+
+lm-eval's `local-completions` backend talks to the vLLM OpenAI-compatible server through `/v1/completions`:
+generate_until tasks as plain completions, loglikelihood and multiple_choice tasks as `echo` + `logprobs`
+requests scored over the prompt tokens. Requests are sent as token ids from the model's own tokenizer, so
+lm-eval's context/continuation split is exactly what the server scores.
+
+Working directory: local task YAMLs (`TaskConfig.include_path`) may name `data_files` relative to the repo
+root, and `datasets` resolves those against the current directory. Runs start in the repo root;
+`evaluate_task` checks the files up front and names a missing one instead of failing deep inside lm-eval.
+
+Importing this module is cheap: lm-eval (torch, transformers, datasets) is imported inside `evaluate_task`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import logging
+import math
+import os
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.config import TaskConfig
+from bench.records import EvalSample, EvalScore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A running OpenAI-compatible server and the tokenizer of the model it serves."""
+
+    base_url: str  # e.g. "http://127.0.0.1:8000/v1"
+    served_model: str  # the name the server serves the model under
+    tokenizer: str  # local path or hub id; lm-eval counts loglikelihood tokens with it
+    num_concurrent: int = 4  # requests in flight at once
+    max_length: int | None = None  # context length in tokens; None asks the server (`max_model_len`)
+
+
+def evaluate_task(endpoint: Endpoint, task: TaskConfig, seed: int) -> tuple[list[EvalScore], list[EvalSample]]:
+    """Run one lm-eval task or group against `endpoint`.
+
+    Returns one EvalScore per (leaf task, metric, filter) and one EvalSample per (leaf task, document, metric,
+    filter); a group's own aggregate rows are left out, its leaf tasks are kept. Raises FileNotFoundError
+    when a local task's data file does not exist relative to the working directory.
+    """
+    if task.include_path is not None:
+        check_data_files(Path(task.include_path))
+    results = _simple_evaluate(endpoint, task, seed)
+    return scores_from_results(results), samples_from_results(results)
+
+
+def _simple_evaluate(endpoint: Endpoint, task: TaskConfig, seed: int) -> dict[str, Any]:
+    if Path(endpoint.tokenizer).is_dir():
+        # Everything is local; offline mode stops transformers and datasets from asking a hub anyway.
+        # It must be set before they are first imported, which is why it comes before `import lm_eval`.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    # Indexing lm-eval's ~14,700 built-in tasks costs ~7 s; a local task directory does not need them.
+    if task.include_path is not None:
+        manager = TaskManager(include_path=task.include_path, include_defaults=False)
+    else:
+        manager = TaskManager()
+    results = lm_eval.simple_evaluate(
+        model="local-completions",
+        model_args=_model_args(endpoint, seed),
+        tasks=[task.name],
+        num_fewshot=task.num_fewshot,
+        limit=task.limit,
+        gen_kwargs={"max_gen_toks": task.max_gen_toks},  # applied to generate_until tasks only
+        log_samples=True,
+        task_manager=manager,
+        random_seed=seed,
+        numpy_random_seed=seed,
+        torch_random_seed=seed,
+        fewshot_random_seed=seed,
+    )
+    if results is None:  # lm-eval returns None on non-zero distributed ranks; one process here has rank 0
+        raise RuntimeError(f"lm-eval returned no results for task {task.name!r}")
+    return results
+
+
+def _model_args(endpoint: Endpoint, seed: int) -> dict[str, Any]:
+    args: dict[str, Any] = {
+        "model": endpoint.served_model,
+        # lm-eval posts to base_url as given, so the route is named here.
+        "base_url": f"{endpoint.base_url.rstrip('/')}/completions",
+        "tokenizer": endpoint.tokenizer,
+        # The default "auto" probes the server's tokenizer route; the local tokenizer needs no round trips.
+        "tokenizer_backend": "huggingface",
+        "tokenized_requests": True,
+        # lm-eval's API backends encode without special tokens unless told; the HF backend and vLLM (given
+        # text) add the tokenizer's BOS, and models are trained with it. A tokenizer without BOS adds nothing.
+        "add_bos_token": True,
+        "num_concurrent": endpoint.num_concurrent,
+        "seed": seed,  # sent with every request
+    }
+    # lm-eval assumes 2048 tokens and left-truncates prompts to fit; a longer prompt than the server takes
+    # would be rejected, so it is told the server's real limit.
+    max_length = endpoint.max_length or served_max_length(endpoint)
+    if max_length is not None:
+        args["max_length"] = max_length
+    return args
+
+
+def served_max_length(endpoint: Endpoint) -> int | None:
+    """The context length vLLM reports for the served model in `/v1/models`, or None if it reports none."""
+    with urllib.request.urlopen(f"{endpoint.base_url.rstrip('/')}/models", timeout=30) as response:
+        models = json.load(response).get("data", [])
+    lengths = [m.get("max_model_len") for m in models if m.get("id") == endpoint.served_model]
+    return int(lengths[0]) if lengths and lengths[0] else None
+
+
+class _TaskYamlLoader(yaml.SafeLoader):
+    """Reads lm-eval task YAMLs; their `!function module.name` tags become None, as only paths matter here."""
+
+
+_TaskYamlLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
+
+
+def check_data_files(include_path: Path) -> None:
+    """Raise FileNotFoundError naming the first data file of a local task that is missing.
+
+    Relative `dataset_kwargs.data_files` are resolved against the working directory, as `datasets` does.
+    """
+    for task_yaml in sorted(include_path.rglob("*.yaml")):
+        config = yaml.load(task_yaml.read_text(), Loader=_TaskYamlLoader)
+        if not isinstance(config, dict):
+            continue
+        for name in _data_files(config):
+            if any(char in name for char in "*?[") or "://" in name:
+                continue  # globs and URLs are datasets' to resolve
+            if not Path(name).exists():
+                raise FileNotFoundError(
+                    f"{task_yaml}: data file {name!r} not found relative to the working directory {Path.cwd()}; "
+                    "run from the repository root"
+                )
+
+
+def _data_files(config: dict[str, Any]) -> Iterator[str]:
+    kwargs = config.get("dataset_kwargs")
+    files = kwargs.get("data_files") if isinstance(kwargs, dict) else None
+    # datasets takes a path, a list of paths, or a mapping of split to either.
+    for entry in files.values() if isinstance(files, dict) else [files]:
+        if isinstance(entry, str):
+            yield entry
+        elif isinstance(entry, list):
+            yield from (item for item in entry if isinstance(item, str))
+
+
+def leaf_tasks(results: dict[str, Any]) -> list[str]:
+    """The tasks that evaluated documents; groups are left out (they have no entry in `n-samples`)."""
+    return list(results["n-samples"])
+
+
+def scores_from_results(results: dict[str, Any]) -> list[EvalScore]:
+    """One EvalScore per (leaf task, metric, filter) of an lm-eval results dict; stderr "N/A" becomes None."""
+    version = results.get("lm_eval_version") or importlib.metadata.version("lm_eval")
+    scores = []
+    for task in leaf_tasks(results):
+        entry = results["results"][task]
+        config_hash = task_config_hash(results["configs"][task])
+        for key, raw in entry.items():
+            # Metric keys read "metric,filter"; "name", "alias" and "sample_len" have no comma.
+            metric, comma, filter_name = key.partition(",")
+            value = _number(raw)
+            if not comma or metric.endswith("_stderr") or value is None:
+                continue
+            scores.append(
+                EvalScore(
+                    task=task,
+                    metric=metric,
+                    filter=filter_name,
+                    value=value,
+                    stderr=_number(entry.get(f"{metric}_stderr,{filter_name}")),
+                    n=int(results["n-samples"][task]["effective"]),
+                    num_fewshot=int(results["n-shot"][task]),
+                    lm_eval_version=str(version),
+                    task_config_hash=config_hash,
+                )
+            )
+    return scores
+
+
+def samples_from_results(results: dict[str, Any]) -> list[EvalSample]:
+    """One EvalSample per (leaf task, document, metric, filter) from lm-eval's logged samples.
+
+    `response` is the filtered generation for generate_until tasks; for multiple_choice tasks it is the index
+    (as a string, like `target`) of the choice with the highest unnormalised loglikelihood, the one `acc`
+    scores. Metrics whose per-document value is not a number (corpus metrics such as BLEU or perplexity log
+    tuples that only their aggregation turns into a score) are left out.
+    """
+    rows = []
+    for task in leaf_tasks(results):
+        output_type = results["configs"][task].get("output_type")
+        for sample in results["samples"][task]:
+            response = _response(output_type, sample["filtered_resps"])
+            for metric in sample["metrics"]:
+                value = _number(sample.get(metric))
+                if value is None:
+                    continue
+                rows.append(
+                    EvalSample(
+                        task=task,
+                        doc_id=int(sample["doc_id"]),
+                        metric=metric,
+                        filter=sample["filter"],
+                        value=value,
+                        target=str(sample["target"]),
+                        response=response,
+                    )
+                )
+    return rows
+
+
+def _response(output_type: str | None, filtered: list[Any]) -> str:
+    if output_type == "multiple_choice":
+        # One (loglikelihood, is_greedy) pair per choice.
+        loglikelihoods = [float(pair[0]) for pair in filtered]
+        return str(max(range(len(loglikelihoods)), key=loglikelihoods.__getitem__))
+    first = filtered[0] if filtered else ""
+    return first if isinstance(first, str) else json.dumps(first)
+
+
+def task_config_hash(config: dict[str, Any]) -> str:
+    """A short hash of a task's resolved lm-eval config, to tell whether two scores come from the same task.
+
+    `metadata.config_source` (where the YAML lies on this machine) is left out, so that the same task read
+    from two checkouts hashes the same.
+    """
+    metadata = config.get("metadata")
+    if isinstance(metadata, dict):
+        config = {**config, "metadata": {k: v for k, v in metadata.items() if k != "config_source"}}
+    canonical = json.dumps(config, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _number(value: Any) -> float | None:
+    """A finite float, or None for lm-eval's "N/A", NaN, and anything that is not a number."""
+    if isinstance(value, bool | int | float) and math.isfinite(value):
+        return float(value)
+    return None
