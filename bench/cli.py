@@ -157,7 +157,9 @@ def _print_comparison(results_dir: Path, output: OutputFormat) -> None:
         err_console.print(f"{results_dir}: no teacher/student pair with stored results")
         raise typer.Exit(1)
     if output is OutputFormat.table:
-        console.print(render_table(rows))
+        # Off a terminal (logs, CI) rich assumes 80 columns, too narrow for the table.
+        wide = console if console.is_terminal else Console(width=160)
+        wide.print(render_table(rows))
         for row in rows:
             console.print(row.summary, soft_wrap=True, highlight=False)
     else:

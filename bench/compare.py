@@ -382,20 +382,37 @@ _COLUMNS: tuple[tuple[str, Callable[[ComparisonRow], str]], ...] = (
 )
 
 
-_TEXT_COLUMNS = {"run", "teacher", "student", "task", "metric", "verdict", "workload"}
-
-
 def _cells(rows: Iterable[ComparisonRow]) -> list[list[str]]:
     return [[cell(row) for _, cell in _COLUMNS] for row in rows]
 
 
+# The terminal table is the compact view: run id in the title, metric beside the task, workload@level.
+_TERMINAL_COLUMNS: tuple[tuple[str, Callable[[ComparisonRow], str]], ...] = (
+    ("student", lambda r: r.student),
+    ("teacher", lambda r: r.teacher),
+    ("task / metric", lambda r: f"{r.task or '-'} {r.metric or ''}".strip()),
+    ("teacher", lambda r: _fmt(r.teacher_score, ".3f")),
+    ("student", lambda r: _fmt(r.student_score, ".3f")),
+    ("kept %", lambda r: _fmt(r.retention_pct, ".1f")),
+    ("diff CI", lambda r: _fmt_ci(r.diff_ci_low, r.diff_ci_high)),
+    ("n", lambda r: str(r.n_paired)),
+    ("verdict", lambda r: r.verdict),
+    ("load", lambda r: f"{r.workload}@{_fmt(r.level, 'g')}" if r.workload else "-"),
+    ("tok/s x", lambda r: _fmt(r.throughput_ratio, ".2f")),
+    ("$/Mtok x", lambda r: _fmt(r.usd_per_mtok_ratio, ".2f")),
+    ("J/tok x", lambda r: _fmt(r.j_per_token_ratio, ".2f")),
+)
+_TERMINAL_TEXT = {0, 1, 2, 8, 9}
+
+
 def render_table(rows: Sequence[ComparisonRow]) -> Table:
-    """A rich table of the rows, in the order given."""
-    table = Table(title="student vs teacher")
-    for header, _ in _COLUMNS:
-        table.add_column(header, justify="left" if header in _TEXT_COLUMNS else "right")
-    for cells in _cells(rows):
-        table.add_row(*cells)
+    """A compact rich table of the rows, in the order given (all columns: `to_json` / `to_markdown`)."""
+    runs = sorted({row.run_id for row in rows})
+    table = Table(title=f"student vs teacher ({', '.join(runs)}); x = student / teacher")
+    for index, (header, _) in enumerate(_TERMINAL_COLUMNS):
+        table.add_column(header, justify="left" if index in _TERMINAL_TEXT else "right")
+    for row in rows:
+        table.add_row(*(cell(row) for _, cell in _TERMINAL_COLUMNS))
     return table
 
 

@@ -70,7 +70,9 @@ class TaskConfig(Section):
     include_path: str | None = Field(None, description="Directory of local lm-eval task YAMLs.")
     num_fewshot: int = Field(0, ge=0)
     limit: PositiveInt | None = Field(None, description="Evaluate only the first N documents per task.")
-    max_gen_toks: PositiveInt = Field(64, description="Generation budget for generate_until tasks.")
+    max_gen_toks: PositiveInt | None = Field(
+        None, description="Generation budget for generate_until tasks; default: the task's own."
+    )
 
 
 class LengthDistribution(Section):
@@ -184,7 +186,8 @@ class BenchConfig(Section):
         # prompt's first tokens (BOS included) and every score is wrong.
         for t_index, task in enumerate(self.tasks):
             for m_index, model in enumerate(self.models):
-                if model.serve.max_model_len is not None and task.max_gen_toks >= model.serve.max_model_len:
+                limit = model.serve.max_model_len
+                if limit is not None and task.max_gen_toks is not None and task.max_gen_toks >= limit:
                     raise ValueError(
                         f"tasks[{t_index}].max_gen_toks: {task.max_gen_toks} leaves no room for the prompt within "
                         f"models[{m_index}].serve.max_model_len ({model.serve.max_model_len})"
@@ -261,15 +264,19 @@ def parse_config(data: object, source: str = "<config>", base: Path = Path("."))
     return config
 
 
-def load_config(path: str | Path) -> BenchConfig:
-    """Read and validate a YAML config file. Paths inside it are relative to the working directory."""
-    path = Path(path)
+def read_yaml(path: Path, what: str) -> object:
+    """Parse a YAML file; a missing file or a syntax error is a ConfigError naming `file:line:column`."""
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise ConfigError([f"{path}: no such config file"]) from None
+        raise ConfigError([f"{path}: no such {what}"]) from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         raise ConfigError([f"{where}: not valid YAML: {getattr(error, 'problem', None) or error}"]) from None
-    return parse_config(data, source=str(path))
+
+
+def load_config(path: str | Path) -> BenchConfig:
+    """Read and validate a YAML config file. Paths inside it are relative to the working directory."""
+    path = Path(path)
+    return parse_config(read_yaml(path, "config file"), source=str(path))

@@ -12,10 +12,9 @@ import datetime
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 from pydantic import Field, ValidationError
 
-from bench.config import ConfigError, HardwareConfig, Section, error_lines
+from bench.config import ConfigError, HardwareConfig, Section, error_lines, read_yaml
 
 SECONDS_PER_HOUR = 3600.0
 TOKENS_PER_MTOK = 1e6
@@ -43,12 +42,7 @@ class PriceTable(Section):
 def load_price_table(path: str | Path) -> PriceTable:
     """Read and validate a price table YAML. Raises ConfigError with `file: prices.<device>.<key>: message` lines."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError([f"{path}: no such price table"]) from None
-    except yaml.YAMLError as error:
-        raise ConfigError([f"{path}: not valid YAML: {error}"]) from None
+    data = read_yaml(path, "price table")
     if not isinstance(data, dict):
         raise ConfigError([f"{path}: <root>: expected a mapping with a 'prices' key"])
     try:

@@ -77,7 +77,8 @@ def _simple_evaluate(endpoint: Endpoint, task: TaskConfig, seed: int) -> dict[st
         tasks=[task.name],
         num_fewshot=task.num_fewshot,
         limit=task.limit,
-        gen_kwargs={"max_gen_toks": task.max_gen_toks},  # applied to generate_until tasks only
+        # Applied to generate_until tasks only; None keeps each task's own generation settings.
+        gen_kwargs={"max_gen_toks": task.max_gen_toks} if task.max_gen_toks else None,
         log_samples=True,
         task_manager=manager,
         random_seed=seed,

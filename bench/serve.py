@@ -8,10 +8,12 @@ run in the same Ray actor, on the same node.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import importlib.metadata
 import json
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -26,6 +28,7 @@ from bench.config import ModelConfig
 from bench.records import ModelRecord
 
 HOST = "127.0.0.1"
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 class ServerError(RuntimeError):
@@ -115,7 +118,12 @@ class VllmServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                self.command, stdout=log, stderr=subprocess.STDOUT, env=server_env(self.model, self.hardware)
+                self.command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=server_env(self.model, self.hardware),
+                start_new_session=True,  # its own process group: stop() reaches vLLM's engine processes too
+                preexec_fn=_die_with_parent,
             )
         self._wait_healthy(self.model.serve.startup_timeout_s)
 
@@ -140,11 +148,11 @@ class VllmServer:
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
             return
-        self.process.terminate()
+        os.killpg(self.process.pid, signal.SIGTERM)
         try:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            self.process.kill()
+            os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=30)
 
     def _tail(self, lines: int = 30) -> str:
@@ -175,6 +183,13 @@ class VllmServer:
             engine_version=version,
             engine_args=" ".join(self.command[3:]),
         )
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when the parent dies (Linux), so that a Ray worker killed
+    for a timeout never leaves its vLLM server running."""
+    if sys.platform == "linux":
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def local_weights_dir(model: ModelConfig) -> Path | None:

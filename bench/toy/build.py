@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bench.serve import weights_sha256
-from bench.toy.tasks import GENERATIVE_TASKS, Example, train_stream, write_lm_eval_tasks
+from bench.toy.tasks import GENERATIVE_TASKS, SUITE_VERSION, Example, train_stream, write_lm_eval_tasks
 
 MODEL_NAMES = ("teacher", "student-kd", "student-label")
 DEFAULT_MODELS_DIR = Path(__file__).parent / "models"
@@ -42,13 +42,13 @@ class Preset:
 PRESETS = {
     "full": Preset(
         teacher=(192, 8, 6, 512),
-        student=(128, 2, 4, 384),
+        student=(128, 3, 4, 384),
         teacher_steps=1500,
         student_steps=3000,
         batch_size=128,
         teacher_lr=2e-3,
         student_lr=3e-3,
-        distill_prompts=60_000,
+        distill_prompts=40_000,
         test_size=500,
     ),
     "tiny": Preset(
@@ -101,7 +101,7 @@ def _load(model_dir: Path):
 def _train_teacher(preset: Preset, seed: int, splits: dict[str, list], out: Path, log: Log) -> str:
     from bench.toy.train import Pair, Schedule, Shape, label_loss, make_model, optimise
 
-    key = _digest({"stage": "teacher", "preset": asdict(preset), "seed": seed})
+    key = _digest({"stage": "teacher", "preset": asdict(preset), "seed": seed, "suite": SUITE_VERSION})
     if _cached(out / "teacher", key):
         log("teacher: cached")
         return key
@@ -201,7 +201,7 @@ def build(
     torch.use_deterministic_algorithms(True)
     preset = PRESETS[preset_name]
     report_path = out / "report.json"
-    build_key = _digest({"preset": asdict(preset), "seed": seed, "tasks_dir": str(tasks_dir)})
+    build_key = _digest({"preset": asdict(preset), "seed": seed, "tasks_dir": str(tasks_dir), "suite": SUITE_VERSION})
     if report_path.is_file() and json.loads(report_path.read_text()).get("key") == build_key:
         log(f"toy build is up to date in {out}")
         return json.loads(report_path.read_text())

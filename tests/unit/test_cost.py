@@ -61,7 +61,7 @@ def test_unreadable_tables(tmp_path, text, expected):
     path = tmp_path / "prices.yaml" if text is None else write(tmp_path, text)
     with pytest.raises(ConfigError) as caught:
         cost.load_price_table(path)
-    assert caught.value.lines[0].startswith(f"{path}: ") and expected in caught.value.lines[0]
+    assert caught.value.lines[0].startswith(f"{path}:") and expected in caught.value.lines[0]
 
 
 def billing(usd_per_device_hour: float | None, devices_billed: int = 2) -> cost.Billing:
