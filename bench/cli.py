@@ -240,6 +240,12 @@ toy_app = typer.Typer(help="The toy teacher/student pair and task suite (quickst
 app.add_typer(toy_app, name="toy")
 
 
+def _log_line(line: str) -> None:
+    """Print a progress line at once, also when stdout is a file (a background build's log)."""
+    console.print(line, soft_wrap=True, highlight=False)
+    console.file.flush()
+
+
 @toy_app.command("build")
 def toy_build(
     out: Annotated[Path | None, typer.Option("--out", metavar="DIR", help="Model directory root.")] = None,
@@ -259,7 +265,7 @@ def toy_build(
     if preset not in PRESETS:
         err_console.print(f"--preset: unknown preset {preset!r}; choose from {sorted(PRESETS)}")
         raise typer.Exit(EXIT_CONFIG_ERROR)
-    report = build(out or DEFAULT_MODELS_DIR, tasks_dir, preset, seed, log=lambda line: console.print(line))
+    report = build(out or DEFAULT_MODELS_DIR, tasks_dir, preset, seed, log=_log_line)
     console.print(f"toy build done in {report['build_s']} s: {out or DEFAULT_MODELS_DIR}/report.json")
 
 
