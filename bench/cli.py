@@ -80,7 +80,7 @@ def validate(config_path: ConfigArg) -> None:
 
     Each problem is printed as `file: dotted.key.path: message` and the exit code is 2.
 
-    Example: distill-bench validate configs/toy.yaml
+    Example: distill-bench validate configs/quickstart.yaml
     """
     with config_errors():
         config, _ = load_checked(config_path)
@@ -117,7 +117,7 @@ def plan(
     A cell is one model on one task (eval) or one workload (perf).
     Its key hashes the settings that shape its results, so a re-run skips the cells already stored.
 
-    Example: distill-bench plan configs/toy.yaml --results-dir results
+    Example: distill-bench plan configs/quickstart.yaml --results-dir results
     """
     with config_errors():
         config, _ = load_checked(config_path)
@@ -149,13 +149,14 @@ class OutputFormat(StrEnum):
     markdown = "markdown"
 
 
-def _print_comparison(results_dir: Path, output: OutputFormat) -> None:
+def _print_comparison(results_dir: Path, output: OutputFormat) -> bool:
+    """Print the comparison; False when there is no teacher/student pair to compare."""
     from bench.compare import compare_results, render_table, to_json, to_markdown
 
     rows = compare_results(results_dir)
     if not rows:
         err_console.print(f"{results_dir}: no teacher/student pair with stored results")
-        raise typer.Exit(1)
+        return False
     if output is OutputFormat.table:
         # Off a terminal (logs, CI) rich assumes 80 columns, too narrow for the table.
         wide = console if console.is_terminal else Console(width=160)
@@ -165,6 +166,7 @@ def _print_comparison(results_dir: Path, output: OutputFormat) -> None:
     else:
         # Plain print: machine-readable output must not be wrapped or styled by rich.
         print(to_json(rows) if output is OutputFormat.json else to_markdown(rows))
+    return True
 
 
 @app.command()
@@ -212,7 +214,8 @@ def compare(
     if not results_dir.is_dir():
         err_console.print(f"{results_dir}: no such results directory")
         raise typer.Exit(EXIT_CONFIG_ERROR)
-    _print_comparison(results_dir, output)
+    if not _print_comparison(results_dir, output):
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -260,10 +263,14 @@ def toy_build(
 
     Example: distill-bench toy build --preset tiny --out /tmp/toy --tasks-dir /tmp/toy/tasks
     """
-    from bench.toy.build import DEFAULT_MODELS_DIR, PRESETS, build
+    from bench.toy.build import DEFAULT_MODELS_DIR, DEFAULT_TASKS_DIR, PRESETS, build
 
     if preset not in PRESETS:
         err_console.print(f"--preset: unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+        raise typer.Exit(EXIT_CONFIG_ERROR)
+    if preset != "full" and (out is None or tasks_dir == DEFAULT_TASKS_DIR):
+        # The defaults are the shipped pair and its task files; a test-size build must not replace them.
+        err_console.print(f"--preset {preset}: give --out and --tasks-dir (the defaults hold the shipped pair)")
         raise typer.Exit(EXIT_CONFIG_ERROR)
     report = build(out or DEFAULT_MODELS_DIR, tasks_dir, preset, seed, log=_log_line)
     console.print(f"toy build done in {report['build_s']} s: {out or DEFAULT_MODELS_DIR}/report.json")

@@ -151,8 +151,9 @@ class ModelRun:
     run_dir: Path
     placement: Placement
     actor: object = None
+    group: object = None  # its placement group, when it uses GPUs
     record: ModelRecord | None = None
-    restarts_left: int = 1
+    restarts_left: int = 1  # a fresh worker and server, once, after a start failure, a dead server or a timeout
     attempts: dict[str, int] = field(default_factory=dict)
 
 
@@ -168,7 +169,12 @@ class Events:
     billing_for: Callable[[ModelRecord], Billing]
 
 
+Inflight = dict[object, tuple[ModelRun, Cell | None, float]]  # call -> (model, cell or None for a start, deadline)
+_WAIT_S = 60.0  # ray.wait never blocks longer than this, deadline or not
+
+
 def _launch(run: ModelRun, config: BenchConfig) -> None:
+    """Create the model's worker (and its placement group) and ask it to start its server."""
     import ray
     from ray.util.placement_group import placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -176,10 +182,27 @@ def _launch(run: ModelRun, config: BenchConfig) -> None:
     placement = run.placement
     options: dict = {"num_cpus": placement.num_cpus, "num_gpus": placement.num_gpus, "max_concurrency": 1}
     if placement.bundle:
-        group = placement_group([placement.bundle], strategy="STRICT_PACK", name=f"distill-bench-{run.model.name}")
-        options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(placement_group=group)
+        run.group = placement_group([placement.bundle], strategy="STRICT_PACK", name=f"distill-bench-{run.model.name}")
+        options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(placement_group=run.group)
     worker = ray.remote(ModelWorker).options(**options)
     run.actor = worker.remote(run.model, config.run.seed, str(run.run_dir), os.getcwd(), config.hardware.device_type)
+
+
+def _release(run: ModelRun) -> None:
+    """Stop the server if the worker still answers, then free the worker and its GPUs for the next model."""
+    import ray
+    from ray.util.placement_group import remove_placement_group
+
+    if run.actor is not None:
+        try:
+            ray.get(run.actor.stop.remote(), timeout=_WAIT_S)
+        except Exception as error:  # noqa: BLE001 - a dead or stuck worker is killed below either way
+            log.warning("%s: stopping the server failed: %s", run.model.name, _describe(error))
+        ray.kill(run.actor)  # its vLLM server gets SIGTERM with it (PR_SET_PDEATHSIG)
+        run.actor = None
+    if run.group is not None:
+        remove_placement_group(run.group)
+        run.group = None
 
 
 def _size(run: ModelRun) -> int:
@@ -187,37 +210,69 @@ def _size(run: ModelRun) -> int:
     return run.model.serve.tensor_parallel_size * len(run.cells)
 
 
+def _unplaceable(run: ModelRun, node_gpus: float) -> str | None:
+    if run.placement.num_gpus and run.placement.num_gpus > node_gpus:
+        return f"needs {run.placement.num_gpus} GPUs on one node; the largest node has {node_gpus:g}"
+    return None
+
+
 def dispatch(config: BenchConfig, cells: list[Cell], run_dir: Path, events: Events) -> None:
-    """Run every cell on its model's worker; failed cells are retried, then reported, never dropped."""
+    """Run every cell on its model's worker. Each cell ends stored or reported failed, never dropped."""
     import ray
 
     gpus, node_cpus = ray.cluster_resources().get("GPU", 0), _node_cpus()
+    node_gpus = max((node["Resources"].get("GPU", 0) for node in ray.nodes() if node["Alive"]), default=0)
     runs = [
         ModelRun(m, [c for c in cells if c.model == m.name], run_dir, placement_for(m, node_cpus, gpus))
         for m in config.models
     ]
     runs = sorted((r for r in runs if r.cells), key=_size, reverse=True)
-    inflight: dict[object, tuple[ModelRun, Cell | None, float]] = {}
-    for run in runs:
-        _launch(run, config)
-        # A start call has no deadline of its own: it may queue until resources free up; the server's
-        # startup timeout bounds the start itself.
-        inflight[run.actor.start.remote()] = (run, None, float("inf"))
-        events.on_stage(run.model.name, "waiting for resources / starting server")
-    while inflight:
-        next_deadline = min(deadline for _, _, deadline in inflight.values())
-        timeout = max(0.0, next_deadline - time.monotonic()) if next_deadline != float("inf") else None
-        ready, _ = ray.wait(list(inflight), num_returns=1, timeout=timeout)
-        if not ready:
-            _expire(inflight, config, events)
-            continue
-        run, cell, _ = inflight.pop(ready[0])
-        try:
-            result = ray.get(ready[0], timeout=60)
-        except Exception as error:  # noqa: BLE001 - any failure of a cell or a server is handled the same way
-            _after_failure(run, cell, _describe(error), inflight, config, events)
-            continue
-        _after_success(run, cell, result, inflight, config, events)
+    inflight: Inflight = {}
+    try:
+        for run in runs:
+            problem = _unplaceable(run, node_gpus)
+            if problem:
+                _give_up(run, problem, events)
+                continue
+            _start(run, config, inflight, events)
+        while inflight:
+            _handle_next(inflight, config, events)
+    finally:
+        for run in runs:
+            _release(run)
+
+
+def _start(run: ModelRun, config: BenchConfig, inflight: Inflight, events: Events) -> None:
+    _launch(run, config)
+    # A start has no deadline of its own: it may queue until another model frees the resources; the
+    # server's startup_timeout_s bounds the start itself.
+    inflight[run.actor.start.remote()] = (run, None, float("inf"))
+    events.on_stage(run.model.name, "waiting for resources / starting server")
+
+
+def _handle_next(inflight: Inflight, config: BenchConfig, events: Events) -> None:
+    """Wait for the first call to finish (or a deadline to pass) and act on it."""
+    import ray
+
+    next_deadline = min(deadline for _, _, deadline in inflight.values())
+    timeout = min(_WAIT_S, max(0.0, next_deadline - time.monotonic()))
+    ready, _ = ray.wait(list(inflight), num_returns=1, timeout=timeout)
+    if not ready:
+        _expire(inflight, config, events)
+        return
+    run, cell, _ = inflight.pop(ready[0])
+    try:
+        result = ray.get(ready[0], timeout=_WAIT_S)
+    except Exception as error:  # noqa: BLE001 - any failure of a cell or a server is handled the same way
+        _after_failure(run, cell, _describe(error), inflight, config, events)
+        return
+    if cell is None:
+        run.record = result
+        events.on_started(result)
+    else:
+        run.cells.pop(0)
+        (events.on_eval if cell.kind == "eval" else events.on_perf)(cell, *result)
+    _submit_next(run, inflight, config, events)
 
 
 def _describe(error: Exception) -> str:
@@ -227,24 +282,19 @@ def _describe(error: Exception) -> str:
     return text if len(text) <= 4000 else text[:1000] + "\n...\n" + text[-3000:]
 
 
-def _expire(inflight: dict, config: BenchConfig, events: Events) -> None:
-    """Cells past their deadline: kill the worker (the cell may hang forever) and treat it as a failure."""
-    import ray
-
+def _expire(inflight: Inflight, config: BenchConfig, events: Events) -> None:
+    """Cells past their deadline: the cell may hang forever, so its worker is replaced (a failure)."""
     now = time.monotonic()
     for ref, (run, cell, deadline) in list(inflight.items()):
         if deadline <= now:
             del inflight[ref]
-            ray.kill(run.actor)
-            if run.restarts_left > 0:
-                _launch(run, config)
             message = f"timed out after {config.run.cell_timeout_s:.0f} s"
-            _after_failure(run, cell, message, inflight, config, events, restarted=True)
+            _after_failure(run, cell, message, inflight, config, events, server_alive=False)
 
 
-def _submit_next(run: ModelRun, inflight: dict, config: BenchConfig, events: Events) -> None:
+def _submit_next(run: ModelRun, inflight: Inflight, config: BenchConfig, events: Events) -> None:
     if not run.cells:
-        _finish(run)
+        _release(run)
         events.on_stage(run.model.name, "done")
         return
     cell = run.cells[0]
@@ -257,59 +307,51 @@ def _submit_next(run: ModelRun, inflight: dict, config: BenchConfig, events: Eve
     inflight[ref] = (run, cell, time.monotonic() + config.run.cell_timeout_s)
 
 
-def _finish(run: ModelRun) -> None:
-    """Stop the server, then free the worker's resources so the next model can be placed."""
-    import ray
-
-    try:
-        ray.get(run.actor.stop.remote(), timeout=120)
-    finally:
-        ray.kill(run.actor)
-
-
 def _target(config: BenchConfig, cell: Cell) -> TaskConfig | WorkloadConfig:
     targets = config.tasks if cell.kind == "eval" else config.workloads
     return next(t for t in targets if t.name == cell.target)
 
 
-def _after_success(run: ModelRun, cell: Cell | None, result, inflight: dict, config: BenchConfig, events: Events):
-    if cell is None:
-        run.record = result
-        events.on_started(result)
-    else:
-        run.cells.pop(0)
-        (events.on_eval if cell.kind == "eval" else events.on_perf)(cell, *result)
-    _submit_next(run, inflight, config, events)
+def _server_alive(run: ModelRun) -> bool:
+    import ray
+
+    try:
+        return bool(ray.get(run.actor.alive.remote(), timeout=_WAIT_S))
+    except Exception:  # noqa: BLE001 - a worker that cannot answer counts as dead
+        return False
 
 
 def _after_failure(
-    run: ModelRun, cell: Cell | None, message: str, inflight: dict, config: BenchConfig, events: Events,
-    restarted: bool = False,
+    run: ModelRun, cell: Cell | None, message: str, inflight: Inflight, config: BenchConfig, events: Events,
+    server_alive: bool | None = None,
 ) -> None:  # fmt: skip
-    """Retry the cell (bounded); restart a dead server once; give up on a model whose server won't run."""
-    import ray
-
-    if cell is None:  # the server did not start: every cell of this model fails
-        for pending in run.cells:
-            events.on_failed(pending, 0, f"server did not start: {message}")
-        run.cells.clear()
-        ray.kill(run.actor)
-        events.on_stage(run.model.name, "failed to start")
-        return
-    attempts = run.attempts[cell.key] = run.attempts.get(cell.key, 0) + 1
-    log.warning("%s %s %s failed (attempt %d): %s", run.model.name, cell.kind, cell.target, attempts, message)
-    server_alive = not restarted and ray.get(run.actor.alive.remote(), timeout=60)
-    if attempts > config.run.cell_retries:
-        events.on_failed(cell, attempts, message)
-        run.cells.pop(0)
-    if server_alive:
-        _submit_next(run, inflight, config, events)
-    elif run.restarts_left > 0:
-        run.restarts_left -= 1
-        events.on_stage(run.model.name, "restarting server")
-        inflight[run.actor.start.remote()] = (run, None, float("inf"))
+    """Retry the cell (bounded); replace a dead server's worker once; give up on a model that won't serve."""
+    if cell is not None:
+        attempts = run.attempts[cell.key] = run.attempts.get(cell.key, 0) + 1
+        log.warning("%s %s %s failed (attempt %d): %s", run.model.name, cell.kind, cell.target, attempts, message)
+        if attempts > config.run.cell_retries:
+            events.on_failed(cell, attempts, message)
+            run.cells.pop(0)
+        if server_alive is None:
+            server_alive = _server_alive(run)
+        if server_alive:
+            _submit_next(run, inflight, config, events)
+            return
     else:
-        for pending in run.cells:
-            events.on_failed(pending, run.attempts.get(pending.key, 0), f"server died again: {message}")
-        run.cells.clear()
-        ray.kill(run.actor)
+        message = f"server did not start: {message}"
+    if run.restarts_left > 0 and run.cells:
+        run.restarts_left -= 1
+        log.warning("%s: replacing its worker and server after: %s", run.model.name, message)
+        _release(run)
+        _start(run, config, inflight, events)
+    else:
+        _give_up(run, message, events)
+
+
+def _give_up(run: ModelRun, message: str, events: Events) -> None:
+    """Report every remaining cell of a model as failed and free its worker."""
+    for pending in run.cells:
+        events.on_failed(pending, run.attempts.get(pending.key, 0), message)
+    run.cells.clear()
+    _release(run)
+    events.on_stage(run.model.name, "failed")

@@ -28,7 +28,8 @@ import pyarrow.compute as pc
 from rich.table import Table
 
 from bench import store
-from bench.config import CompareConfig
+from bench.config import BenchConfig, CompareConfig
+from bench.plan import build_plan, model_key
 
 # Bound the bootstrap's index matrix (draws x documents) so big tasks do not need gigabytes.
 _MAX_DRAWS_PER_CHUNK = 2_000_000
@@ -203,6 +204,34 @@ def _manifest_settings(results_dir: Path) -> dict[str, CompareConfig]:
     return settings
 
 
+def _current_cell_keys(results_dir: Path) -> dict[str, set[str]]:
+    """Per run, the cell and model keys of the config its manifest holds now.
+
+    A run directory resumed with a changed config keeps the old config's cells on disk; only the current
+    plan's cells are compared, so old and new results never mix. Runs whose manifest does not validate
+    (an older schema) are compared whole.
+    """
+    current = {}
+    for run_dir in store.run_dirs(results_dir):
+        try:
+            config = BenchConfig.model_validate(store.read_manifest(run_dir)["config"])
+        except (FileNotFoundError, KeyError, ValueError):
+            continue
+        keys = {cell.key for cell in build_plan(config)} | {model_key(model) for model in config.models}
+        current[run_dir.name] = keys
+    return current
+
+
+def _only_current(table: pa.Table, current: dict[str, set[str]]) -> pa.Table:
+    if not current or table.num_rows == 0:
+        return table
+    keep = [
+        run_id not in current or cell_key in current[run_id]
+        for run_id, cell_key in zip(table["run_id"].to_pylist(), table["cell_key"].to_pylist(), strict=True)
+    ]
+    return table.filter(pa.array(keep, type=pa.bool_()))
+
+
 # -- comparing ----------------------------------------------------------------------------------------
 
 
@@ -314,7 +343,8 @@ def compare_results(results_dir: Path, settings: CompareConfig | None = None, se
     bootstrap is seeded, so the same results always give the same rows.
     """
     names = ("models", "eval_scores", "eval_samples", "perf_summary")
-    tables = {name: store.read_table(results_dir, name) for name in names}
+    current = _current_cell_keys(results_dir)
+    tables = {name: _only_current(store.read_table(results_dir, name), current) for name in names}
     by_run = _manifest_settings(results_dir)
     rows = [
         row

@@ -8,6 +8,7 @@ run in the same Ray actor, on the same node.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import importlib.metadata
@@ -146,14 +147,14 @@ class VllmServer:
         return self.process is not None and self.process.poll() is None
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
+        """Stop the server and every process of its group (vLLM's engine processes hold the GPU memory)."""
+        if self.process is None:
             return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
+        _signal_group(self.process.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=30)
+        _signal_group(self.process.pid, signal.SIGKILL)  # whatever of the group outlived the API server
+        self.process.wait(timeout=30)
 
     def _tail(self, lines: int = 30) -> str:
         try:
@@ -183,6 +184,11 @@ class VllmServer:
             engine_version=version,
             engine_args=" ".join(self.command[3:]),
         )
+
+
+def _signal_group(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # the whole group has exited already
+        os.killpg(pid, signum)
 
 
 def _die_with_parent() -> None:

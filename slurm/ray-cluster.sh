@@ -13,6 +13,8 @@ head_ip=$(srun --nodes=1 --ntasks=1 -w "$head_node" hostname --ip-address | awk 
 export RAY_ADDRESS="$head_ip:$port"
 # The cluster lives inside this allocation's private network and only for this job.
 export RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled}
+# Ray starts workers at niceness 15 and the vLLM servers would inherit it.
+export RAY_worker_niceness=${RAY_worker_niceness:-0}
 
 srun --nodes=1 --ntasks=1 -w "$head_node" \
   ray start --head --node-ip-address="$head_ip" --port="$port" --num-gpus="$gpus" --block &
