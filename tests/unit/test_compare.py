@@ -204,3 +204,39 @@ def test_markdown_and_rich_table(results):
 def test_no_results_gives_no_rows(tmp_path):
     assert compare.compare_results(tmp_path) == []
     assert compare.to_json([]) == "[]\n"
+
+
+def test_a_resumed_run_with_a_changed_config_compares_only_its_current_cells(tmp_path: Path) -> None:
+    from bench.config import BenchConfig
+    from bench.plan import build_plan, model_key
+
+    def config(limit: int) -> BenchConfig:
+        return BenchConfig.model_validate(
+            {
+                "run": {"name": "r"},
+                "models": [
+                    {"name": "big", "source": "org/big"},
+                    {"name": "small", "source": "org/s", "teacher": "big"},
+                ],
+                "tasks": [{"name": "toy_add", "limit": limit}],
+            }
+        )
+
+    run = tmp_path / "r"
+
+    def write(cfg: BenchConfig, value: float) -> None:
+        for model in cfg.models:
+            record = make_record(ModelRecord, name=model.name, role=model.role, teacher=model.teacher)
+            store.write_cell(run, "models", model_key(model), model.name, [record])
+        for cell in build_plan(cfg):
+            sample = make_record(EvalSample, task="toy_add", doc_id=0, metric="acc", filter="none", value=value)
+            score = make_record(EvalScore, task="toy_add", metric="acc", filter="none", value=value)
+            store.write_cell(run, "eval_samples", cell.key, cell.model, [sample])
+            store.write_cell(run, "eval_scores", cell.key, cell.model, [score])
+        store.write_manifest(run, {"config": cfg.model_dump(mode="json")})
+
+    write(config(limit=10), value=0.0)  # an earlier run of the same name
+    write(config(limit=20), value=1.0)  # resumed with a changed limit: new cells beside the old ones
+
+    (row,) = compare.compare_results(run)
+    assert (row.teacher_score, row.student_score, row.n_paired) == (1.0, 1.0, 1)
