@@ -151,7 +151,8 @@ class OutputFormat(StrEnum):
 
 def _print_comparison(results_dir: Path, output: OutputFormat) -> bool:
     """Print the comparison; False when there is no teacher/student pair to compare."""
-    from bench.compare import compare_results, render_table, to_json, to_markdown
+    from bench.compare import compare_results
+    from bench.report import render_table, to_json, to_markdown
 
     rows = compare_results(results_dir)
     if not rows:

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import math
-from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from rich.table import Table
 
 from bench import store
 from bench.config import BenchConfig, CompareConfig
@@ -358,7 +355,7 @@ def _sort_key(row: ComparisonRow) -> tuple:
     return (row.run_id, row.teacher, row.student, row.task or "", row.metric or "", row.workload or "", row.level or 0)
 
 
-# -- rendering ----------------------------------------------------------------------------------------
+# -- the one-line summary ----------------------------------------------------------------------------------------
 
 
 def _summary(
@@ -372,88 +369,26 @@ def _summary(
             if quality.retention_pct is not None
             else f"scores {quality.student_score:.3f} vs {pair.teacher}'s {quality.teacher_score:.3f} {quality.metric}"
         )
-        paired = f"CI of diff {_fmt_ci(quality.diff_ci_low, quality.diff_ci_high)}"
+        paired = f"CI of diff {format_ci(quality.diff_ci_low, quality.diff_ci_high)}"
         text = f"{pair.student} {kept} on {quality.task} ({paired}, n={quality.n_paired})"
     if perf:
-        costs = [f"{_fmt(perf.throughput_ratio, '.2f')}x throughput"]
-        costs += [f"{_fmt(perf.usd_per_mtok_ratio, '.2f')}x $/Mtok"] if perf.usd_per_mtok_ratio is not None else []
-        costs += [f"{_fmt(perf.j_per_token_ratio, '.2f')}x J/token"] if perf.j_per_token_ratio is not None else []
+        ratios = (
+            (perf.throughput_ratio, "throughput"),
+            (perf.usd_per_mtok_ratio, "$/Mtok"),
+            (perf.j_per_token_ratio, "J/token"),
+        )
+        costs = [f"{ratio:.2f}x {unit}" for ratio, unit in ratios if ratio is not None]
         text += f" at {', '.join(costs)} ({perf.workload} @ {perf.level:g})"
     if quality:
         text += f": {quality.verdict} at margin {settings.retention_margin:g}"
     return text
 
 
-def _fmt(value: float | None, spec: str) -> str:
+def format_value(value: float | None, spec: str) -> str:
+    """A number for a table cell; "-" when missing."""
     return "-" if value is None else format(value, spec)
 
 
-def _fmt_ci(low: float | None, high: float | None) -> str:
+def format_ci(low: float | None, high: float | None) -> str:
+    """A confidence interval as "low..high"; "-" when missing."""
     return "-" if low is None or high is None else f"{low:+.3f}..{high:+.3f}"
-
-
-_COLUMNS: tuple[tuple[str, Callable[[ComparisonRow], str]], ...] = (
-    ("run", lambda r: r.run_id),
-    ("teacher", lambda r: r.teacher),
-    ("student", lambda r: r.student),
-    ("task", lambda r: r.task or "-"),
-    ("metric", lambda r: r.metric or "-"),
-    ("teacher score", lambda r: _fmt(r.teacher_score, ".3f")),
-    ("student score", lambda r: _fmt(r.student_score, ".3f")),
-    ("retention %", lambda r: _fmt(r.retention_pct, ".1f")),
-    ("diff CI", lambda r: _fmt_ci(r.diff_ci_low, r.diff_ci_high)),
-    ("n", lambda r: str(r.n_paired)),
-    ("verdict", lambda r: r.verdict),
-    ("workload", lambda r: r.workload or "-"),
-    ("level", lambda r: _fmt(r.level, "g")),
-    ("throughput x", lambda r: _fmt(r.throughput_ratio, ".2f")),
-    ("$/Mtok x", lambda r: _fmt(r.usd_per_mtok_ratio, ".2f")),
-    ("J/token x", lambda r: _fmt(r.j_per_token_ratio, ".2f")),
-)
-
-
-def _cells(rows: Iterable[ComparisonRow]) -> list[list[str]]:
-    return [[cell(row) for _, cell in _COLUMNS] for row in rows]
-
-
-# The terminal table is the compact view: run id in the title, metric beside the task, workload@level.
-_TERMINAL_COLUMNS: tuple[tuple[str, Callable[[ComparisonRow], str]], ...] = (
-    ("student", lambda r: r.student),
-    ("teacher", lambda r: r.teacher),
-    ("task / metric", lambda r: f"{r.task or '-'} {r.metric or ''}".strip()),
-    ("teacher", lambda r: _fmt(r.teacher_score, ".3f")),
-    ("student", lambda r: _fmt(r.student_score, ".3f")),
-    ("kept %", lambda r: _fmt(r.retention_pct, ".1f")),
-    ("diff CI", lambda r: _fmt_ci(r.diff_ci_low, r.diff_ci_high)),
-    ("n", lambda r: str(r.n_paired)),
-    ("verdict", lambda r: r.verdict),
-    ("load", lambda r: f"{r.workload}@{_fmt(r.level, 'g')}" if r.workload else "-"),
-    ("tok/s x", lambda r: _fmt(r.throughput_ratio, ".2f")),
-    ("$/Mtok x", lambda r: _fmt(r.usd_per_mtok_ratio, ".2f")),
-    ("J/tok x", lambda r: _fmt(r.j_per_token_ratio, ".2f")),
-)
-_TERMINAL_TEXT = {0, 1, 2, 8, 9}
-
-
-def render_table(rows: Sequence[ComparisonRow]) -> Table:
-    """A compact rich table of the rows, in the order given (all columns: `to_json` / `to_markdown`)."""
-    runs = sorted({row.run_id for row in rows})
-    table = Table(title=f"student vs teacher ({', '.join(runs)}); x = student / teacher")
-    for index, (header, _) in enumerate(_TERMINAL_COLUMNS):
-        table.add_column(header, justify="left" if index in _TERMINAL_TEXT else "right")
-    for row in rows:
-        table.add_row(*(cell(row) for _, cell in _TERMINAL_COLUMNS))
-    return table
-
-
-def to_markdown(rows: Sequence[ComparisonRow]) -> str:
-    """A Markdown table of the rows, then one summary line per row."""
-    lines = ["| " + " | ".join(header for header, _ in _COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
-    lines += ["| " + " | ".join(cells) + " |" for cells in _cells(rows)]
-    lines += ["", *(f"- {row.summary}" for row in rows)]
-    return "\n".join(lines) + "\n"
-
-
-def to_json(rows: Sequence[ComparisonRow]) -> str:
-    """The rows as a JSON list of objects (sorted keys; missing values are null)."""
-    return json.dumps([dataclasses.asdict(row) for row in rows], indent=2, sort_keys=True, allow_nan=False) + "\n"

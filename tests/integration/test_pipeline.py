@@ -11,10 +11,11 @@ import pytest
 from rich.console import Console
 
 from bench import store
-from bench.compare import compare_results, to_json
+from bench.compare import compare_results
 from bench.config import parse_config
 from bench.cost import load_price_table
 from bench.progress import RunProgress
+from bench.report import to_json
 from bench.run import run
 from bench.serve import weights_sha256
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from bench import compare, store
+from bench import compare, report, store
 from bench.config import CompareConfig
 from bench.records import EvalSample, EvalScore, ModelRecord, PerfSummary
 from tests.unit.test_store import make_record
@@ -183,19 +183,19 @@ def test_bootstrap_ci_is_seeded():
 
 def test_outputs_are_deterministic(results):
     first, second = compare.compare_results(results), compare.compare_results(results)
-    assert compare.to_json(first) == compare.to_json(second)
-    assert compare.to_markdown(first) == compare.to_markdown(second)
-    decoded = json.loads(compare.to_json(first))
+    assert report.to_json(first) == report.to_json(second)
+    assert report.to_markdown(first) == report.to_markdown(second)
+    decoded = json.loads(report.to_json(first))
     assert decoded[0]["retention_pct"] == pytest.approx(86 / 90 * 100) and decoded[2]["diff_ci_low"] is None
 
 
 def test_markdown_and_rich_table(results):
     rows = compare.compare_results(results)
-    markdown = compare.to_markdown(rows).splitlines()
+    markdown = report.to_markdown(rows).splitlines()
     assert markdown[0].startswith("| run | teacher | student |")
     assert markdown[2].startswith("| r1 | big | small | toy_add | acc | 0.900 | 0.860 | 95.6 |")
     console = Console(record=True, width=250)
-    console.print(compare.render_table(rows))
+    console.print(report.render_table(rows))
     text = console.export_text()
     assert "| -0.070..-0.015 | 200 | inconclusive |" in "\n".join(markdown)
     assert "-0.070..-0.015" in text and "inconclusive" in text and "no-data" in text
@@ -203,7 +203,7 @@ def test_markdown_and_rich_table(results):
 
 def test_no_results_gives_no_rows(tmp_path):
     assert compare.compare_results(tmp_path) == []
-    assert compare.to_json([]) == "[]\n"
+    assert report.to_json([]) == "[]\n"
 
 
 def test_a_resumed_run_with_a_changed_config_compares_only_its_current_cells(tmp_path: Path) -> None:
