@@ -121,7 +121,7 @@ def plan(
     """
     with config_errors():
         config, _ = load_checked(config_path)
-    run_dir = (results_dir or Path(config.run.results_dir)) / config.run.name
+    run_dir = config.run_dir(results_dir)
     cells = build_plan(config)
     done = _done_keys(run_dir)
     gpus = gpus_per_model(config)

@@ -125,7 +125,7 @@ class ModelWorker:
             gpu_indices=self.assigned_gpus(),
         )
         requests = [request for run in runs for request in run.requests]
-        return requests, [summarize(workload, run, billing, run.energy_j) for run in runs]
+        return requests, [summarize(workload, run, billing) for run in runs]
 
     def stop(self) -> None:
         if self.server is not None:

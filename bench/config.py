@@ -194,6 +194,10 @@ class BenchConfig(Section):
                     )
         return self
 
+    def run_dir(self, results_dir: Path | None = None) -> Path:
+        """Where this run's results go: <results_dir or run.results_dir>/<run.name>."""
+        return (results_dir or Path(self.run.results_dir)) / self.run.name
+
     def model(self, name: str) -> ModelConfig:
         return next(m for m in self.models if m.name == name)
 

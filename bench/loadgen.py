@@ -415,10 +415,11 @@ def _meets_slo(request: PerfRequest, slo: SLOConfig) -> bool:
 
 
 def summarize(
-    workload: WorkloadConfig, level_run: LevelRun, billing: cost.Billing, energy_j: float | None
+    workload: WorkloadConfig, level_run: LevelRun, billing: cost.Billing
 ) -> PerfSummary:
     """The summary row of one level. Latency percentiles and throughput count ok requests only; ITL
-    percentiles pool every inter-token gap of every ok request. `energy_j` is usually `level_run.energy_j`."""
+    percentiles pool every inter-token gap of every ok request; energy is the level run's own reading."""
+    energy_j = level_run.energy_j
     pairs = list(zip(level_run.requests, level_run.itls_s, strict=True))
     ok = [request for request, _ in pairs if request.ok]
     prompt_tokens = sum(r.prompt_tokens for r in ok)

@@ -36,10 +36,6 @@ class RunOutcome:
     failed: int
 
 
-def run_directory(config: BenchConfig, results_dir: Path | None = None) -> Path:
-    return (results_dir or Path(config.run.results_dir)) / config.run.name
-
-
 def manifest(config: BenchConfig, address: str | None) -> dict:
     """The run manifest: the whole validated config, its hash, versions, host and cluster."""
     return {
@@ -126,7 +122,7 @@ def run(
     results_dir: Path | None = None,
 ) -> RunOutcome:
     """Run every cell not yet stored; each finished cell is written atomically the moment it finishes."""
-    run_dir = run_directory(config, results_dir)
+    run_dir = config.run_dir(results_dir)
     cells = build_plan(config)
     pending = pending_cells(cells, store.done_cell_keys(run_dir))
     skipped = len(cells) - len(pending)

@@ -153,7 +153,7 @@ def test_concurrency_level_is_consistent_and_never_exceeded(fake_openai_server):
     sent = [body for body in server.bodies if body["prompt"] in [list(s.prompt) for s in plan.timed]]
     assert len(sent) == 12 and all(b["min_tokens"] == b["max_tokens"] and b["ignore_eos"] for b in sent)
 
-    summary = loadgen.summarize(work, result, BILLING, energy_j=None)
+    summary = loadgen.summarize(work, result, BILLING)
     assert summary.output_tokens_total == sum(r.output_tokens for r in result.requests)
     assert summary.requests_ok == 12 and summary.requests_failed == 0
     assert summary.output_tokens_per_s == pytest.approx(summary.output_tokens_total / result.duration_s)
@@ -217,7 +217,7 @@ def test_failures_become_rows(fake_openai_server):
     assert result.requests[3].output_tokens == 2 and result.requests[3].tpot_s is None  # what arrived before the drop
     assert errors[4] == "error in stream: {'message': 'engine died'}"
 
-    summary = loadgen.summarize(work, result, BILLING, energy_j=None)
+    summary = loadgen.summarize(work, result, BILLING)
     assert (summary.requests_ok, summary.requests_failed) == (1, 5)
     assert summary.output_tokens_total == 5 and summary.ttft_p50_s == result.requests[5].ttft_s
 
@@ -253,7 +253,7 @@ def test_energy_comes_from_nvml_counter(fake_openai_server, monkeypatch):
     work = workload(num_requests=2)
     result = run(root, work, 1, gpu_indices=(0,))
     assert result.energy_j == pytest.approx(0.5)
-    summary = loadgen.summarize(work, result, BILLING, result.energy_j)
+    summary = loadgen.summarize(work, result, BILLING)
     assert summary.j_per_output_token == pytest.approx(0.5 / 10)
 
 
@@ -307,10 +307,10 @@ def test_summarize_percentiles_goodput_and_cost():
     requests = tuple(request(i, ttft_s=0.1 * (i + 1), e2e_s=1.0 + 0.1 * i) for i in range(10))
     requests += (request(10, ttft_s=0.05, e2e_s=0.1, ok=False),)
     itls = tuple((r.tpot_s,) * 10 for r in requests)
-    level_run = loadgen.LevelRun("w", 1.0, requests, itls, duration_s=2.0, not_sent=0, energy_j=None)
+    level_run = loadgen.LevelRun("w", 1.0, requests, itls, duration_s=2.0, not_sent=0, energy_j=55.0)
     work = workload(slo=SLOConfig(ttft_s=0.5, e2e_s=1.35))
 
-    summary = loadgen.summarize(work, level_run, BILLING, energy_j=55.0)
+    summary = loadgen.summarize(work, level_run, BILLING)
     ttfts = [0.1 * (i + 1) for i in range(10)]
     assert summary.ttft_p50_s == pytest.approx(np.percentile(ttfts, 50))
     assert summary.ttft_p99_s == pytest.approx(np.percentile(ttfts, 99))
@@ -326,7 +326,7 @@ def test_summarize_percentiles_goodput_and_cost():
 def test_summarize_without_ok_requests_is_all_none():
     requests = (request(0, 0.1, 0.2, ok=False),)
     level_run = loadgen.LevelRun("w", 1.0, requests, ((),), duration_s=0.2, not_sent=0, energy_j=None)
-    summary = loadgen.summarize(workload(slo=SLOConfig(ttft_s=1)), level_run, BILLING, energy_j=None)
+    summary = loadgen.summarize(workload(slo=SLOConfig(ttft_s=1)), level_run, BILLING)
     assert summary.ttft_p50_s is None and summary.itl_p99_s is None and summary.e2e_p90_s is None
     assert summary.output_tokens_per_s == 0.0 and summary.usd_per_mtok_output is None
     assert summary.goodput_requests_per_s == 0.0
