@@ -414,9 +414,7 @@ def _meets_slo(request: PerfRequest, slo: SLOConfig) -> bool:
     return all(limit is None or (value is not None and value <= limit) for limit, value in checks)
 
 
-def summarize(
-    workload: WorkloadConfig, level_run: LevelRun, billing: cost.Billing
-) -> PerfSummary:
+def summarize(workload: WorkloadConfig, level_run: LevelRun, billing: cost.Billing) -> PerfSummary:
     """The summary row of one level. Latency percentiles and throughput count ok requests only; ITL
     percentiles pool every inter-token gap of every ok request; energy is the level run's own reading."""
     energy_j = level_run.energy_j
