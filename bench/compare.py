@@ -6,7 +6,9 @@ Each student is paired with its teacher within the same run, so both were measur
 Quality: the CI is of the mean per-document difference (student - teacher) over documents both models
 answered, resampling documents (a paired bootstrap): pairing removes the per-document difficulty that both
 models share, so the CI is far tighter than comparing two independent scores. The verdict tests that
-difference against the run's absolute `retention_margin`.
+difference against the run's absolute `retention_margin`, oriented by the metric's direction (lm-eval's
+`higher_is_better`, stored in `eval_scores`): for a lower-is-better metric such as perplexity, a student whose
+score is lower is the better one, and retention is teacher / student.
 Speed and cost: ratios of the student's perf summary to the teacher's for the same workload, at the
 highest load level both ran, where throughput is closest to the server's capacity.
 """
@@ -60,6 +62,7 @@ class QualityComparison:
     diff_ci_high: float | None
     n_paired: int
     verdict: str  # "better", "non-inferior", "inconclusive", "inferior", or "no-data" without paired samples
+    higher_is_better: bool
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,7 @@ class ComparisonRow:
     diff_ci_high: float | None
     n_paired: int
     verdict: str
+    higher_is_better: bool | None
     retention_margin: float
     confidence: float
     workload: str | None
@@ -120,13 +124,18 @@ def bootstrap_ci(diffs: np.ndarray, confidence: float, samples: int, seed: int) 
     return float(low), float(high)
 
 
-def verdict(diff_ci_low: float, diff_ci_high: float, retention_margin: float) -> str:
-    """Non-inferiority at an absolute margin: is the whole CI of (student - teacher) above -margin?"""
-    if diff_ci_low > 0:
+def verdict(diff_ci_low: float, diff_ci_high: float, retention_margin: float, higher_is_better: bool = True) -> str:
+    """Non-inferiority at an absolute margin: is the whole CI of the student's gain above -margin?
+
+    The CI is of (student - teacher); the gain is that difference where higher is better, its negation where
+    lower is better.
+    """
+    low, high = (diff_ci_low, diff_ci_high) if higher_is_better else (-diff_ci_high, -diff_ci_low)
+    if low > 0:
         return "better"
-    if diff_ci_low > -retention_margin:
+    if low > -retention_margin:
         return "non-inferior"
-    if diff_ci_high < -retention_margin:
+    if high < -retention_margin:
         return "inferior"
     return "inconclusive"
 
@@ -158,6 +167,15 @@ def _scores(eval_scores: pa.Table, run_id: str, model: str) -> dict[ScoreKey, fl
     return {
         (row["task"], row["metric"], row["filter"]): row["value"]
         for row in _select(eval_scores, run_id, model).to_pylist()
+    }
+
+
+def _lower_is_better(eval_scores: pa.Table, run_id: str, model: str) -> set[ScoreKey]:
+    # A null direction (older results, tasks that give none) counts as higher is better.
+    return {
+        (row["task"], row["metric"], row["filter"])
+        for row in _select(eval_scores, run_id, model).to_pylist()
+        if row["higher_is_better"] is False
     }
 
 
@@ -238,16 +256,21 @@ def _pick_filter(teacher: dict[ScoreKey, float], student: dict[ScoreKey, float],
 
 
 def _quality(
-    key: ScoreKey, scores: tuple[float, float], paired: np.ndarray, settings: CompareConfig, seed: int
+    key: ScoreKey,
+    scores: tuple[float, float],
+    higher_is_better: bool,
+    paired: np.ndarray,
+    settings: CompareConfig,
+    seed: int,
 ) -> QualityComparison:
     teacher_score, student_score = scores
-    retention = _ratio(student_score, teacher_score)
+    retention = _ratio(student_score, teacher_score) if higher_is_better else _ratio(teacher_score, student_score)
     mean = low = high = None
     outcome = "no-data"
     if paired.size:
         mean = float(paired.mean())
         low, high = bootstrap_ci(paired, settings.confidence, settings.bootstrap_samples, seed)
-        outcome = verdict(low, high, settings.retention_margin)
+        outcome = verdict(low, high, settings.retention_margin, higher_is_better)
     return QualityComparison(
         task=key[0],
         metric=key[1],
@@ -260,6 +283,7 @@ def _quality(
         diff_ci_high=high,
         n_paired=int(paired.size),
         verdict=outcome,
+        higher_is_better=higher_is_better,
     )
 
 
@@ -267,6 +291,7 @@ def compare_quality(
     teacher: dict[ScoreKey, float],
     student: dict[ScoreKey, float],
     diffs: dict[ScoreKey, np.ndarray],
+    lower_is_better: set[ScoreKey],
     settings: CompareConfig,
     seed: int,
 ) -> list[QualityComparison]:
@@ -274,7 +299,8 @@ def compare_quality(
     results = []
     for task, metric in sorted({(t, m) for (t, m, f) in teacher if (t, m, f) in student}):
         key = (task, metric, _pick_filter(teacher, student, task, metric))
-        results.append(_quality(key, (teacher[key], student[key]), diffs.get(key, np.empty(0)), settings, seed))
+        scores, paired = (teacher[key], student[key]), diffs.get(key, np.empty(0))
+        results.append(_quality(key, scores, key not in lower_is_better, paired, settings, seed))
     return results
 
 
@@ -320,6 +346,7 @@ def compare_pair(tables: dict[str, pa.Table], pair: Pair, settings: CompareConfi
         _scores(tables["eval_scores"], pair.run_id, pair.teacher),
         _scores(tables["eval_scores"], pair.run_id, pair.student),
         _paired_diffs(tables["eval_samples"], pair),
+        _lower_is_better(tables["eval_scores"], pair.run_id, pair.teacher),
         settings,
         seed,
     )

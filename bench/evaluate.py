@@ -170,6 +170,7 @@ def scores_from_results(results: dict[str, Any]) -> list[EvalScore]:
     scores = []
     for task in leaf_tasks(results):
         entry = results["results"][task]
+        directions = results.get("higher_is_better", {}).get(task, {})
         config_hash = task_config_hash(results["configs"][task])
         for key, raw in entry.items():
             # Metric keys read "metric,filter"; "name", "alias" and "sample_len" have no comma.
@@ -184,6 +185,7 @@ def scores_from_results(results: dict[str, Any]) -> list[EvalScore]:
                     filter=filter_name,
                     value=value,
                     stderr=_number(entry.get(f"{metric}_stderr,{filter_name}")),
+                    higher_is_better=directions.get(metric),
                     n=int(results["n-samples"][task]["effective"]),
                     num_fewshot=int(results["n-shot"][task]),
                     lm_eval_version=str(version),

@@ -41,6 +41,7 @@ class EvalScore:
     filter: str  # lm-eval filter name, e.g. "none"
     value: float
     stderr: float | None
+    higher_is_better: bool | None  # lm-eval's direction for the metric; None where the task gives none
     n: int  # documents evaluated
     num_fewshot: int
     lm_eval_version: str

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from bench.records import CellFailure, EvalSample, EvalScore, ModelRecord, PerfRequest, PerfSummary
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: eval_scores.higher_is_better
 TOOL_NAME = "distill-bench"
 MANIFEST_NAME = "run.json"
 

@@ -162,6 +162,24 @@ def test_verdict_rules(low, high, expected):
     assert compare.verdict(low, high, retention_margin=0.05) == expected
 
 
+@pytest.mark.parametrize(
+    ("low", "high", "expected"),
+    [(-0.05, -0.01, "better"), (-0.02, 0.04, "non-inferior"), (0.06, 0.09, "inferior"), (0.01, 0.07, "inconclusive")],
+)
+def test_verdict_orients_lower_is_better_metrics(low, high, expected):
+    assert compare.verdict(low, high, retention_margin=0.05, higher_is_better=False) == expected
+
+
+def test_a_student_with_higher_perplexity_keeps_less_and_is_inferior():
+    key = ("toy_ppl", "word_perplexity", "none")
+    diffs = np.random.default_rng(0).normal(2.0, 0.5, size=300)  # the student's perplexity is about 2 higher
+    settings = CompareConfig(retention_margin=0.5)
+    (row,) = compare.compare_quality({key: 10.0}, {key: 12.0}, {key: diffs}, {key}, settings, seed=0)
+    assert row.higher_is_better is False
+    assert row.retention_pct == pytest.approx(100 * 10 / 12)
+    assert row.verdict == "inferior"
+
+
 def test_bootstrap_ci_covers_the_true_difference():
     rng = np.random.default_rng(1)
     covered = 0

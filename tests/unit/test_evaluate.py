@@ -52,6 +52,13 @@ def test_scores_keep_stderr_n_fewshot_version_and_config_hash(results):
     assert len(score.task_config_hash) == 16
 
 
+def test_scores_carry_the_metric_direction_lm_eval_reports(results):
+    results["higher_is_better"]["toy_sort"]["exact_match"] = False  # as lm-eval reports perplexity
+    del results["higher_is_better"]["toy_reverse"]
+    directions = {s.task: s.higher_is_better for s in evaluate.scores_from_results(results)}
+    assert directions == {"toy_add": True, "toy_add_mc": True, "toy_sort": False, "toy_reverse": None}
+
+
 def test_na_and_nan_stderr_become_none(results):
     results["results"]["toy_add"]["exact_match_stderr,none"] = "N/A"  # what lm-eval writes for one document
     results["results"]["toy_sort"]["exact_match_stderr,none"] = float("nan")
