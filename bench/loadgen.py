@@ -10,17 +10,17 @@ A level is three steps: `plan_level` (pure and seeded: prompts, output lengths, 
 `run_level` (warm-up, then the timed requests, one coroutine per request) and `summarize` (percentiles,
 throughput, goodput, cost, energy). A mode is only an arrival schedule: closed loop (N workers taking the
 next request when their last one finishes) or open loop (send times); a new mode is a new entry in SCHEDULES.
+One request's HTTP stream and its timing are `bench.stream`'s.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import aiohttp
 import numpy as np
@@ -29,6 +29,7 @@ from bench import cost
 from bench.config import LengthDistribution, SLOConfig, WorkloadConfig
 from bench.power import PowerSampler
 from bench.records import PerfRequest, PerfSummary
+from bench.stream import Trace, stream_request
 
 log = logging.getLogger(__name__)
 
@@ -139,23 +140,6 @@ def plan_level(workload: WorkloadConfig, level: float, prompt_space: PromptSpace
     return LevelPlan(warmup, timed, schedule, warmup_concurrency)
 
 
-@dataclass
-class _Trace:
-    """What one streamed response looked like; times are time.perf_counter() seconds."""
-
-    start: float
-    end: float = 0.0
-    chunk_times: list[float] = field(default_factory=list)  # arrival of each chunk that carried tokens
-    tokens_seen: int = 0
-    usage: dict | None = None
-    done: bool = False
-    error: str | None = None
-
-
-class _StreamError(Exception):
-    """The server answered with an error or with something that is not a completion stream."""
-
-
 def _request_body(model: str, spec: RequestSpec) -> dict:
     return {
         "model": model,
@@ -171,71 +155,8 @@ def _request_body(model: str, spec: RequestSpec) -> dict:
     }
 
 
-def _consume_line(raw: bytes, now: float, trace: _Trace) -> None:
-    """Apply one SSE line to the trace; each `data:` line of vLLM's stream is one whole JSON event."""
-    line = raw.strip()
-    if not line.startswith(b"data:"):
-        return  # blank event separators, comments and other SSE fields carry nothing we measure
-    data = line[len(b"data:") :].strip()
-    if data == b"[DONE]":
-        trace.done = True
-        return
-    try:
-        event = json.loads(data)
-    except json.JSONDecodeError:
-        raise _StreamError(f"malformed stream event: {data[:80]!r}") from None
-    if not isinstance(event, dict) or not isinstance(event.get("choices", []), list):
-        raise _StreamError(f"malformed stream event: {data[:80]!r}")
-    if "error" in event:
-        raise _StreamError(f"error in stream: {event['error']}")
-    if event.get("usage"):
-        if not isinstance(event["usage"], dict):
-            raise _StreamError(f"malformed usage: {event['usage']!r:.80}")
-        trace.usage = event["usage"]
-    new_tokens, has_text = 0, False
-    for choice in event.get("choices") or ():
-        if not isinstance(choice, dict):
-            raise _StreamError(f"malformed stream event: {data[:80]!r}")
-        new_tokens += len(choice.get("token_ids") or ())
-        has_text = has_text or bool(choice.get("text"))
-    if new_tokens or has_text:
-        trace.chunk_times.append(now)
-        trace.tokens_seen += new_tokens or 1
-
-
-async def _read_stream(session: aiohttp.ClientSession, url: str, body: dict, trace: _Trace) -> None:
-    async with session.post(url, json=body) as response:
-        if response.status != 200:
-            text = await response.text(errors="replace")
-            raise _StreamError(f"HTTP {response.status}: {text[:300]}")
-        async for raw in response.content:
-            _consume_line(raw, time.perf_counter(), trace)
-            if trace.done:
-                return
-    raise _StreamError("stream ended before [DONE]")
-
-
-async def _stream_request(session: aiohttp.ClientSession, url: str, body: dict, timeout_s: float) -> _Trace:
-    """Send one request and time its stream; every failure ends up in `trace.error`, never raised."""
-    trace = _Trace(start=time.perf_counter())
-    try:
-        async with asyncio.timeout(timeout_s):
-            await _read_stream(session, url, body, trace)
-    except TimeoutError:
-        trace.error = f"timeout after {timeout_s:g} s"
-    except _StreamError as error:
-        trace.error = str(error)
-    except (aiohttp.ClientError, OSError, ValueError) as error:  # ValueError: aiohttp's over-long line
-        trace.error = f"{type(error).__name__}: {error}"
-    except Exception as error:  # one broken request must not abort the level; keep the trace for a bug report
-        log.exception("unexpected error in a load-test request")
-        trace.error = f"unexpected {type(error).__name__}: {error}"
-    trace.end = time.perf_counter()
-    return trace
-
-
-Send = Callable[[RequestSpec], Awaitable[_Trace]]
-Sent = list[tuple[RequestSpec, _Trace]]
+Send = Callable[[RequestSpec], Awaitable[Trace]]
+Sent = list[tuple[RequestSpec, Trace]]
 
 
 async def _run_closed_loop(specs: Sequence[RequestSpec], concurrency: int, send: Send, stop_s: float | None) -> Sent:
@@ -289,7 +210,7 @@ def _count(reported: object, fallback: int) -> int:
     return reported if isinstance(reported, int) and not isinstance(reported, bool) else fallback
 
 
-def _record(workload: str, level: float, spec: RequestSpec, trace: _Trace, origin: float) -> PerfRequest:
+def _record(workload: str, level: float, spec: RequestSpec, trace: Trace, origin: float) -> PerfRequest:
     usage = trace.usage or {}
     output_tokens = _count(usage.get("completion_tokens"), trace.tokens_seen)
     error = trace.error
@@ -361,10 +282,10 @@ async def run_level(
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None)) as session:
 
-        async def send(spec: RequestSpec) -> _Trace:
-            return await _stream_request(session, url, _request_body(model, spec), workload.request_timeout_s)
+        async def send(spec: RequestSpec) -> Trace:
+            return await stream_request(session, url, _request_body(model, spec), workload.request_timeout_s)
 
-        async def send_timed(spec: RequestSpec) -> _Trace:
+        async def send_timed(spec: RequestSpec) -> Trace:
             nonlocal done
             trace = await send(spec)
             done += 1
