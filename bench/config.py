@@ -203,8 +203,15 @@ class BenchConfig(Section):
 
     def content_hash(self) -> str:
         """Stable hash of the validated config, recorded in the run manifest."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        return json_sha256(self.model_dump(mode="json"))
+
+
+def json_sha256(payload: object) -> str:
+    """sha256 (hex) of the canonical JSON of a payload (sorted keys; str() for what JSON cannot hold).
+
+    The one content hash of the project: config hashes, cell keys, task config hashes, toy build keys.
+    """
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
 class ConfigError(Exception):

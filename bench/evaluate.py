@@ -14,7 +14,6 @@ Importing this module is cheap: lm-eval (torch, transformers, datasets) is impor
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import logging
@@ -28,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from bench.config import TaskConfig
+from bench.config import TaskConfig, json_sha256
 from bench.records import EvalSample, EvalScore
 
 log = logging.getLogger(__name__)
@@ -244,8 +243,7 @@ def task_config_hash(config: dict[str, Any]) -> str:
     metadata = config.get("metadata")
     if isinstance(metadata, dict):
         config = {**config, "metadata": {k: v for k, v in metadata.items() if k != "config_source"}}
-    canonical = json.dumps(config, sort_keys=True, default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    return json_sha256(config)[:16]
 
 
 def _number(value: Any) -> float | None:

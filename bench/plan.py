@@ -9,15 +9,13 @@ affect how results are read (compare margins, the results directory, the run nam
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel
 
-from bench.config import BenchConfig, ModelConfig
+from bench.config import BenchConfig, ModelConfig, json_sha256
 
 CellKind = Literal["eval", "perf"]
 KEY_HEX_CHARS = 16
@@ -34,8 +32,7 @@ class Cell:
 
 
 def _short_hash(content: dict) -> str:
-    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:KEY_HEX_CHARS]
+    return json_sha256(content)[:KEY_HEX_CHARS]
 
 
 def cell_key(kind: CellKind, model: ModelConfig, target: BaseModel, seed: int) -> str:

@@ -7,13 +7,13 @@ thread count the weights are reproduced bit for bit (tested on the `tiny` preset
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from bench.config import json_sha256
 from bench.serve import weights_sha256
 from bench.toy.tasks import GENERATIVE_TASKS, SUITE_VERSION, Example, train_stream, write_lm_eval_tasks
 
@@ -67,10 +67,6 @@ PRESETS = {
 Log = Callable[[str], None]
 
 
-def _digest(payload: object) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def _cached(model_dir: Path, key: str) -> bool:
     stamp = model_dir / "build.json"
     return stamp.is_file() and json.loads(stamp.read_text()).get("key") == key
@@ -101,7 +97,7 @@ def _load(model_dir: Path):
 def _train_teacher(preset: Preset, seed: int, splits: dict[str, list], out: Path, log: Log) -> str:
     from bench.toy.train import Pair, Schedule, Shape, label_loss, make_model, optimise
 
-    key = _digest({"stage": "teacher", "preset": asdict(preset), "seed": seed, "suite": SUITE_VERSION})
+    key = json_sha256({"stage": "teacher", "preset": asdict(preset), "seed": seed, "suite": SUITE_VERSION})
     if _cached(out / "teacher", key):
         log("teacher: cached")
         return key
@@ -139,7 +135,7 @@ def _train_students(preset: Preset, seed: int, splits: dict[str, list], out: Pat
         teacher_soft_targets,
     )
 
-    key = _digest({"stage": "students", "preset": asdict(preset), "seed": seed, "teacher": teacher_key})
+    key = json_sha256({"stage": "students", "preset": asdict(preset), "seed": seed, "teacher": teacher_key})
     if _cached(out / "student-kd", key) and _cached(out / "student-label", key):
         log("students: cached")
         return
@@ -201,7 +197,8 @@ def build(
     torch.use_deterministic_algorithms(True)
     preset = PRESETS[preset_name]
     report_path = out / "report.json"
-    build_key = _digest({"preset": asdict(preset), "seed": seed, "tasks_dir": str(tasks_dir), "suite": SUITE_VERSION})
+    settings = {"preset": asdict(preset), "seed": seed, "tasks_dir": str(tasks_dir), "suite": SUITE_VERSION}
+    build_key = json_sha256(settings)
     if report_path.is_file() and json.loads(report_path.read_text()).get("key") == build_key:
         log(f"toy build is up to date in {out}")
         return json.loads(report_path.read_text())

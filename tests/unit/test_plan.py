@@ -67,7 +67,7 @@ def test_key_is_the_documented_content_hash(parse) -> None:
         "target": task.model_dump(mode="json"),
         "seed": config.run.seed,
     }
-    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
+    canonical = json.dumps(content, sort_keys=True)
     assert build_plan(config)[0].key == hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
