@@ -156,7 +156,7 @@ def _print_comparison(results_dir: Path, output: OutputFormat) -> bool:
 
     rows = compare_results(results_dir)
     if not rows:
-        err_console.print(f"{results_dir}: no teacher/student pair with stored results")
+        err_console.print(f"{results_dir}: no teacher/student pair with stored results", soft_wrap=True)
         return False
     if output is OutputFormat.table:
         # Off a terminal (logs, CI) rich assumes 80 columns, too narrow for the table.
@@ -217,6 +217,31 @@ def compare(
         raise typer.Exit(EXIT_CONFIG_ERROR)
     if not _print_comparison(results_dir, output):
         raise typer.Exit(1)
+
+
+@app.command()
+def leaderboard(
+    results_dir: Annotated[Path, typer.Argument(metavar="RESULTS_DIR", help="A results root or one run directory.")],
+    out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Where the files go.")] = Path("leaderboard"),
+) -> None:
+    """Rank every student in stored results: leaderboard.parquet, .md, a Pareto plot and a static HTML page.
+
+    Students non-inferior to their teacher on every task come first, fastest first.
+
+    Example: distill-bench leaderboard results/ --out site/
+    """
+    from bench.compare import compare_results
+    from bench.leaderboard import build_entries, write_leaderboard
+
+    if not results_dir.is_dir():
+        err_console.print(f"{results_dir}: no such results directory")
+        raise typer.Exit(EXIT_CONFIG_ERROR)
+    entries = build_entries(compare_results(results_dir))
+    if not entries:
+        err_console.print(f"{results_dir}: no teacher/student pair with stored results", soft_wrap=True)
+        raise typer.Exit(1)
+    for path in write_leaderboard(entries, out, source=str(results_dir)):
+        console.print(f"wrote {path}", soft_wrap=True, highlight=False)
 
 
 @app.command()

@@ -91,12 +91,17 @@ def _tool_version() -> str:
         return "unknown"
 
 
+def record_schema(record: type) -> pa.Schema:
+    """The Arrow schema of a record dataclass alone: its fields in declaration order, with the file metadata."""
+    hints = typing.get_type_hints(record)
+    return pa.schema([_arrow_field(f.name, hints[f.name]) for f in dataclasses.fields(record)], metadata=_metadata())
+
+
 @cache
 def schema(table: str) -> pa.Schema:
     """The Arrow schema of `table`: the key columns, then the record's fields in declaration order."""
     record = _record_class(table)
-    hints = typing.get_type_hints(record)
-    fields = [_arrow_field(f.name, hints[f.name]) for f in dataclasses.fields(record)]
+    fields = list(record_schema(record))
     clashes = {f.name for f in fields} & {f.name for f in KEY_COLUMNS}
     if clashes:
         raise TypeError(f"{record.__name__}: fields {sorted(clashes)} clash with the key columns")
@@ -178,6 +183,14 @@ def to_arrow(table: str, run_id: str, cell_key: str, model: str, rows: Sequence[
     if nulls:
         raise ValueError(f"{table}: None in required columns {nulls}")
     return arrow
+
+
+def write_records(path: Path, record: type, rows: Sequence[Any]) -> Path:
+    """Atomically write rows of one record dataclass as a standalone Parquet file (e.g. the leaderboard)."""
+    columns = {f.name: [getattr(row, f.name) for row in rows] for f in dataclasses.fields(record)}
+    arrow = pa.Table.from_pydict(columns, schema=record_schema(record))
+    _atomic_write(path, lambda handle: pq.write_table(arrow, handle))
+    return path
 
 
 def cell_path(run_dir: Path, table: str, cell_key: str) -> Path:
