@@ -27,8 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from bench import store
-from bench.config import BenchConfig, CompareConfig
-from bench.plan import build_plan, model_key
+from bench.config import CompareConfig
 
 # Bound the bootstrap's index matrix (draws x documents) so big tasks do not need gigabytes.
 _MAX_DRAWS_PER_CHUNK = 2_000_000
@@ -220,20 +219,19 @@ def _manifest_settings(results_dir: Path) -> dict[str, CompareConfig]:
 
 
 def _current_cell_keys(results_dir: Path) -> dict[str, set[str]]:
-    """Per run, the cell and model keys of the config its manifest holds now.
+    """Per run, the cell and model keys its manifest lists: those of its latest config and input files.
 
-    A run directory resumed with a changed config keeps the old config's cells on disk; only the current
-    plan's cells are compared, so old and new results never mix. Runs whose manifest does not validate
-    (an older schema) are compared whole.
+    A run directory resumed with a changed config or rebuilt weights keeps the old cells on disk; only the
+    current ones are compared, so old and new results never mix. The keys are read, not recomputed, so a
+    comparison needs neither the config's model directories nor the harness version that ran it. Runs whose
+    manifest lists no keys are compared whole.
     """
     current = {}
     for run_dir in store.run_dirs(results_dir):
         try:
-            config = BenchConfig.model_validate(store.read_manifest(run_dir)["config"])
-        except (FileNotFoundError, KeyError, ValueError):
+            current[run_dir.name] = set(store.read_manifest(run_dir)["cell_keys"])
+        except (FileNotFoundError, KeyError):
             continue
-        keys = {cell.key for cell in build_plan(config)} | {model_key(model) for model in config.models}
-        current[run_dir.name] = keys
     return current
 
 

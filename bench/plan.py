@@ -2,15 +2,19 @@
 
 A cell is one unit of stored work: one model on one lm-eval task (`eval`) or on one load workload
 (`perf`). Its key hashes exactly the settings that can change its results (the model and how it is
-served, the task or workload, the seed), so a re-run with the same settings finds its cells done, and
-changing anything that matters makes new cells instead of silently reusing stale ones. Settings that only
-affect how results are read (compare margins, the results directory, the run name) are not in the key.
+served, the task or workload, the seed) and a fingerprint of the local files behind them (a local model
+directory, a local task directory), so a re-run with the same settings and files finds its cells done,
+while retrained weights or edited task data make new cells instead of silently reusing stale ones.
+Settings that only affect how results are read (compare margins, the results directory, the run name)
+are not in the key.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel
@@ -19,6 +23,7 @@ from bench.config import BenchConfig, ModelConfig, json_sha256
 
 CellKind = Literal["eval", "perf"]
 KEY_HEX_CHARS = 16
+FINGERPRINT_SAMPLE_BYTES = 1 << 20  # read per end of each file: multi-GB shards stay cheap to fingerprint
 
 
 @dataclass(frozen=True)
@@ -35,25 +40,63 @@ def _short_hash(content: dict) -> str:
     return json_sha256(content)[:KEY_HEX_CHARS]
 
 
-def cell_key(kind: CellKind, model: ModelConfig, target: BaseModel, seed: int) -> str:
-    """Content key of a cell: a short sha256 of the canonical JSON of everything that shapes its results."""
-    return _short_hash(
-        {"kind": kind, "model": model.model_dump(mode="json"), "target": target.model_dump(mode="json"), "seed": seed}
-    )
+def _visible_files(root: Path) -> list[Path]:
+    """Files under `root`, sorted, leaving out hidden ones and Python caches (they are not inputs)."""
+
+    def hidden(path: Path) -> bool:
+        return any(part.startswith(".") or part == "__pycache__" for part in path.relative_to(root).parts)
+
+    return sorted(path for path in root.rglob("*") if path.is_file() and not hidden(path))
+
+
+def local_fingerprint(path: str | None) -> str | None:
+    """A cheap fingerprint of a local directory's contents; None for hub ids and paths that do not exist.
+
+    It hashes each file's relative name and size and its first and last MiB, so retrained weights (same
+    shapes, new values) and edited task data change it, while a 70B checkpoint costs a few MiB of reading.
+    """
+    if path is None or not Path(path).is_dir():
+        return None
+    root, digest = Path(path), hashlib.sha256()
+    for file in _visible_files(root):
+        size = file.stat().st_size
+        digest.update(f"{file.relative_to(root).as_posix()}\0{size}\0".encode())
+        with file.open("rb") as handle:
+            digest.update(handle.read(FINGERPRINT_SAMPLE_BYTES))
+            handle.seek(max(FINGERPRINT_SAMPLE_BYTES, size - FINGERPRINT_SAMPLE_BYTES))
+            digest.update(handle.read())
+    return digest.hexdigest()[:KEY_HEX_CHARS]
+
+
+def cell_key(kind: CellKind, model: ModelConfig, target: BaseModel, seed: int, files: dict[str, str | None]) -> str:
+    """Content key of a cell: a short sha256 of the canonical JSON of everything that shapes its results.
+
+    `files` holds the fingerprints of the local inputs (`weights`, and `task_files` for eval cells).
+    """
+    content = {"model": model.model_dump(mode="json"), "target": target.model_dump(mode="json")}
+    return _short_hash({"kind": kind, **content, "seed": seed, "files": files})
 
 
 def model_key(model: ModelConfig) -> str:
-    """Key of a model's row in the `models` table: changes whenever the model or its serving changes."""
-    return _short_hash({"kind": "model", "model": model.model_dump(mode="json")})
+    """Key of a model's row in the `models` table: changes whenever the model, its weights or serving change."""
+    return _short_hash(
+        {"kind": "model", "model": model.model_dump(mode="json"), "weights": local_fingerprint(model.source)}
+    )
 
 
 def build_plan(config: BenchConfig) -> list[Cell]:
     """All cells of a config, in config order: for each model, its eval cells then its perf cells."""
     seed = config.run.seed
+    task_files = {task.name: local_fingerprint(task.include_path) for task in config.tasks}
     cells = []
     for model in config.models:
-        cells += [Cell("eval", model.name, t.name, cell_key("eval", model, t, seed)) for t in config.tasks]
-        cells += [Cell("perf", model.name, w.name, cell_key("perf", model, w, seed)) for w in config.workloads]
+        weights = local_fingerprint(model.source)
+        for task in config.tasks:
+            key = cell_key("eval", model, task, seed, {"weights": weights, "task_files": task_files[task.name]})
+            cells.append(Cell("eval", model.name, task.name, key))
+        for workload in config.workloads:
+            key = cell_key("perf", model, workload, seed, {"weights": weights})
+            cells.append(Cell("perf", model.name, workload.name, key))
     return cells
 
 

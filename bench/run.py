@@ -36,14 +36,17 @@ class RunOutcome:
     failed: int
 
 
-def manifest(config: BenchConfig, address: str | None) -> dict:
-    """The run manifest: the whole validated config, its hash, versions, host and cluster."""
+def manifest(config: BenchConfig, cells: list[Cell], address: str | None) -> dict:
+    """The run manifest: the whole validated config, its hash, the keys of its cells and models (what
+    `compare` reads as this run's current results), versions, host and cluster."""
+    keys = {cell.key for cell in cells} | {model_key(model) for model in config.models}
     return {
         "schema_version": store.SCHEMA_VERSION,
         "run_id": config.run.name,
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "config": config.model_dump(mode="json"),
         "config_hash": config.content_hash(),
+        "cell_keys": sorted(keys),
         "versions": {"python": platform.python_version(), **_versions()},
         "host": {"hostname": socket.gethostname(), "platform": platform.platform(), "user": getpass.getuser()},
         "cluster": {"address": address or "embedded local Ray", "argv": sys.argv},
@@ -131,7 +134,7 @@ def run(
         return RunOutcome(run_dir, len(cells), skipped, 0, 0)
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    store.write_manifest(run_dir, manifest(config, address))
+    store.write_manifest(run_dir, manifest(config, cells, address))
     handler = _log_to(run_dir)
     recorder = _Recorder(config, prices, run_dir, progress)
     try:

@@ -10,14 +10,15 @@ from pathlib import Path
 import pytest
 
 from bench.config import BenchConfig, parse_config
-from bench.plan import Cell, build_plan, gpus_per_model, pending_cells
+from bench.plan import FINGERPRINT_SAMPLE_BYTES, Cell, build_plan, gpus_per_model, local_fingerprint, pending_cells
 from tests.unit.test_config import setting, valid_config_data, write_workspace
 
 
 @pytest.fixture
-def parse(tmp_path: Path):
-    """Parse config data (default: the valid one) against a workspace in tmp_path."""
+def parse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Parse config data (default: the valid one) against a workspace in tmp_path, the working directory."""
     write_workspace(tmp_path)
+    monkeypatch.chdir(tmp_path)  # local sources are read relative to the working directory, as in a run
 
     def parse(data: dict | None = None) -> BenchConfig:
         return parse_config(copy.deepcopy(data or valid_config_data()), base=tmp_path)
@@ -66,6 +67,7 @@ def test_key_is_the_documented_content_hash(parse) -> None:
         "model": model.model_dump(mode="json"),
         "target": task.model_dump(mode="json"),
         "seed": config.run.seed,
+        "files": {"weights": local_fingerprint(model.source), "task_files": local_fingerprint(task.include_path)},
     }
     canonical = json.dumps(content, sort_keys=True)
     assert build_plan(config)[0].key == hashlib.sha256(canonical.encode()).hexdigest()[:16]
@@ -120,6 +122,46 @@ def test_result_shaping_settings_change_keys(
 )
 def test_reading_settings_do_not_change_keys(parse, dotted: str, value: object) -> None:
     assert keys(parse(edited(dotted, value))) == keys(parse())
+
+
+def test_retrained_weights_change_only_that_models_keys(parse, tmp_path: Path) -> None:
+    weights = tmp_path / "models/student/model.safetensors"
+    weights.write_bytes(b"A" * 100)
+    before = keys(parse())
+    weights.write_bytes(b"B" * 100)  # same name and size, new values
+    after = keys(parse())
+    for cell, key in before.items():
+        assert (after[cell] != key) == (cell[1] == "student"), cell
+
+
+def test_edited_task_data_changes_only_eval_keys(parse, tmp_path: Path) -> None:
+    data = tmp_path / "tasks/data/test.jsonl"
+    data.parent.mkdir()
+    data.write_text('{"q": "1+1", "a": "2"}\n')
+    before = keys(parse())
+    data.write_text('{"q": "1+1", "a": "3"}\n')
+    after = keys(parse())
+    for cell, key in before.items():
+        assert (after[cell] != key) == (cell[0] == "eval"), cell
+
+
+def test_fingerprint_reads_content_not_timestamps_or_caches(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text("{}")
+    shard = tmp_path / "model-00001.safetensors"
+    shard.write_bytes(bytes(3 * FINGERPRINT_SAMPLE_BYTES))
+    first = local_fingerprint(str(tmp_path))
+    shard.write_bytes(bytes(3 * FINGERPRINT_SAMPLE_BYTES))  # rewritten, same bytes, new mtime
+    (tmp_path / "__pycache__").mkdir()
+    (tmp_path / "__pycache__/x.pyc").write_bytes(b"cache")
+    (tmp_path / ".lock").write_text("")
+    assert local_fingerprint(str(tmp_path)) == first
+    shard.write_bytes(bytes(3 * FINGERPRINT_SAMPLE_BYTES - 1) + b"\x01")  # the last byte of a large shard
+    assert local_fingerprint(str(tmp_path)) != first
+
+
+def test_hub_ids_have_no_fingerprint() -> None:
+    assert local_fingerprint("deepseek-ai/DeepSeek-R1") is None
+    assert local_fingerprint(None) is None
 
 
 def test_pending_drops_done_cells_and_keeps_order(parse) -> None:
