@@ -34,6 +34,7 @@ endif
 
 quickstart: install
 	$(BIN)/distill-bench run configs/quickstart.yaml
+	$(BIN)/distill-bench leaderboard results/quickstart --out results/leaderboard
 
 test: install
 	$(BIN)/python -m pytest -q
@@ -46,4 +47,4 @@ toy: install
 	$(BIN)/distill-bench toy build
 
 clean-results:
-	rm -rf results/quickstart
+	rm -rf results/quickstart results/leaderboard
