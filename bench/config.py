@@ -113,6 +113,11 @@ class WorkloadConfig(Section):
     prompt_tokens: LengthDistribution = LengthDistribution(mean=32)
     output_tokens: LengthDistribution = LengthDistribution(mean=32)
     request_timeout_s: PositiveFloat = 120
+    stream_interval: PositiveInt = Field(
+        1,
+        description="Tokens per streamed chunk after the first (vLLM's `stream_interval`); above 1 cuts the "
+        "server's and client's per-token work at high load, and inter-token latencies become per chunk.",
+    )
     slo: SLOConfig = SLOConfig()
 
     @field_validator("levels")

@@ -140,8 +140,8 @@ def plan_level(workload: WorkloadConfig, level: float, prompt_space: PromptSpace
     return LevelPlan(warmup, timed, schedule, warmup_concurrency)
 
 
-def _request_body(model: str, spec: RequestSpec) -> dict:
-    return {
+def _request_body(model: str, spec: RequestSpec, stream_interval: int) -> dict:
+    body = {
         "model": model,
         "prompt": list(spec.prompt),
         "max_tokens": spec.output_tokens,
@@ -153,6 +153,8 @@ def _request_body(model: str, spec: RequestSpec) -> dict:
         # Token ids per chunk let a token that decodes to no text (half a UTF-8 character) count as arrived.
         "return_token_ids": True,
     }
+    # Only when asked: vLLM's per-request `stream_interval` batches tokens into chunks after the first one.
+    return body | {"stream_interval": stream_interval} if stream_interval > 1 else body
 
 
 Send = Callable[[RequestSpec], Awaitable[Trace]]
@@ -283,7 +285,8 @@ async def run_level(
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None)) as session:
 
         async def send(spec: RequestSpec) -> Trace:
-            return await stream_request(session, url, _request_body(model, spec), workload.request_timeout_s)
+            body = _request_body(model, spec, workload.stream_interval)
+            return await stream_request(session, url, body, workload.request_timeout_s)
 
         async def send_timed(spec: RequestSpec) -> Trace:
             nonlocal done

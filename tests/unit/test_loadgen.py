@@ -56,6 +56,8 @@ class FakeOpenAIServer:
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await response.prepare(request)
             await response.write(b": an SSE comment, which clients ignore\n\n")
+            # Like vLLM: the first token alone, then chunks of `stream_interval` tokens.
+            interval, pending = body.get("stream_interval", 1), []
             for position in range(body["max_tokens"]):
                 await asyncio.sleep(1.0 if fault == "stall" else self.token_delay_s)
                 if fault == "malformed" and position == 1:
@@ -65,8 +67,11 @@ class FakeOpenAIServer:
                 if fault == "drop" and position == 2:
                     request.transport.close()
                     return response
-                chunk = {"choices": [{"index": 0, "text": f" t{position}", "token_ids": [7]}], "usage": None}
-                await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                pending.append(7)
+                if position == 0 or len(pending) == interval or position == body["max_tokens"] - 1:
+                    chunk = {"choices": [{"index": 0, "text": f" t{position}", "token_ids": pending}], "usage": None}
+                    await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                    pending = []
         finally:
             # Leave before the last bytes go out: the client may send its next request as soon as it reads them.
             self.in_flight -= 1
@@ -159,6 +164,19 @@ def test_concurrency_level_is_consistent_and_never_exceeded(fake_openai_server):
     assert summary.output_tokens_per_s == pytest.approx(summary.output_tokens_total / result.duration_s)
     assert summary.goodput_requests_per_s is None and summary.energy_j is None and summary.j_per_output_token is None
     assert summary.flops_per_output_token == 2_000_000
+
+
+def test_stream_interval_is_asked_for_and_tokens_are_counted_per_chunk(fake_openai_server):
+    server, root = fake_openai_server
+    result = run(root, workload(num_requests=3, output_tokens=LengthDistribution(mean=9), stream_interval=4), 1)
+    assert all(body["stream_interval"] == 4 for body in server.bodies)
+    for request, itls in zip(result.requests, result.itls_s, strict=True):
+        assert request.ok and request.output_tokens == 9
+        assert len(itls) == 2  # chunks of 1, 4 and 4 tokens
+        assert request.tpot_s == pytest.approx((request.e2e_s - request.ttft_s) / 8)
+    server.reset()
+    run(root, workload(num_requests=1), 1)
+    assert "stream_interval" not in server.bodies[0]  # the default sends nothing vLLM-specific for it
 
 
 def test_run_workload_runs_every_level_and_counts_progress_across_them(fake_openai_server):
