@@ -42,9 +42,9 @@ class Preset:
 PRESETS = {
     "full": Preset(
         teacher=(192, 8, 6, 512),
-        student=(128, 3, 4, 384),
+        student=(128, 2, 4, 512),
         teacher_steps=1500,
-        student_steps=3000,
+        student_steps=4000,
         batch_size=128,
         teacher_lr=2e-3,
         student_lr=3e-3,
@@ -97,7 +97,11 @@ def _load(model_dir: Path):
 def _train_teacher(preset: Preset, seed: int, splits: dict[str, list], out: Path, log: Log) -> str:
     from bench.toy.train import Pair, Schedule, Shape, label_loss, make_model, optimise
 
-    key = json_sha256({"stage": "teacher", "preset": asdict(preset), "seed": seed, "suite": SUITE_VERSION})
+    # Only what shapes the teacher, so that changing a student's settings does not retrain it.
+    settings = {name: getattr(preset, name) for name in ("teacher", "teacher_steps", "teacher_lr", "batch_size")}
+    key = json_sha256(
+        {"stage": "teacher", **settings, "test_size": preset.test_size, "seed": seed, "suite": SUITE_VERSION}
+    )
     if _cached(out / "teacher", key):
         log("teacher: cached")
         return key

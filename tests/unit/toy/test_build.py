@@ -42,6 +42,26 @@ def test_second_build_returns_at_once_from_cache(tiny_builds: tuple[Path, Path])
     assert json.dumps(report, indent=2, sort_keys=True) + "\n" == before
 
 
+def test_changing_a_student_setting_does_not_retrain_the_teacher(tiny_builds, tmp_path, monkeypatch) -> None:
+    import dataclasses
+    import shutil
+
+    from bench.toy import build as toy_build
+
+    root = tmp_path / "copy"
+    shutil.copytree(tiny_builds[0], root)
+    tiny = toy_build.PRESETS["tiny"]
+    other = dataclasses.replace(tiny, student_steps=tiny.student_steps + 1)
+    monkeypatch.setitem(toy_build.PRESETS, "tiny-other", other)
+    logged: list[str] = []
+    build(root / "models", root / "tasks", "tiny-other", seed=7, log=logged.append)
+    assert "teacher: cached" in logged
+    teacher = (root / "models" / "teacher" / "build.json").read_text()
+    assert teacher == (tiny_builds[0] / "models" / "teacher" / "build.json").read_text()
+    student = weights_sha256(root / "models" / "student-kd")
+    assert student != weights_sha256(tiny_builds[0] / "models" / "student-kd")
+
+
 def test_saved_directories_load_in_transformers(tiny_builds: tuple[Path, Path]) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
