@@ -4,7 +4,8 @@ Built from comparison rows only (`compare.compare_results`), so it re-renders fr
 time and each number traces back to them. One entry per (run, student, workload): the student's quality
 over every task metric it was compared on (mean retention, and the worst verdict: a student is only as
 non-inferior as its worst task) beside its speed and cost ratios to its teacher for that workload.
-Ranking: students that are non-inferior (or better) on every task first, fastest first; then the rest.
+Ranking: students that are non-inferior (or better) on every task first, fastest first; then the rest,
+inconclusive before inferior, each fastest first.
 The Pareto plot puts the throughput ratio against the mean retention, one point per entry.
 """
 
@@ -78,7 +79,10 @@ def _entry(key: GroupKey, rows: list[ComparisonRow]) -> LeaderboardEntry:
 
 def _rank_key(entry: LeaderboardEntry) -> tuple:
     speed = entry.throughput_ratio if entry.throughput_ratio is not None else float("-inf")
-    return (entry.worst_verdict not in PASSING, -speed, entry.run_id, entry.student, entry.workload or "")
+    # Passing students by speed alone; the others by how badly their worst task failed, then speed.
+    passing = entry.worst_verdict in PASSING
+    failure = 0 if passing else -VERDICTS_WORST_FIRST.index(entry.worst_verdict)
+    return (not passing, failure, -speed, entry.run_id, entry.student, entry.workload or "")
 
 
 def build_entries(rows: Sequence[ComparisonRow]) -> list[LeaderboardEntry]:

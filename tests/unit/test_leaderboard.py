@@ -49,8 +49,14 @@ def row(student: str, verdict: str, throughput: float | None) -> compare.Compari
 
 
 def test_passing_students_rank_first_then_by_speed():
-    rows = [row("fast-bad", "inferior", 9.0), row("slow-ok", "non-inferior", 1.5), row("fast-ok", "better", 3.0)]
-    assert [e.student for e in leaderboard.build_entries(rows)] == ["fast-ok", "slow-ok", "fast-bad"]
+    rows = [
+        row("fast-bad", "inferior", 9.0),
+        row("slow-ok", "non-inferior", 1.5),
+        row("fast-ok", "better", 3.0),
+        row("slow-unsure", "inconclusive", 1.2),
+    ]
+    ranked = [e.student for e in leaderboard.build_entries(rows)]
+    assert ranked == ["fast-ok", "slow-ok", "slow-unsure", "fast-bad"]
 
 
 def test_pareto_front_keeps_only_undominated_points():
