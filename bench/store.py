@@ -172,23 +172,28 @@ def to_arrow(table: str, run_id: str, cell_key: str, model: str, rows: Sequence[
     wrong = {type(row).__name__ for row in rows if type(row) is not record}
     if wrong:
         raise TypeError(f"{table}: expected {record.__name__} rows, got {sorted(wrong)}")
-    target = schema(table)
     keys = {"run_id": run_id, "cell_key": cell_key, "model": model, "schema_version": SCHEMA_VERSION}
-    columns = {name: [value] * len(rows) for name, value in keys.items()}
+    key_columns = {name: [value] * len(rows) for name, value in keys.items()}
+    return _records_table(table, schema(table), record, rows, key_columns)
+
+
+def _records_table(
+    what: str, target: pa.Schema, record: type, rows: Sequence[Any], columns: dict[str, list]
+) -> pa.Table:
+    """`columns` plus one column per field of the `record` rows, as a table of the `target` schema."""
     for field in dataclasses.fields(record):
         columns[field.name] = [getattr(row, field.name) for row in rows]
     arrow = pa.Table.from_pydict(columns, schema=target)
     # Arrow does not enforce nullable=False on construction; a None in a required field is a bug upstream.
     nulls = [f.name for f in target if not f.nullable and arrow.column(f.name).null_count]
     if nulls:
-        raise ValueError(f"{table}: None in required columns {nulls}")
+        raise ValueError(f"{what}: None in required columns {nulls}")
     return arrow
 
 
 def write_records(path: Path, record: type, rows: Sequence[Any]) -> Path:
     """Atomically write rows of one record dataclass as a standalone Parquet file (e.g. the leaderboard)."""
-    columns = {f.name: [getattr(row, f.name) for row in rows] for f in dataclasses.fields(record)}
-    arrow = pa.Table.from_pydict(columns, schema=record_schema(record))
+    arrow = _records_table(path.name, record_schema(record), record, rows, {})
     _atomic_write(path, lambda handle: pq.write_table(arrow, handle))
     return path
 
