@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import io
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from bench import store
 from bench.compare import ComparisonRow, format_value
+from bench.report import markdown_table
 
 VERDICTS_WORST_FIRST = ("no-data", "inferior", "inconclusive", "non-inferior", "better")
 PASSING = frozenset({"non-inferior", "better"})
@@ -108,9 +110,7 @@ _COLUMNS: tuple[tuple[str, Callable[[LeaderboardEntry], str]], ...] = (
 
 def to_markdown(entries: Sequence[LeaderboardEntry]) -> str:
     """The leaderboard as a Markdown table; x = student / teacher."""
-    lines = ["| " + " | ".join(header for header, _ in _COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
-    lines += ["| " + " | ".join(cell(entry) for _, cell in _COLUMNS) + " |" for entry in entries]
-    return "\n".join(lines) + "\n"
+    return "\n".join(markdown_table(_COLUMNS, entries)) + "\n"
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -119,8 +119,8 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, flo
     return sorted(set(front))
 
 
-def plot_pareto(entries: Sequence[LeaderboardEntry], path: Path) -> Path:
-    """Throughput ratio against mean retention, one point per entry, the teacher at (1, 100)."""
+def plot_pareto(entries: Sequence[LeaderboardEntry]) -> str:
+    """Throughput ratio against mean retention, one point per entry, the teacher at (1, 100); SVG text."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -150,9 +150,10 @@ def plot_pareto(entries: Sequence[LeaderboardEntry], path: Path) -> Path:
     axes.margins(0.2)
     axes.legend(fontsize=8, loc="best")
     figure.tight_layout()
-    figure.savefig(path, format="svg")
+    svg = io.StringIO()
+    figure.savefig(svg, format="svg")
     plt.close(figure)
-    return path
+    return svg.getvalue()
 
 
 def to_html(entries: Sequence[LeaderboardEntry], plot_svg: str, source: str) -> str:
@@ -180,8 +181,9 @@ def write_leaderboard(entries: Sequence[LeaderboardEntry], out_dir: Path, source
     parquet = store.write_records(out_dir / "leaderboard.parquet", LeaderboardEntry, entries)
     markdown = out_dir / "leaderboard.md"
     markdown.write_text(to_markdown(entries))
-    svg = plot_pareto(entries, out_dir / "pareto.svg")
+    svg = out_dir / "pareto.svg"
+    plot = plot_pareto(entries)
+    svg.write_text(plot)
     page = out_dir / "index.html"
-    plot = svg.read_text()
     page.write_text(to_html(entries, plot[plot.index("<svg") :], source))  # inline: no XML prolog
     return [parquet, markdown, svg, page]

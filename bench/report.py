@@ -8,10 +8,13 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
 
 from rich.table import Table
 
 from bench.compare import ComparisonRow, format_ci, format_value
+
+T = TypeVar("T")
 
 _COLUMNS: tuple[tuple[str, Callable[[ComparisonRow], str]], ...] = (
     ("run", lambda r: r.run_id),
@@ -31,10 +34,6 @@ _COLUMNS: tuple[tuple[str, Callable[[ComparisonRow], str]], ...] = (
     ("$/Mtok x", lambda r: format_value(r.usd_per_mtok_ratio, ".2f")),
     ("J/token x", lambda r: format_value(r.j_per_token_ratio, ".2f")),
 )
-
-
-def _cells(rows: Iterable[ComparisonRow]) -> list[list[str]]:
-    return [[cell(row) for _, cell in _COLUMNS] for row in rows]
 
 
 # The terminal table is the compact view: run id in the title, metric beside the task, workload@level.
@@ -67,11 +66,15 @@ def render_table(rows: Sequence[ComparisonRow]) -> Table:
     return table
 
 
+def markdown_table(columns: Sequence[tuple[str, Callable[[T], str]]], items: Iterable[T]) -> list[str]:
+    """The lines of a Markdown table: one column per (header, cell function), one row per item."""
+    lines = ["| " + " | ".join(header for header, _ in columns) + " |", "|" + "---|" * len(columns)]
+    return lines + ["| " + " | ".join(cell(item) for _, cell in columns) + " |" for item in items]
+
+
 def to_markdown(rows: Sequence[ComparisonRow]) -> str:
     """A Markdown table of the rows, then one summary line per row."""
-    lines = ["| " + " | ".join(header for header, _ in _COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
-    lines += ["| " + " | ".join(cells) + " |" for cells in _cells(rows)]
-    lines += ["", *(f"- {row.summary}" for row in rows)]
+    lines = [*markdown_table(_COLUMNS, rows), "", *(f"- {row.summary}" for row in rows)]
     return "\n".join(lines) + "\n"
 
 
