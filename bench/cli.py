@@ -26,6 +26,7 @@ from bench.config import BenchConfig, ConfigError, load_config
 from bench.plan import build_plan, gpus_per_model, pending_cells
 
 if TYPE_CHECKING:
+    from bench.compare import ComparisonRow
     from bench.cost import PriceTable
 
 EXIT_CONFIG_ERROR = 2  # same code click uses for bad usage: the run never started
@@ -149,14 +150,28 @@ class OutputFormat(StrEnum):
     markdown = "markdown"
 
 
-def _print_comparison(results_dir: Path, output: OutputFormat) -> bool:
-    """Print the comparison; False when there is no teacher/student pair to compare."""
+def _comparison_rows(results_dir: Path) -> list[ComparisonRow]:
+    """The comparison of stored results; says so on stderr when there is no teacher/student pair."""
     from bench.compare import compare_results
-    from bench.report import render_table, to_json, to_markdown
 
     rows = compare_results(results_dir)
     if not rows:
         err_console.print(f"{results_dir}: no teacher/student pair with stored results", soft_wrap=True)
+    return rows
+
+
+def _require_results_dir(results_dir: Path) -> None:
+    if not results_dir.is_dir():
+        err_console.print(f"{results_dir}: no such results directory")
+        raise typer.Exit(EXIT_CONFIG_ERROR)
+
+
+def _print_comparison(results_dir: Path, output: OutputFormat) -> bool:
+    """Print the comparison; False when there is no teacher/student pair to compare."""
+    from bench.report import render_table, to_json, to_markdown
+
+    rows = _comparison_rows(results_dir)
+    if not rows:
         return False
     if output is OutputFormat.table:
         # Off a terminal (logs, CI) rich assumes 80 columns, too narrow for the table.
@@ -212,9 +227,7 @@ def compare(
 
     Example: distill-bench compare results/quickstart --format markdown
     """
-    if not results_dir.is_dir():
-        err_console.print(f"{results_dir}: no such results directory")
-        raise typer.Exit(EXIT_CONFIG_ERROR)
+    _require_results_dir(results_dir)
     if not _print_comparison(results_dir, output):
         raise typer.Exit(1)
 
@@ -230,17 +243,13 @@ def leaderboard(
 
     Example: distill-bench leaderboard results/ --out site/
     """
-    from bench.compare import compare_results
     from bench.leaderboard import build_entries, write_leaderboard
 
-    if not results_dir.is_dir():
-        err_console.print(f"{results_dir}: no such results directory")
-        raise typer.Exit(EXIT_CONFIG_ERROR)
-    entries = build_entries(compare_results(results_dir))
-    if not entries:
-        err_console.print(f"{results_dir}: no teacher/student pair with stored results", soft_wrap=True)
+    _require_results_dir(results_dir)
+    rows = _comparison_rows(results_dir)
+    if not rows:
         raise typer.Exit(1)
-    for path in write_leaderboard(entries, out, source=str(results_dir)):
+    for path in write_leaderboard(build_entries(rows), out, source=str(results_dir)):
         console.print(f"wrote {path}", soft_wrap=True, highlight=False)
 
 
