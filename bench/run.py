@@ -36,10 +36,15 @@ class RunOutcome:
     failed: int
 
 
-def manifest(config: BenchConfig, cells: list[Cell], address: str | None) -> dict:
-    """The run manifest: the whole validated config, its hash, the keys of its cells and models (what
-    `compare` reads as this run's current results), versions, host and cluster."""
-    keys = {cell.key for cell in cells} | {model_key(model) for model in config.models}
+def model_keys(config: BenchConfig) -> dict[str, str]:
+    """Each model's key in the `models` table (reads a fingerprint of local weights: compute once per run)."""
+    return {model.name: model_key(model) for model in config.models}
+
+
+def manifest(config: BenchConfig, cells: list[Cell], models: dict[str, str], address: str | None) -> dict:
+    """The run manifest: the whole validated config, its hash, the keys of its cells and models (`models`,
+    from `model_keys`: what `compare` reads as this run's current results), versions, host and cluster."""
+    keys = {cell.key for cell in cells} | set(models.values())
     return {
         "schema_version": store.SCHEMA_VERSION,
         "run_id": config.run.name,
@@ -74,13 +79,15 @@ def _log_to(run_dir: Path) -> logging.Handler:
 class _Recorder:
     """Writes each finished cell to the store as soon as it arrives, and keeps the progress display current."""
 
-    def __init__(self, config: BenchConfig, prices: PriceTable, run_dir: Path, progress: RunProgress):
+    def __init__(
+        self, config: BenchConfig, prices: PriceTable, run_dir: Path, models: dict[str, str], progress: RunProgress
+    ):
         self.config, self.prices, self.run_dir, self.progress = config, prices, run_dir, progress
+        self.model_keys = models
         self.succeeded = self.failed = 0
 
     def started(self, record: ModelRecord) -> None:
-        model = self.config.model(record.name)
-        store.write_cell(self.run_dir, "models", model_key(model), record.name, [record])
+        store.write_cell(self.run_dir, "models", self.model_keys[record.name], record.name, [record])
         self.progress.stage(record.name, f"server up ({record.engine} {record.engine_version})")
 
     def evaluated(self, cell: Cell, scores: list[EvalScore], samples: list[EvalSample]) -> None:
@@ -134,9 +141,10 @@ def run(
         return RunOutcome(run_dir, len(cells), skipped, 0, 0)
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    store.write_manifest(run_dir, manifest(config, cells, address))
+    models = model_keys(config)
+    store.write_manifest(run_dir, manifest(config, cells, models, address))
     handler = _log_to(run_dir)
-    recorder = _Recorder(config, prices, run_dir, progress)
+    recorder = _Recorder(config, prices, run_dir, models, progress)
     try:
         cluster.connect(address)
         with progress:

@@ -227,7 +227,7 @@ def test_no_results_gives_no_rows(tmp_path):
 def test_a_resumed_run_with_a_changed_config_compares_only_its_current_cells(tmp_path: Path) -> None:
     from bench.config import BenchConfig
     from bench.plan import build_plan, model_key
-    from bench.run import manifest
+    from bench.run import manifest, model_keys
 
     def config(limit: int) -> BenchConfig:
         return BenchConfig.model_validate(
@@ -252,7 +252,7 @@ def test_a_resumed_run_with_a_changed_config_compares_only_its_current_cells(tmp
             score = make_record(EvalScore, task="toy_add", metric="acc", filter="none", value=value)
             store.write_cell(run, "eval_samples", cell.key, cell.model, [sample])
             store.write_cell(run, "eval_scores", cell.key, cell.model, [score])
-        store.write_manifest(run, manifest(cfg, build_plan(cfg), address=None))
+        store.write_manifest(run, manifest(cfg, build_plan(cfg), model_keys(cfg), address=None))
 
     write(config(limit=10), value=0.0)  # an earlier run of the same name
     write(config(limit=20), value=1.0)  # resumed with a changed limit: new cells beside the old ones
