@@ -11,8 +11,9 @@ from __future__ import annotations
 import datetime
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from bench.config import ConfigError, HardwareConfig, Section, error_lines, read_yaml
 
@@ -27,6 +28,29 @@ class DevicePrice(Section):
     source: str = Field(min_length=1, description="Provider and page the price was read from.")
     date: datetime.date = Field(description="When the price was read, YYYY-MM-DD.")
     note: str | None = Field(None, description="Anything a reader needs to judge the price.")
+    verified: Literal["provider-page", "third-party", "unverified"] = Field(
+        "unverified",
+        description=(
+            "How the number was checked: `provider-page` (matched on a copy of the provider's own page), "
+            "`third-party` (matched in a third party's copy of the provider's page or price API, named in "
+            "`checked_against`), or `unverified` (recalled, not checked; the default)."
+        ),
+    )
+    checked_against: str | None = Field(
+        None, min_length=1, description="Address of the page or file the number was matched against."
+    )
+    checked: datetime.date | None = Field(
+        None, description="Date that page or file shows, else the date it was read, YYYY-MM-DD."
+    )
+
+    @model_validator(mode="after")
+    def _check_verification(self) -> DevicePrice:
+        evidence = self.checked_against is not None, self.checked is not None
+        if self.verified == "unverified" and any(evidence):
+            raise ValueError("checked_against and checked name a check: set verified, or remove them")
+        if self.verified != "unverified" and not all(evidence):
+            raise ValueError(f"verified is {self.verified!r}: checked_against and checked are both required")
+        return self
 
 
 class PriceTable(Section):

@@ -24,6 +24,9 @@ def test_shipped_price_table_loads_and_names_its_sources():
     for device in ("cpu-core", "H100-80GB", "H200-141GB", "A100-80GB", "L4"):
         price = table.price(device)
         assert price is not None and price.usd_per_hour > 0 and price.source and price.note
+        # Each entry either names what it was checked against and when, or says it was not checked.
+        checked = price.checked_against is not None and price.checked is not None
+        assert checked if price.verified != "unverified" else price.checked is None
     assert table.price("TPU-v9") is None
 
 
@@ -31,6 +34,43 @@ def test_price_table_round_trip(tmp_path):
     path = write(tmp_path, 'prices:\n  X1:\n    usd_per_hour: 2.5\n    source: "a page"\n    date: "2025-01-02"\n')
     price = cost.load_price_table(path).price("X1")
     assert price == cost.DevicePrice(usd_per_hour=2.5, source="a page", date=datetime.date(2025, 1, 2))
+    assert (price.verified, price.checked_against, price.checked) == ("unverified", None, None)
+
+
+def test_a_checked_price_names_its_evidence(tmp_path):
+    path = write(
+        tmp_path,
+        "prices:\n  X1:\n    usd_per_hour: 2.5\n    source: s\n    date: 2026-01-02\n    verified: third-party\n"
+        "    checked_against: https://example.org/copy\n    checked: 2026-01-02\n",
+    )
+    price = cost.load_price_table(path).price("X1")
+    assert price is not None
+    assert (price.verified, price.checked_against, price.checked) == (
+        "third-party",
+        "https://example.org/copy",
+        datetime.date(2026, 1, 2),
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("    verified: third-party\n", "verified is 'third-party': checked_against and checked are both required"),
+        (
+            "    verified: provider-page\n    checked_against: https://example.org\n",
+            "verified is 'provider-page': checked_against and checked are both required",
+        ),
+        ("    checked: 2026-01-02\n", "checked_against and checked name a check: set verified, or remove them"),
+        ("    verified: looked-at-it\n", "Input should be 'provider-page', 'third-party' or 'unverified'"),
+        ("    verified: third-party\n    checked_against: ''\n    checked: 2026-01-02\n", "at least 1 character"),
+    ],
+)
+def test_inconsistent_verification_is_an_error(tmp_path, extra, message):
+    path = write(tmp_path, f"prices:\n  L4:\n    usd_per_hour: 1\n    source: s\n    date: 2026-01-02\n{extra}")
+    with pytest.raises(ConfigError) as caught:
+        cost.load_price_table(path)
+    [line] = caught.value.lines
+    assert line.startswith(f"{path}: prices.L4") and message in line
 
 
 @pytest.mark.parametrize(
