@@ -11,6 +11,7 @@ from rich.console import Console
 
 from bench import compare, report, store
 from bench.config import CompareConfig
+from bench.pairing import PairedValues
 from bench.records import EvalSample, EvalScore, ModelRecord, PerfSummary
 from tests.unit.test_store import make_record
 
@@ -149,8 +150,9 @@ def test_student_without_results_is_reported(results):
 
 def test_summary_reads_as_a_sentence(results):
     assert row_for(compare.compare_results(results)).summary == (
-        "small keeps 95.6% of big's acc on toy_add (CI of diff -0.070..-0.015, n=200)"
-        " at 2.50x throughput, 0.25x $/Mtok (chat @ 4): inconclusive at margin 0.05"
+        "small keeps 95.6% of big's acc on toy_add (CI of diff -0.083..-0.011, n=200, student-only/teacher-only right"
+        " 0/8, McNemar p=0.0078) at 2.50x throughput, 0.25x $/Mtok (chat@4, 1 block: no intervals):"
+        " inconclusive at margin 0.05"
     )
 
 
@@ -172,31 +174,19 @@ def test_verdict_orients_lower_is_better_metrics(low, high, expected):
 
 def test_a_student_with_higher_perplexity_keeps_less_and_is_inferior():
     key = ("toy_ppl", "word_perplexity", "none")
-    diffs = np.random.default_rng(0).normal(2.0, 0.5, size=300)  # the student's perplexity is about 2 higher
+    teacher = np.random.default_rng(0).normal(10.0, 1.0, size=300)
+    student = teacher + np.random.default_rng(1).normal(2.0, 0.5, size=300)  # about 2 higher
     settings = CompareConfig(retention_margin=0.5)
-    (row,) = compare.compare_quality({key: 10.0}, {key: 12.0}, {key: diffs}, {key}, settings, seed=0)
+    paired = {key: PairedValues(teacher, student)}
+    (row,) = compare.compare_quality({key: 10.0}, {key: 12.0}, paired, {key}, settings, seed=0)
     assert row.higher_is_better is False
     assert row.retention_pct == pytest.approx(100 * 10 / 12)
-    assert row.verdict == "inferior"
-
-
-def test_bootstrap_ci_covers_the_true_difference():
-    rng = np.random.default_rng(1)
-    covered = 0
-    for _ in range(40):
-        # Teacher right 80% of the time; the student loses 5% of those: true mean difference -0.04.
-        teacher = rng.random(400) < 0.8
-        student = teacher & (rng.random(400) >= 0.05)
-        low, high = compare.bootstrap_ci(student.astype(float) - teacher, confidence=0.95, samples=500, seed=0)
-        covered += low <= -0.04 <= high
-    assert covered >= 34  # ~95% nominal; the bound leaves room for sampling noise
-
-
-def test_bootstrap_ci_is_seeded():
-    diffs = np.array([0.0, -1.0, 0.0, 1.0, -1.0, 0.0])
-    assert compare.bootstrap_ci(diffs, 0.9, 300, seed=3) == compare.bootstrap_ci(diffs, 0.9, 300, seed=3)
-    with pytest.raises(ValueError):
-        compare.bootstrap_ci(np.empty(0), 0.9, 300, seed=3)
+    # teacher / (teacher + difference): the high difference bounds the retention from below.
+    assert row.retention_ci_low_pct == pytest.approx(100 * 10 / (10 + row.diff_ci_high))
+    assert row.retention_ci_low_pct < row.retention_ci_high_pct < 100
+    assert (row.verdict, row.interval_method, row.discordant_student_only, row.mcnemar_p) == (
+        compare.Verdict.INFERIOR, "bootstrap", None, None,
+    )  # fmt: skip
 
 
 def test_outputs_are_deterministic(results):
@@ -210,13 +200,16 @@ def test_outputs_are_deterministic(results):
 def test_markdown_and_rich_table(results):
     rows = compare.compare_results(results)
     markdown = report.to_markdown(rows).splitlines()
-    assert markdown[0].startswith("| run | teacher | student |")
-    assert markdown[2].startswith("| r1 | big | small | toy_add | acc | 0.900 | 0.860 | 95.6 |")
-    console = Console(record=True, width=250)
+    assert markdown[0].startswith("| run | teacher | student | control | task |")
+    assert markdown[2].startswith("| r1 | big | small |  | toy_add | acc | 0.900 | 0.860 | 95.6 | 90.7..98.7 |")
+    assert (
+        "| -0.083..-0.011 | tango-cc | 200 | 0/8 | 0.0078 | inconclusive | chat | 4 | 1 | 2.50 | 0.25 |" in markdown[2]
+    )
+    console = Console(record=True, width=160)
     console.print(report.render_table(rows))
     text = console.export_text()
-    assert "| -0.070..-0.015 | 200 | inconclusive |" in "\n".join(markdown)
-    assert "-0.070..-0.015" in text and "inconclusive" in text and "no-data" in text
+    assert "-0.083..-0.011" in text and "inconclusive" in text and "no-data" in text and "0/8" in text
+    assert "J/tok" not in text and "capacity" not in text  # columns empty in every row are left out
 
 
 def test_no_results_gives_no_rows(tmp_path):
