@@ -185,7 +185,10 @@ def paired_values(eval_samples: pa.Table, pair: Pair) -> dict[ScoreKey, PairedVa
     """Both models' per-document values of every (task, metric, filter), on the documents both answered."""
     teacher = _doc_values(eval_samples, pair.run_id, pair.teacher)
     student = _doc_values(eval_samples, pair.run_id, pair.student)
-    joined = teacher.join(student, keys=list(_DOC_KEYS), left_suffix="_teacher", right_suffix="_student")
+    # Inner: pyarrow's default (left outer) would pair a document only the teacher answered with a null.
+    joined = teacher.join(
+        student, keys=list(_DOC_KEYS), join_type="inner", left_suffix="_teacher", right_suffix="_student"
+    )
     # Join output order is unspecified; sort so the seeded bootstrap sees the same vectors every time.
     joined = joined.sort_by([(key, "ascending") for key in _DOC_KEYS])
     teacher_values = joined["value_mean_teacher"].to_numpy(zero_copy_only=False)

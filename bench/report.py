@@ -87,7 +87,7 @@ def cost_verdict(row: ComparisonRow) -> str | None:
     if ratio is None:
         return None
     if low is None or high is None:
-        return f"$/Mtok {ratio:.2f}x from {row.n_blocks} block: no interval"
+        return f"$/Mtok {ratio:.2f}x: no interval (needs 2 blocks)"
     if high < 1:
         return f"≥ {math.floor(10 / high) / 10:.1f}x cheaper"
     return f"not shown cheaper: $/Mtok {ratio:.2f}x, {row.confidence:.0%} CI {low:.2f}..{high:.2f}x"
