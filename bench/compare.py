@@ -123,7 +123,7 @@ class ComparisonRow:
     discordant_student_only: int | None
     discordant_teacher_only: int | None
     mcnemar_p: float | None
-    interval_method: str | None
+    interval_method: IntervalMethod | None
     verdict: Verdict
     higher_is_better: bool | None
     retention_margin: float
