@@ -148,6 +148,11 @@ class CompareConfig(Section):
     )
     confidence: float = Field(0.95, gt=0, lt=1)
     bootstrap_samples: PositiveInt = 2000
+    controls: tuple[tuple[str, str], ...] = Field(
+        (),
+        description="Pairs of model names of the same architecture, e.g. [[student-a, student-b]]: compare prints "
+        "their cost ratios (second / first) as a control whose interval should contain 1.",
+    )
 
 
 class RunConfig(Section):
@@ -197,6 +202,17 @@ class BenchConfig(Section):
                         f"tasks[{t_index}].max_gen_toks: {task.max_gen_toks} leaves no room for the prompt within "
                         f"models[{m_index}].serve.max_model_len ({model.serve.max_model_len})"
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _controls_name_two_models(self) -> BenchConfig:
+        names = [m.name for m in self.models]
+        for index, pair in enumerate(self.compare.controls):
+            for name in pair:
+                if name not in names:
+                    raise ValueError(f"compare.controls[{index}]: unknown model {name!r}; models are {names}")
+            if pair[0] == pair[1]:
+                raise ValueError(f"compare.controls[{index}]: a control compares two different models")
         return self
 
     def run_dir(self, results_dir: Path | None = None) -> Path:

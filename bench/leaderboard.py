@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import store
-from bench.compare import ComparisonRow, format_value
-from bench.report import markdown_table
+from bench.compare import ComparisonRow
+from bench.report import format_value, markdown_table
 
 VERDICTS_WORST_FIRST = ("no-data", "inferior", "inconclusive", "non-inferior", "better")
 PASSING = frozenset({"non-inferior", "better"})

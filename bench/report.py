@@ -1,4 +1,5 @@
-"""Reports rendered from comparison rows: the terminal table, Markdown and JSON.
+"""Reports rendered from comparison rows: the one-line summary, the cost verdict, the terminal table,
+Markdown and JSON, and the number formats they share.
 
 Everything here reads `ComparisonRow`s only, so a report re-renders from stored results at any time.
 """
@@ -7,38 +8,194 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from rich.table import Table
 
-from bench.compare import ComparisonRow, format_ci, format_value
+if TYPE_CHECKING:
+    from bench.compare import ComparisonRow
 
 T = TypeVar("T")
+
+
+# -- number formats ---------------------------------------------------------------------------------------
+
+
+def format_value(value: float | None, spec: str) -> str:
+    """A number for a table cell; "-" when missing."""
+    return "-" if value is None else format(value, spec)
+
+
+def format_ci(low: float | None, high: float | None) -> str:
+    """A confidence interval of a difference as "low..high"; "-" when missing."""
+    return "-" if low is None or high is None else f"{low:+.3f}..{high:+.3f}"
+
+
+def format_ci_pct(low: float | None, high: float | None) -> str:
+    """An interval of percentages as "low..high"; "-" when missing."""
+    return "-" if low is None or high is None else f"{low:.1f}..{high:.1f}"
+
+
+def format_ratio(ratio: float | None, low: float | None, high: float | None) -> str:
+    """A ratio with its interval as "2.50 (2.10..2.90)", the ratio alone without one; "-" when missing."""
+    if ratio is None:
+        return "-"
+    return f"{ratio:.2f}" if low is None or high is None else f"{ratio:.2f} ({low:.2f}..{high:.2f})"
+
+
+def format_p(p: float | None) -> str:
+    """A p-value with two significant digits; "-" when missing."""
+    return "-" if p is None else f"{p:.2g}"
+
+
+def _load(row: ComparisonRow) -> str:
+    """workload@level, or workload@capacity for a sweep; "-" without perf."""
+    if row.workload is None:
+        return "-"
+    return f"{row.workload}@{'capacity' if row.level is None else format(row.level, 'g')}"
+
+
+def _discordant(row: ComparisonRow) -> str:
+    if row.discordant_student_only is None or row.discordant_teacher_only is None:
+        return "-"
+    return f"{row.discordant_student_only}/{row.discordant_teacher_only}"
+
+
+def _ratio_cell(name: str) -> Callable[[ComparisonRow], str]:
+    """The cell of ratio field `name` with its interval (`name`_ci_low, `name`_ci_high)."""
+    return lambda row: format_ratio(*(getattr(row, f"{name}{part}") for part in ("", "_ci_low", "_ci_high")))
+
+
+def _blocks(row: ComparisonRow) -> str:
+    if not row.n_blocks:
+        return "-"
+    return f"{row.n_blocks}" + (f" ({row.blocks_cross_session} cross-session)" if row.blocks_cross_session else "")
+
+
+# -- sentences --------------------------------------------------------------------------------------------
+
+
+def cost_verdict(row: ComparisonRow) -> str | None:
+    """The cost claim the $/Mtok interval supports; None without a $/Mtok ratio.
+
+    "≥ N.Nx cheaper" only when the interval's upper bound is below 1 (N = 1 / upper, rounded down to one
+    decimal, so the claim holds at the row's confidence); otherwise the ratio with its interval.
+    """
+    ratio, low, high = row.usd_per_mtok_ratio, row.usd_per_mtok_ratio_ci_low, row.usd_per_mtok_ratio_ci_high
+    if ratio is None:
+        return None
+    if low is None or high is None:
+        return f"$/Mtok {ratio:.2f}x: no interval (needs 2 blocks)"
+    if high < 1:
+        return f"≥ {math.floor(10 / high) / 10:.1f}x cheaper"
+    return f"not shown cheaper: $/Mtok {ratio:.2f}x, {row.confidence:.0%} CI {low:.2f}..{high:.2f}x"
+
+
+def _ratios(row: ComparisonRow) -> str:
+    parts = [
+        (row.throughput_ratio, row.throughput_ratio_ci_low, row.throughput_ratio_ci_high, "throughput"),
+        (row.usd_per_mtok_ratio, row.usd_per_mtok_ratio_ci_low, row.usd_per_mtok_ratio_ci_high, "$/Mtok"),
+        (row.j_per_token_ratio, row.j_per_token_ratio_ci_low, row.j_per_token_ratio_ci_high, "J/token"),
+        (row.capacity_ratio, row.capacity_ratio_ci_low, row.capacity_ratio_ci_high, "capacity"),
+    ]
+    texts = [
+        f"{ratio:.2f}x {unit}" + ("" if low is None else f" [{low:.2f}, {high:.2f}]")
+        for ratio, low, high, unit in parts
+        if ratio is not None
+    ]
+    blocks = f"{row.n_blocks} block" + ("s" if row.n_blocks != 1 else ": no intervals")
+    if row.blocks_cross_session:
+        blocks += f", {row.blocks_cross_session} paired across sessions (a resumed run)"
+    return f"{', '.join(texts)} ({_load(row)}, {blocks})"
+
+
+def _control_summary(row: ComparisonRow) -> str:
+    text = f"control {row.student} vs {row.teacher}"
+    if row.workload is None:
+        return text + ": no comparable perf results"
+    text += f": {_ratios(row)}"
+    sweep = row.capacity_ratio is not None
+    low, high = (
+        (row.capacity_ratio_ci_low, row.capacity_ratio_ci_high)
+        if sweep
+        else (row.throughput_ratio_ci_low, row.throughput_ratio_ci_high)
+    )
+    what = "capacity" if sweep else "throughput"
+    if low is None or high is None:
+        return text + f": no {what} interval to check"
+    if low <= 1 <= high:
+        return text + f": the {what} interval contains 1, as it should for two models of the same architecture"
+    return text + f": the {what} interval excludes 1 although both models have the same architecture: measurement noise"
+
+
+def summary(row: ComparisonRow) -> str:
+    """One line a person can read: how much quality the student keeps, at what speed and cost, with evidence."""
+    if row.control:
+        return _control_summary(row)
+    if row.task is None and row.workload is None:
+        return f"{row.student} vs {row.teacher}: no comparable results"
+    text = f"{row.student} vs {row.teacher}"
+    if row.task is not None:
+        kept = (
+            f"keeps {row.retention_pct:.1f}% of {row.teacher}'s {row.metric}"
+            if row.retention_pct is not None
+            else f"scores {row.student_score:.3f} vs {row.teacher}'s {row.teacher_score:.3f} {row.metric}"
+        )
+        evidence = f"CI of diff {format_ci(row.diff_ci_low, row.diff_ci_high)}, n={row.n_paired}"
+        if row.discordant_student_only is not None:
+            evidence += f", student-only/teacher-only right {_discordant(row)}, McNemar p={format_p(row.mcnemar_p)}"
+        text = f"{row.student} {kept} on {row.task} ({evidence})"
+    if row.workload is not None:
+        text += f" at {_ratios(row)}"
+    if row.task is not None:
+        text += f": {row.verdict} at margin {row.retention_margin:g}"
+    if row.cost_verdict is not None and row.n_blocks > 1:  # one block is no evidence: the ratios say so
+        text += f"; cost: {row.cost_verdict}"
+    return text
+
+
+# -- tables -----------------------------------------------------------------------------------------------
 
 _COLUMNS: tuple[tuple[str, Callable[[ComparisonRow], str]], ...] = (
     ("run", lambda r: r.run_id),
     ("teacher", lambda r: r.teacher),
     ("student", lambda r: r.student),
+    ("control", lambda r: "yes" if r.control else ""),
     ("task", lambda r: r.task or "-"),
     ("metric", lambda r: r.metric or "-"),
     ("teacher score", lambda r: format_value(r.teacher_score, ".3f")),
     ("student score", lambda r: format_value(r.student_score, ".3f")),
     ("retention %", lambda r: format_value(r.retention_pct, ".1f")),
+    ("retention CI %", lambda r: format_ci_pct(r.retention_ci_low_pct, r.retention_ci_high_pct)),
     ("diff CI", lambda r: format_ci(r.diff_ci_low, r.diff_ci_high)),
+    ("interval", lambda r: r.interval_method or "-"),
     ("n", lambda r: str(r.n_paired)),
+    ("student-only/teacher-only right", _discordant),
+    ("McNemar p", lambda r: format_p(r.mcnemar_p)),
     ("verdict", lambda r: r.verdict),
     ("workload", lambda r: r.workload or "-"),
-    ("level", lambda r: format_value(r.level, "g")),
-    ("throughput x", lambda r: format_value(r.throughput_ratio, ".2f")),
-    ("$/Mtok x", lambda r: format_value(r.usd_per_mtok_ratio, ".2f")),
-    ("J/token x", lambda r: format_value(r.j_per_token_ratio, ".2f")),
+    ("level", lambda r: format_value(r.level, "g") if r.workload is None or r.level is not None else "capacity"),
+    ("blocks", _blocks),
+    ("throughput x", _ratio_cell("throughput_ratio")),
+    ("$/Mtok x", _ratio_cell("usd_per_mtok_ratio")),
+    ("J/token x", _ratio_cell("j_per_token_ratio")),
+    ("capacity x", _ratio_cell("capacity_ratio")),
+    ("cost verdict", lambda r: r.cost_verdict or "-"),
 )
 
 
-# The terminal table is the compact view: run id in the title, metric beside the task, workload@level.
+def _stacked_ratio(name: str) -> Callable[[ComparisonRow], str]:
+    """A ratio over its interval on a second line, so the terminal columns stay narrow."""
+    return lambda row: _ratio_cell(name)(row).replace(" (", "\n(")
+
+
+# The terminal table is the compact view: run id in the title, metric beside the task, workload@level,
+# intervals under the ratios, and no column that is empty in every row (J/token without NVML, capacity
+# without a sweep).
 _TERMINAL_COLUMNS: tuple[tuple[str, Callable[[ComparisonRow], str]], ...] = (
-    ("student", lambda r: r.student),
+    ("student", lambda r: r.student + (" (control)" if r.control else "")),
     ("teacher", lambda r: r.teacher),
     ("task / metric", lambda r: f"{r.task or '-'} {r.metric or ''}".strip()),
     ("teacher", lambda r: format_value(r.teacher_score, ".3f")),
@@ -46,23 +203,37 @@ _TERMINAL_COLUMNS: tuple[tuple[str, Callable[[ComparisonRow], str]], ...] = (
     ("kept %", lambda r: format_value(r.retention_pct, ".1f")),
     ("diff CI", lambda r: format_ci(r.diff_ci_low, r.diff_ci_high)),
     ("n", lambda r: str(r.n_paired)),
+    ("b/c", _discordant),
+    ("p", lambda r: format_p(r.mcnemar_p)),
     ("verdict", lambda r: r.verdict),
-    ("load", lambda r: f"{r.workload}@{format_value(r.level, 'g')}" if r.workload else "-"),
-    ("tok/s x", lambda r: format_value(r.throughput_ratio, ".2f")),
-    ("$/Mtok x", lambda r: format_value(r.usd_per_mtok_ratio, ".2f")),
-    ("J/tok x", lambda r: format_value(r.j_per_token_ratio, ".2f")),
+    ("load", _load),
+    ("blocks", lambda r: str(r.n_blocks) + ("*" if r.blocks_cross_session else "") if r.n_blocks else "-"),
+    ("tok/s x", _stacked_ratio("throughput_ratio")),
+    ("$/Mtok x", _stacked_ratio("usd_per_mtok_ratio")),
+    ("J/tok x", _stacked_ratio("j_per_token_ratio")),
+    ("capacity x", _stacked_ratio("capacity_ratio")),
 )
-_TERMINAL_TEXT = {0, 1, 2, 8, 9}
+_TERMINAL_TEXT = {0, 1, 2, 10, 11}  # left-aligned: names, verdict, load
+_NO_WRAP = {"diff CI", "verdict", "load"}
 
 
 def render_table(rows: Sequence[ComparisonRow]) -> Table:
     """A compact rich table of the rows, in the order given (all columns: `to_json` / `to_markdown`)."""
     runs = sorted({row.run_id for row in rows})
-    table = Table(title=f"student vs teacher ({', '.join(runs)}); x = student / teacher")
-    for index, (header, _) in enumerate(_TERMINAL_COLUMNS):
-        table.add_column(header, justify="left" if index in _TERMINAL_TEXT else "right")
-    for row in rows:
-        table.add_row(*(cell(row) for _, cell in _TERMINAL_COLUMNS))
+    confidence = "/".join(sorted({f"{row.confidence:.0%}" for row in rows}))
+    table = Table(
+        title=f"student vs teacher ({', '.join(runs)})",
+        caption=f"x = student / teacher, its {confidence} CI below; b/c = documents right only for the student / "
+        "only for the teacher, p = exact McNemar; * = some blocks paired across sessions",
+    )
+    cells = [[cell(row) for row in rows] for _, cell in _TERMINAL_COLUMNS]
+    shown = [i for i, column in enumerate(cells) if i < 2 or any(value != "-" for value in column)]
+    for index in shown:
+        header = _TERMINAL_COLUMNS[index][0]
+        justify = "left" if index in _TERMINAL_TEXT else "right"
+        table.add_column(header, justify=justify, no_wrap=header in _NO_WRAP)
+    for position in range(len(rows)):
+        table.add_row(*(cells[index][position] for index in shown))
     return table
 
 

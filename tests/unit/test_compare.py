@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,8 +10,9 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from bench import compare, report, store
+from bench import compare, report, stats, store
 from bench.config import CompareConfig
+from bench.pairing import BlockPair, PairedValues, PairedWorkload
 from bench.records import EvalSample, EvalScore, ModelRecord, PerfSummary
 from tests.unit.test_store import make_record
 
@@ -149,8 +151,9 @@ def test_student_without_results_is_reported(results):
 
 def test_summary_reads_as_a_sentence(results):
     assert row_for(compare.compare_results(results)).summary == (
-        "small keeps 95.6% of big's acc on toy_add (CI of diff -0.070..-0.015, n=200)"
-        " at 2.50x throughput, 0.25x $/Mtok (chat @ 4): inconclusive at margin 0.05"
+        "small keeps 95.6% of big's acc on toy_add (CI of diff -0.083..-0.011, n=200, student-only/teacher-only right"
+        " 0/8, McNemar p=0.0078) at 2.50x throughput, 0.25x $/Mtok (chat@4, 1 block: no intervals):"
+        " inconclusive at margin 0.05"
     )
 
 
@@ -172,31 +175,19 @@ def test_verdict_orients_lower_is_better_metrics(low, high, expected):
 
 def test_a_student_with_higher_perplexity_keeps_less_and_is_inferior():
     key = ("toy_ppl", "word_perplexity", "none")
-    diffs = np.random.default_rng(0).normal(2.0, 0.5, size=300)  # the student's perplexity is about 2 higher
+    teacher = np.random.default_rng(0).normal(10.0, 1.0, size=300)
+    student = teacher + np.random.default_rng(1).normal(2.0, 0.5, size=300)  # about 2 higher
     settings = CompareConfig(retention_margin=0.5)
-    (row,) = compare.compare_quality({key: 10.0}, {key: 12.0}, {key: diffs}, {key}, settings, seed=0)
+    paired = {key: PairedValues(teacher, student)}
+    (row,) = compare.compare_quality({key: 10.0}, {key: 12.0}, paired, {key}, settings, seed=0)
     assert row.higher_is_better is False
     assert row.retention_pct == pytest.approx(100 * 10 / 12)
-    assert row.verdict == "inferior"
-
-
-def test_bootstrap_ci_covers_the_true_difference():
-    rng = np.random.default_rng(1)
-    covered = 0
-    for _ in range(40):
-        # Teacher right 80% of the time; the student loses 5% of those: true mean difference -0.04.
-        teacher = rng.random(400) < 0.8
-        student = teacher & (rng.random(400) >= 0.05)
-        low, high = compare.bootstrap_ci(student.astype(float) - teacher, confidence=0.95, samples=500, seed=0)
-        covered += low <= -0.04 <= high
-    assert covered >= 34  # ~95% nominal; the bound leaves room for sampling noise
-
-
-def test_bootstrap_ci_is_seeded():
-    diffs = np.array([0.0, -1.0, 0.0, 1.0, -1.0, 0.0])
-    assert compare.bootstrap_ci(diffs, 0.9, 300, seed=3) == compare.bootstrap_ci(diffs, 0.9, 300, seed=3)
-    with pytest.raises(ValueError):
-        compare.bootstrap_ci(np.empty(0), 0.9, 300, seed=3)
+    # teacher / (teacher + difference): the high difference bounds the retention from below.
+    assert row.retention_ci_low_pct == pytest.approx(100 * 10 / (10 + row.diff_ci_high))
+    assert row.retention_ci_low_pct < row.retention_ci_high_pct < 100
+    assert (row.verdict, row.interval_method, row.discordant_student_only, row.mcnemar_p) == (
+        compare.Verdict.INFERIOR, "bootstrap", None, None,
+    )  # fmt: skip
 
 
 def test_outputs_are_deterministic(results):
@@ -210,13 +201,16 @@ def test_outputs_are_deterministic(results):
 def test_markdown_and_rich_table(results):
     rows = compare.compare_results(results)
     markdown = report.to_markdown(rows).splitlines()
-    assert markdown[0].startswith("| run | teacher | student |")
-    assert markdown[2].startswith("| r1 | big | small | toy_add | acc | 0.900 | 0.860 | 95.6 |")
-    console = Console(record=True, width=250)
+    assert markdown[0].startswith("| run | teacher | student | control | task |")
+    assert markdown[2].startswith("| r1 | big | small |  | toy_add | acc | 0.900 | 0.860 | 95.6 | 90.7..98.7 |")
+    assert (
+        "| -0.083..-0.011 | tango-cc | 200 | 0/8 | 0.0078 | inconclusive | chat | 4 | 1 | 2.50 | 0.25 |" in markdown[2]
+    )
+    console = Console(record=True, width=160)
     console.print(report.render_table(rows))
     text = console.export_text()
-    assert "| -0.070..-0.015 | 200 | inconclusive |" in "\n".join(markdown)
-    assert "-0.070..-0.015" in text and "inconclusive" in text and "no-data" in text
+    assert "-0.083..-0.011" in text and "inconclusive" in text and "no-data" in text and "0/8" in text
+    assert "J/tok" not in text and "capacity" not in text  # columns empty in every row are left out
 
 
 def test_no_results_gives_no_rows(tmp_path):
@@ -259,3 +253,143 @@ def test_a_resumed_run_with_a_changed_config_compares_only_its_current_cells(tmp
 
     (row,) = compare.compare_results(run)
     assert (row.teacher_score, row.student_score, row.n_paired) == (1.0, 1.0, 1)
+
+
+# -- 0/1 metrics ----------------------------------------------------------------------------------------
+
+
+def binary_pair(b: int, c: int, n: int, both: int) -> PairedValues:
+    """n documents: b right only for the student, c only for the teacher, `both` right for both."""
+    teacher = np.array([0] * b + [1] * c + [1] * both + [0] * (n - b - c - both), dtype=float)
+    student = np.array([1] * b + [0] * c + [1] * both + [0] * (n - b - c - both), dtype=float)
+    return PairedValues(teacher, student)
+
+
+def test_four_student_only_wins_at_n_200_are_not_better():
+    key = ("toy_add", "exact_match", "none")
+    paired = binary_pair(b=4, c=0, n=200, both=170)
+    # The percentile bootstrap collapses onto the 4 wins and would call this "better".
+    low, high = stats.bootstrap_ci(paired.student - paired.teacher, 0.95, 2000, seed=0)
+    assert compare.verdict(low, high, 0.05) == compare.Verdict.BETTER
+    (row,) = compare.compare_quality({key: 0.85}, {key: 0.87}, {key: paired}, set(), CompareConfig(), seed=0)
+    assert row.interval_method == compare.IntervalMethod.TANGO_CC == "tango-cc"
+    assert (row.discordant_student_only, row.discordant_teacher_only) == (4, 0)
+    assert row.mcnemar_p == pytest.approx(0.125)
+    assert row.diff_ci_low < 0 < row.diff_ci_high
+    assert row.verdict == compare.Verdict.NON_INFERIOR
+
+
+def test_no_discordant_document_gives_a_real_interval():
+    key = ("toy_add", "exact_match", "none")
+    paired = binary_pair(b=0, c=0, n=200, both=150)
+    (row,) = compare.compare_quality({key: 0.75}, {key: 0.75}, {key: paired}, set(), CompareConfig(), seed=0)
+    assert row.diff_ci_low < -0.015 and row.diff_ci_high > 0.015 and row.mcnemar_p == 1.0
+    assert row.retention_ci_low_pct < 100 < row.retention_ci_high_pct
+
+
+# -- cost ratios over blocks ----------------------------------------------------------------------------
+
+
+def block_pair(block: int, teacher: dict, student: dict) -> BlockPair:
+    return BlockPair(block, teacher, student)
+
+
+def workload_of(ratios: list[float], sessions: list[str] | None = None, sweep: bool = False) -> PairedWorkload:
+    sessions = sessions or ["s"] * len(ratios)
+    blocks = []
+    for block, (ratio, session) in enumerate(zip(ratios, sessions, strict=True)):
+        teacher = dict(output_tokens_per_s=100.0, usd_per_mtok_output=10.0, session_id="s")
+        student = dict(output_tokens_per_s=100.0 * ratio, usd_per_mtok_output=10.0 / ratio, session_id=session)
+        if sweep:
+            teacher["capacity_requests_per_s"], student["capacity_requests_per_s"] = 2.0, 2.0 * ratio
+        blocks.append(block_pair(block, teacher, student))
+    return PairedWorkload("chat", None if sweep else 8.0, tuple(blocks))
+
+
+def test_ratios_are_geometric_means_with_t_intervals_over_blocks():
+    perf = compare.compare_workload(workload_of([2.0, 2.5, 3.0, 2.4]), confidence=0.95)
+    logs = np.log([2.0, 2.5, 3.0, 2.4])
+    low, high = stats.t_interval(logs, 0.95)
+    assert perf.throughput_ratio == pytest.approx(np.exp(logs.mean()))
+    assert (perf.throughput_ratio_ci_low, perf.throughput_ratio_ci_high) == (
+        pytest.approx(np.exp(low)), pytest.approx(np.exp(high)),
+    )  # fmt: skip
+    assert perf.usd_per_mtok_ratio_ci_high == pytest.approx(1 / perf.throughput_ratio_ci_low)
+    assert (perf.j_per_token_ratio, perf.capacity_ratio, perf.n_blocks, perf.blocks_cross_session) == (None, None, 4, 0)
+
+
+def comparison_row(**fields) -> compare.ComparisonRow:
+    base = {name: None for name in (f.name for f in dataclasses.fields(compare.ComparisonRow))}
+    base.update(run_id="r1", teacher="big", student="small", n_paired=0, verdict=compare.Verdict.NO_DATA)
+    base.update(retention_margin=0.05, confidence=0.95, n_blocks=0, blocks_cross_session=0, control=False)
+    base.update(summary="")
+    return compare.ComparisonRow(**{**base, **fields})
+
+
+def perf_row(workload: PairedWorkload, control: bool = False) -> compare.ComparisonRow:
+    perf = compare.compare_workload(workload, confidence=0.95)
+    row = comparison_row(**dataclasses.asdict(perf), control=control)
+    row = dataclasses.replace(row, cost_verdict=report.cost_verdict(row))
+    return dataclasses.replace(row, summary=report.summary(row))
+
+
+@pytest.mark.parametrize(
+    ("ratios", "expected"),
+    [
+        ([2.0, 2.5, 3.0, 2.4], "≥ 1.8x cheaper"),  # $/Mtok upper bound 0.532: 1 / 0.532 = 1.88, rounded down
+        ([0.5, 2.0, 1.1], "not shown cheaper: $/Mtok 0.97x, 95% CI 0.17..5.45x"),
+        ([2.0], "$/Mtok 0.50x: no interval (needs 2 blocks)"),
+    ],
+)
+def test_cost_verdict_claims_only_what_the_interval_supports(ratios, expected):
+    row = perf_row(workload_of(ratios))
+    assert row.cost_verdict == expected
+    assert ("cost: " in row.summary) == (len(ratios) > 1)
+
+
+def test_cost_verdict_rounds_down():
+    row = comparison_row(usd_per_mtok_ratio=0.4, usd_per_mtok_ratio_ci_low=0.3, usd_per_mtok_ratio_ci_high=0.5)
+    assert report.cost_verdict(row) == "≥ 2.0x cheaper"
+    assert report.cost_verdict(comparison_row()) is None
+
+
+def test_summary_says_when_blocks_were_paired_across_sessions():
+    row = perf_row(workload_of([2.0, 2.1, 1.9], sessions=["s", "s", "resumed"]))
+    assert row.blocks_cross_session == 1
+    assert "(chat@8, 3 blocks, 1 paired across sessions (a resumed run))" in row.summary
+
+
+def test_sweep_rows_carry_the_capacity_ratio():
+    row = perf_row(workload_of([1.8, 2.0, 2.2], sweep=True))
+    assert row.level is None and row.capacity_ratio == pytest.approx((1.8 * 2.0 * 2.2) ** (1 / 3))
+    assert row.capacity_ratio_ci_low < row.capacity_ratio < row.capacity_ratio_ci_high
+    assert "x capacity [" in row.summary and "(chat@capacity, 3 blocks)" in row.summary
+
+
+# -- controls -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ratios", "expected"),
+    [
+        ([0.97, 1.04, 1.0], "the throughput interval contains 1"),
+        ([1.3, 1.32, 1.31], "the throughput interval excludes 1"),
+    ],
+)
+def test_a_control_says_whether_its_interval_contains_1(ratios, expected):
+    row = perf_row(workload_of(ratios), control=True)
+    assert row.summary.startswith("control small vs big: ") and expected in row.summary
+
+
+def test_controls_from_the_settings_give_perf_only_rows(results):
+    run = results / "r1"
+    summaries = [make_record(PerfSummary, workload="chat", level=4.0, output_tokens_per_s=260.0)]
+    store.write_cell(run, "perf_summary", "tiny-chat", "tiny", summaries)
+    settings = CompareConfig(bootstrap_samples=1000, controls=(("small", "tiny"), ("small", "nobody")))
+    rows = compare.compare_results(results, settings)
+    (control,) = [row for row in rows if row.control]
+    assert rows[-1] is control  # after the run's student rows
+    assert (control.teacher, control.student, control.task, control.verdict) == ("small", "tiny", None, "no-data")
+    assert (control.workload, control.level, control.throughput_ratio) == ("chat", 4.0, pytest.approx(260 / 250))
+    assert control.summary.endswith("no throughput interval to check")
+    store.cell_path(run, "perf_summary", "tiny-chat").unlink()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import enum as enum_module
 import json
 import os
 import re
@@ -31,7 +32,12 @@ def make_record(record: type, index: int = 0, **overrides):
     hints = typing.get_type_hints(record)
     values = {}
     for field in dataclasses.fields(record):
-        base = next(t for t in (*typing.get_args(hints[field.name]), hints[field.name]) if t in _VALUES)
+        options = (*typing.get_args(hints[field.name]), hints[field.name])
+        enum = next((t for t in options if isinstance(t, type) and issubclass(t, enum_module.Enum)), None)
+        if enum is not None:  # a vocabulary: its members in turn
+            values[field.name] = list(enum)[index % len(enum)]
+            continue
+        base = next(t for t in options if t in _VALUES)
         values[field.name] = _VALUES[base](field.name, index)
     return record(**{**values, **overrides})
 

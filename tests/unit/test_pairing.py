@@ -1,0 +1,96 @@
+"""bench.pairing on synthetic Arrow tables: documents paired by doc_id, perf trials paired by block."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from bench import pairing
+from bench.pairing import Pair
+
+PAIR = Pair("r1", "big", "small")
+
+
+def perf_row(model: str, workload: str, level: float, block: int | None, session: str | None, tps: float, **more):
+    row: dict[str, Any] = dict(run_id="r1", model=model, workload=workload, mode="concurrency", level=level)
+    row.update(output_tokens_per_s=tps, usd_per_mtok_output=1000 / tps, j_per_output_token=None)
+    if block is not None:
+        row.update(block=block, session_id=session)
+    return {**row, **more}
+
+
+def perf_table(rows: list[dict[str, Any]]) -> pa.Table:
+    return pa.Table.from_pylist(rows)
+
+
+def test_fixed_levels_pair_by_block_at_the_highest_common_level():
+    rows = [perf_row("big", "chat", level, block, "s1", 100 + block) for block in range(3) for level in (1, 4)]
+    rows += [perf_row("small", "chat", level, block, "s1", 200 + block) for block in (0, 2) for level in (1, 4, 8)]
+    rows += [perf_row("small", "chat", 4, 5, "s1", 999)]  # a block the teacher never ran
+    rows += [perf_row("big", "other-run", 1, 0, "s1", 1, run_id="r2"), perf_row("tiny", "chat", 4, 0, "s1", 1)]
+    (workload,) = pairing.paired_workloads(perf_table(rows), PAIR)
+    assert (workload.workload, workload.level) == ("chat", 4)
+    assert [pair.block for pair in workload.blocks] == [0, 2]
+    student, teacher = workload.values("output_tokens_per_s")
+    assert student.tolist() == [200, 202] and teacher.tolist() == [100, 102]
+    assert np.isnan(workload.values("j_per_output_token")[0]).all()
+    assert workload.blocks_cross_session == 0
+
+
+def test_a_workload_only_one_model_ran_is_left_out():
+    rows = [perf_row("big", "chat", 1, 0, "s", 1.0), perf_row("big", "batch", 1, 0, "s", 1.0)]
+    rows += [perf_row("small", "chat", 1, 0, "s", 2.0)]
+    assert [w.workload for w in pairing.paired_workloads(perf_table(rows), PAIR)] == ["chat"]
+
+
+def test_blocks_measured_by_different_sessions_are_counted():
+    rows = [perf_row("big", "chat", 8, block, "host:1", 100) for block in range(4)]
+    rows += [perf_row("small", "chat", 8, block, "host:1" if block < 2 else "host:2", 150) for block in range(4)]
+    (workload,) = pairing.paired_workloads(perf_table(rows), PAIR)
+    assert [pair.cross_session for pair in workload.blocks] == [False, False, True, True]
+    assert workload.blocks_cross_session == 2
+
+
+def test_sweeps_pair_by_block_whatever_the_level():
+    def sweep(model: str, block: int, capacity: float | None) -> dict[str, Any]:
+        level = capacity or 0.5
+        return perf_row(model, "cap", level, block, "s", 10 * level, mode="sweep", capacity_requests_per_s=capacity)
+
+    rows = [sweep("big", block, 2.0 + block / 10) for block in range(3)]
+    rows += [sweep("small", 0, 4.0), sweep("small", 1, None), sweep("small", 2, 4.4)]
+    (workload,) = pairing.paired_workloads(perf_table(rows), PAIR)
+    assert workload.level is None
+    assert [pair.block for pair in workload.blocks] == [0, 1, 2]
+    student, teacher = workload.values("capacity_requests_per_s")
+    assert np.isnan(student[1]) and student[[0, 2]].tolist() == [4.0, 4.4] and teacher.tolist() == [2.0, 2.1, 2.2]
+
+
+def test_schema_2_rows_without_block_columns_are_one_block():
+    rows = [perf_row("big", "chat", level, None, None, 100 * level) for level in (1, 4)]
+    rows += [perf_row("small", "chat", level, None, None, 250 * level) for level in (1, 4)]
+    (workload,) = pairing.paired_workloads(perf_table(rows), PAIR)
+    assert (workload.level, [pair.block for pair in workload.blocks], workload.blocks_cross_session) == (4, [0], 0)
+
+
+def test_documents_pair_by_doc_id_and_keep_both_values():
+    def samples(model: str, values: dict[int, float], task: str = "toy_add") -> list[dict[str, Any]]:
+        base = dict(run_id="r1", model=model, task=task, metric="acc", filter="none")
+        return [{**base, "doc_id": doc, "value": value} for doc, value in values.items()]
+
+    rows = samples("big", {2: 1.0, 0: 0.0, 1: 1.0}) + samples("small", {1: 0.0, 0: 1.0, 3: 1.0})
+    rows += samples("small", {1: 1.0})  # a repeated row of a document is averaged
+    rows += samples("big", {0: 1.0}, task="toy_sort")  # the student never ran toy_sort
+    paired = pairing.paired_values(pa.Table.from_pylist(rows), PAIR)
+    assert list(paired) == [("toy_add", "acc", "none")]
+    values = paired[("toy_add", "acc", "none")]
+    assert values.teacher.tolist() == [0.0, 1.0] and values.student.tolist() == [1.0, 0.5]
+
+
+def test_pairs_and_run_models():
+    roles = [("r1", "big", "teacher", None), ("r1", "small", "student", "big"), ("r2", "solo", "teacher", None)]
+    rows = [dict(run_id=run, name=name, role=role, teacher=teacher) for run, name, role, teacher in roles]
+    models = pa.Table.from_pylist(rows)
+    assert pairing.pairs(models) == [PAIR]
+    assert pairing.run_models(models) == {"r1": {"big", "small"}, "r2": {"solo"}}
