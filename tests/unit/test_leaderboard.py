@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -12,7 +14,7 @@ from typer.testing import CliRunner
 from bench import compare, leaderboard, leaderboard_page
 from bench.cli import app
 from tests.unit.test_compare import build_results
-from tests.unit.test_store import make_record
+from tests.unit.test_store import README, make_record
 
 NASTY = "<b>lab|el</b> & co"  # a student name that must stay text in HTML and Markdown
 
@@ -218,3 +220,11 @@ def test_command_without_pairs_exits_non_zero(tmp_path):
     assert result.exit_code == 1
     assert "no teacher/student pair" in result.stderr
     assert not (tmp_path / "site").exists()
+
+
+def test_results_readme_lists_exactly_the_leaderboard_columns():
+    text = README.read_text().split("## The leaderboard's files")[1]
+    sections = text.split("controls.parquet, one row per")
+    for section, record in zip(sections, (leaderboard.LeaderboardEntry, leaderboard.ControlEntry), strict=True):
+        documented = re.findall(r"^\| `(\w+)` \| ", section, flags=re.MULTILINE)
+        assert documented == [field.name for field in dataclasses.fields(record)]
