@@ -208,6 +208,9 @@ _STYLE = (
     "table.board{width:100%;font-size:.95em}"
     f"table.board>thead th:nth-child(-n+{_TEXT_COLUMNS}),"
     f"table.board>tbody>tr.summary>td:nth-child(-n+{_TEXT_COLUMNS}){{text-align:left}}"
+    # Names wrap (a long one must not push the numbers off the page); numbers and intervals never do.
+    f"table.board>tbody>tr.summary>td:nth-child(-n+{_TEXT_COLUMNS}),table.board>tbody>tr.summary>td:last-child"
+    "{white-space:normal;overflow-wrap:anywhere;max-width:14em}"
     "table.board>tbody.entry>tr.summary>td{border-top:2px solid #bbb;font-variant-numeric:tabular-nums}"
     "tr.drill>td{text-align:left;white-space:normal;background:#fafafa;padding-left:2em}"
     "details>summary{cursor:pointer;color:#0550ae}"

@@ -51,7 +51,7 @@ def test_every_entry_is_a_row_in_rank_order(dom):
     assert list(bodies) == ["1", "2", "3"]
     assert "<td>kd</td>" in bodies["1"] and "<td>tiny</td>" in bodies["3"]
     # The name is text in the rendered page: escaped, not a <b> element.
-    assert "<td>&lt;b&gt;lab|el&lt;/b&gt; &amp; co</td>" in bodies["2"] and "<b>lab" not in dom
+    assert "<td>&lt;b&gt;lab|el&lt;/b&gt; &amp; $co$ --&gt;</td>" in bodies["2"] and "<b>lab" not in dom
     assert NASTY not in dom
 
 

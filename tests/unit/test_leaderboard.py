@@ -16,7 +16,7 @@ from bench.cli import app
 from tests.unit.test_compare import build_results
 from tests.unit.test_store import README, make_record
 
-NASTY = "<b>lab|el</b> & co"  # a student name that must stay text in HTML and Markdown
+NASTY = "<b>lab|el</b> & $co$ -->"  # a student name that must stay text in HTML, Markdown and the plot
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +165,7 @@ def test_markdown_shows_intervals_and_escapes_names(tmp_path):
     assert lines[0].startswith("| # | student | teacher | run | quality kept % [CI] |")
     assert lines[2].startswith("| 1 | kd | teacher | q1 | 101.2 [96.0, 106.5] | 2/2 | non-inferior | chat@8 |")
     assert "| 2.10 [1.85, 2.38] | 0.48 [0.42, 0.54] | - | 2.20 [1.90, 2.50] | 5 | ≥ 1.85x cheaper |" in lines[2]
-    assert "| 2 | &lt;b&gt;lab\\|el&lt;/b&gt; &amp; co |" in markdown and "<b>" not in markdown
+    assert "| 2 | &lt;b&gt;lab\\|el&lt;/b&gt; &amp; $co$ --&gt; |" in markdown and "<b>" not in markdown
     assert "| label / kd | q1 | chat@8 | 1.03 [0.91, 1.17] |" in markdown and markdown.count("| yes |") == 1
 
 
@@ -181,7 +181,7 @@ def test_page_escapes_names_and_has_a_drill_down_per_entry(tmp_path):
     write_board(tmp_path)
     page = (tmp_path / "index.html").read_text()
     assert page.count("<svg") == 1 and "<?xml" not in page
-    assert "&lt;b&gt;lab|el&lt;/b&gt; &amp; co" in page and "<b>lab" not in page
+    assert "&lt;b&gt;lab|el&lt;/b&gt; &amp; $co$ --&gt;" in page and "<b>lab" not in page
     assert "results/&lt;q1&gt;" in page
     assert [page.count(f"id='drill-{rank}'") for rank in (1, 2, 3)] == [1, 1, 1]
     assert "<td>0.0042</td>" in page and "<td>14</td>" in page and "Controls (not ranked)" in page
