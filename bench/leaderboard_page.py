@@ -85,7 +85,8 @@ def plot_pareto(entries: Sequence[LeaderboardEntry]) -> str:
         axes.annotate(name, (entry.throughput_ratio, entry.mean_retention_pct), fontsize=8,
                       xytext=(6, 5), textcoords="offset points", parse_math=False)  # fmt: skip
     front = pareto_front([(1.0, 100.0)] + [(e.throughput_ratio, e.mean_retention_pct) for e in plotted])
-    axes.plot([x for x, _ in front], [y for _, y in front], linestyle="--", color="grey", label="Pareto front")
+    if len(front) > 1:  # one undominated point is no front to draw
+        axes.plot([x for x, _ in front], [y for _, y in front], linestyle="--", color="grey", label="Pareto front")
     axes.set_xlabel("throughput, student / teacher (x), with its interval over blocks")
     axes.set_ylabel("quality kept, mean over tasks (%), with its interval")
     axes.set_title("distilled students: speed against quality kept")
