@@ -239,17 +239,19 @@ def leaderboard(
 ) -> None:
     """Rank every student in stored results: leaderboard.parquet, .md, a Pareto plot and a static HTML page.
 
-    Students non-inferior to their teacher on every task come first, fastest first.
+    Students non-inferior to their teacher on every task come first, fastest first. Every ratio and the
+    quality kept carry their intervals; the page has a per-task drill-down under each student, and control
+    pairs (compare.controls) are listed apart.
 
     Example: distill-bench leaderboard results/ --out site/
     """
-    from bench.leaderboard import build_entries, write_leaderboard
+    from bench.leaderboard import build_leaderboard, write_leaderboard
 
     _require_results_dir(results_dir)
     rows = _comparison_rows(results_dir)
     if not rows:
         raise typer.Exit(1)
-    for path in write_leaderboard(build_entries(rows), out, source=str(results_dir)):
+    for path in write_leaderboard(build_leaderboard(rows), out, source=str(results_dir)):
         console.print(f"wrote {path}", soft_wrap=True, highlight=False)
 
 

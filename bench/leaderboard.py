@@ -1,19 +1,36 @@
-"""The leaderboard: every student ranked, as Parquet, Markdown, a static HTML page and a Pareto plot.
+"""The leaderboard: every student ranked, with its evidence, as Parquet, Markdown, an HTML page and a Pareto plot.
 
 Built from comparison rows only (`compare.compare_results`), so it re-renders from stored results at any
 time and each number traces back to them. One entry per (run, student, workload): the student's quality
-over every task metric it was compared on (mean retention, and the worst verdict: a student is only as
-non-inferior as its worst task) beside its speed and cost ratios to its teacher for that workload.
-Ranking: students that are non-inferior (or better) on every task first, fastest first; then the rest,
-inconclusive before inferior, each fastest first.
-The Pareto plot puts the throughput ratio against the mean retention, one point per entry.
+over every task metric it was compared on beside its speed and cost ratios to its teacher for that workload,
+each with its interval.
+
+Quality kept. Per task metric, compare gives the retention (student / teacher, %) and its interval
+(`retention_ci_low_pct` .. `retention_ci_high_pct`). An entry reports the **unweighted mean of the per-task
+retentions**, and as its interval the **mean of the per-task lower bounds .. the mean of the per-task upper
+bounds**. That interval is conservative, not exact: if each task's estimate is roughly normal, the mean's
+interval has half-width sd(sum of estimates) / k, and sd of a sum is at most the sum of the sds whatever the
+correlation between tasks, so the mean of the bounds is at least as wide as the mean's own interval. When
+any task lacks an interval (no paired documents, a teacher scoring 0), the entry has none: a mean over some
+tasks' bounds would not bound the mean over all of them. The verdict is the worst task's: a student is only
+as non-inferior as its worst task, which is why the page's drill-down lists every task.
+
+Cost. The ratios (throughput, $/Mtok, J/token, capacity under the SLO for sweep workloads) and their
+intervals are compare's, per workload: exp(mean per-block log ratio) with a t-interval over `n_blocks`
+blocks (none with fewer than 2). `cost_verdict` is compare's sentence ("≥ 2.1x cheaper" only when the
+interval's bound supports it).
+
+Ranking: students non-inferior (or better) on every task first, fastest first (point estimate; the intervals
+are printed beside it); then the rest, inconclusive before inferior, each fastest first.
+Controls (`control=True` rows: two models of the same architecture, perf only) are not students. They get a
+small section of their own, with whether each throughput interval contains 1, as it should.
+The Pareto plot and the HTML page are in `bench.leaderboard_page`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import html
-import io
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,12 +42,17 @@ from bench.report import format_value, markdown_table
 
 VERDICTS_WORST_FIRST = ("no-data", "inferior", "inconclusive", "non-inferior", "better")
 PASSING = frozenset({"non-inferior", "better"})
-FILES = ("leaderboard.parquet", "leaderboard.md", "pareto.svg", "index.html")
+FILES = ("leaderboard.parquet", "controls.parquet", "leaderboard.md", "pareto.svg", "index.html")
+
+GroupKey = tuple[str, str, str, str | None, float | None]  # run, student, teacher, workload, level
 
 
 @dataclass(frozen=True)
 class LeaderboardEntry:
-    """One student on one workload, against its teacher in the same run (file `leaderboard.parquet`)."""
+    """One student on one workload, against its teacher in the same run (file `leaderboard.parquet`).
+
+    Ratios are student / teacher; each `_ci_low`/`_ci_high` pair is an interval at `confidence`.
+    """
 
     rank: int
     run_id: str
@@ -38,16 +60,71 @@ class LeaderboardEntry:
     teacher: str
     task_metrics: int  # (task, metric) pairs compared
     passing: int  # of those, verdict "non-inferior" or "better"
-    mean_retention_pct: float | None
+    mean_retention_pct: float | None  # unweighted mean over task metrics
+    retention_ci_low_pct: float | None  # mean of the per-task lower bounds (conservative, see the module doc)
+    retention_ci_high_pct: float | None  # mean of the per-task upper bounds
     worst_verdict: str
+    confidence: float
     workload: str | None
     level: float | None
-    throughput_ratio: float | None  # student / teacher output tokens per second
+    throughput_ratio: float | None  # output tokens per second
+    throughput_ratio_ci_low: float | None
+    throughput_ratio_ci_high: float | None
     usd_per_mtok_ratio: float | None
+    usd_per_mtok_ratio_ci_low: float | None
+    usd_per_mtok_ratio_ci_high: float | None
     j_per_token_ratio: float | None
+    j_per_token_ratio_ci_low: float | None
+    j_per_token_ratio_ci_high: float | None
+    capacity_ratio: float | None  # requests/s at the SLO target (sweep workloads)
+    capacity_ratio_ci_low: float | None
+    capacity_ratio_ci_high: float | None
+    n_blocks: int  # blocks behind the cost ratios
+    blocks_cross_session: int  # of those, blocks whose two trials ran in different processes
+    cost_verdict: str | None
+
+    @property
+    def key(self) -> GroupKey:
+        return (self.run_id, self.student, self.teacher, self.workload, self.level)
 
 
-GroupKey = tuple[str, str, str, str | None, float | None]  # run, student, teacher, workload, level
+@dataclass(frozen=True)
+class ControlEntry:
+    """A control pair on one workload (file `controls.parquet`): ratios model_b / model_a, expected near 1."""
+
+    run_id: str
+    model_a: str  # the control row's "teacher" (the ratio's denominator)
+    model_b: str  # its "student"
+    confidence: float
+    workload: str | None
+    level: float | None
+    throughput_ratio: float | None
+    throughput_ratio_ci_low: float | None
+    throughput_ratio_ci_high: float | None
+    usd_per_mtok_ratio: float | None
+    usd_per_mtok_ratio_ci_low: float | None
+    usd_per_mtok_ratio_ci_high: float | None
+    capacity_ratio: float | None
+    capacity_ratio_ci_low: float | None
+    capacity_ratio_ci_high: float | None
+    n_blocks: int
+    blocks_cross_session: int
+    throughput_ci_contains_1: bool | None  # None without an interval
+
+
+@dataclass(frozen=True)
+class Leaderboard:
+    """The ranked entries, the controls, and per entry the comparison rows behind it (the drill-down)."""
+
+    entries: tuple[LeaderboardEntry, ...]
+    controls: tuple[ControlEntry, ...]
+    rows: dict[GroupKey, tuple[ComparisonRow, ...]]
+
+    def rows_of(self, entry: LeaderboardEntry) -> tuple[ComparisonRow, ...]:
+        return self.rows.get(entry.key, ())
+
+
+# -- building -----------------------------------------------------------------------------------------
 
 
 def _group(rows: Sequence[ComparisonRow]) -> dict[GroupKey, list[ComparisonRow]]:
@@ -57,25 +134,60 @@ def _group(rows: Sequence[ComparisonRow]) -> dict[GroupKey, list[ComparisonRow]]
     return groups
 
 
+RATIOS = ("throughput_ratio", "usd_per_mtok_ratio", "j_per_token_ratio", "capacity_ratio")
+_INTERVALS = tuple(f"{ratio}{end}" for ratio in RATIOS for end in ("", "_ci_low", "_ci_high"))
+_PERF_FIELDS = ("workload", "level", *_INTERVALS, "cost_verdict")
+
+
+def _perf_fields(row: ComparisonRow, record: type) -> dict:
+    """The perf half of a comparison row, for the fields `record` has (same names as the row's)."""
+    names = {f.name for f in dataclasses.fields(record)}
+    fields = {name: getattr(row, name) for name in _PERF_FIELDS if name in names}
+    # Stored as int: compare's rows without perf leave them unset.
+    return fields | {"n_blocks": row.n_blocks or 0, "blocks_cross_session": row.blocks_cross_session or 0}
+
+
+def mean_retention(quality: Sequence[ComparisonRow]) -> tuple[float | None, float | None, float | None]:
+    """(mean retention %, mean of lower bounds, mean of upper bounds) over task metrics; see the module doc."""
+    retentions = [row.retention_pct for row in quality if row.retention_pct is not None]
+    mean = statistics.fmean(retentions) if retentions else None
+    lows = [row.retention_ci_low_pct for row in quality]
+    highs = [row.retention_ci_high_pct for row in quality]
+    if not quality or None in lows or None in highs or len(retentions) < len(quality):
+        return mean, None, None
+    return mean, statistics.fmean(lows), statistics.fmean(highs)
+
+
 def _entry(key: GroupKey, rows: list[ComparisonRow]) -> LeaderboardEntry:
     quality = [row for row in rows if row.task is not None]
-    retentions = [row.retention_pct for row in quality if row.retention_pct is not None]
-    verdicts = [row.verdict for row in quality] or ["no-data"]
-    first = rows[0]
+    verdicts = [str(row.verdict) for row in quality] or ["no-data"]
+    mean, low, high = mean_retention(quality)
     return LeaderboardEntry(
         rank=0,
         run_id=key[0],
         student=key[1],
         teacher=key[2],
         task_metrics=len(quality),
-        passing=sum(row.verdict in PASSING for row in quality),
-        mean_retention_pct=statistics.fmean(retentions) if retentions else None,
+        passing=sum(verdict in PASSING for verdict in verdicts),
+        mean_retention_pct=mean,
+        retention_ci_low_pct=low,
+        retention_ci_high_pct=high,
         worst_verdict=min(verdicts, key=VERDICTS_WORST_FIRST.index),
-        workload=key[3],
-        level=key[4],
-        throughput_ratio=first.throughput_ratio,
-        usd_per_mtok_ratio=first.usd_per_mtok_ratio,
-        j_per_token_ratio=first.j_per_token_ratio,
+        confidence=rows[0].confidence,
+        **_perf_fields(rows[0], LeaderboardEntry),
+    )
+
+
+def _control(rows: list[ComparisonRow]) -> ControlEntry:
+    row = rows[0]
+    low, high = row.throughput_ratio_ci_low, row.throughput_ratio_ci_high
+    return ControlEntry(
+        run_id=row.run_id,
+        model_a=row.teacher,
+        model_b=row.student,
+        confidence=row.confidence,
+        throughput_ci_contains_1=None if low is None or high is None else low <= 1.0 <= high,
+        **_perf_fields(row, ControlEntry),
     )
 
 
@@ -88,102 +200,116 @@ def _rank_key(entry: LeaderboardEntry) -> tuple:
 
 
 def build_entries(rows: Sequence[ComparisonRow]) -> list[LeaderboardEntry]:
-    """Entries from comparison rows, ranked (1 = best)."""
-    entries = sorted((_entry(key, group) for key, group in _group(rows).items()), key=_rank_key)
+    """Entries of the students (control rows left out), ranked (1 = best)."""
+    groups = _group([row for row in rows if not row.control])
+    entries = sorted((_entry(key, group) for key, group in groups.items()), key=_rank_key)
     return [dataclasses.replace(entry, rank=rank) for rank, entry in enumerate(entries, start=1)]
+
+
+def build_leaderboard(rows: Sequence[ComparisonRow]) -> Leaderboard:
+    """The ranked students, the controls (in row order) and the rows behind each entry."""
+    groups = _group([row for row in rows if not row.control])
+    controls = tuple(_control(group) for group in _group([row for row in rows if row.control]).values())
+    return Leaderboard(tuple(build_entries(rows)), controls, {key: tuple(group) for key, group in groups.items()})
+
+
+# -- text ---------------------------------------------------------------------------------------------
+
+
+def format_interval(value: float | None, low: float | None, high: float | None, spec: str) -> str:
+    """A value with its interval, "2.10 [1.85, 2.38]"; the value alone without one; "-" when missing."""
+    if value is None:
+        return "-"
+    if low is None or high is None:
+        return format(value, spec)
+    return f"{value:{spec}} [{low:{spec}}, {high:{spec}}]"
+
+
+def format_load(workload: str | None, level: float | None) -> str:
+    return f"{workload}@{format_value(level, 'g')}" if workload else "-"
+
+
+def markdown_text(text: str) -> str:
+    """Text safe in a Markdown table cell: HTML escaped, `|` and backslashes escaped, one line."""
+    escaped = html.escape(text.replace("\\", "\\\\"), quote=False).replace("|", "\\|")
+    return " ".join(escaped.splitlines())
+
+
+def ratio_text(item: LeaderboardEntry | ControlEntry, ratio: str) -> str:
+    """One of `RATIOS` of an entry with its interval, "2.10 [1.85, 2.38]"."""
+    low, high = getattr(item, f"{ratio}_ci_low"), getattr(item, f"{ratio}_ci_high")
+    return format_interval(getattr(item, ratio), low, high, ".2f")
+
+
+def quality_text(entry: LeaderboardEntry) -> str:
+    return format_interval(entry.mean_retention_pct, entry.retention_ci_low_pct, entry.retention_ci_high_pct, ".1f")
+
+
+def _ratio_column(header: str, ratio: str) -> tuple[str, Callable[[LeaderboardEntry | ControlEntry], str]]:
+    return (f"{header} x [CI]", lambda item: ratio_text(item, ratio))
 
 
 _COLUMNS: tuple[tuple[str, Callable[[LeaderboardEntry], str]], ...] = (
     ("#", lambda e: str(e.rank)),
-    ("student", lambda e: e.student),
-    ("teacher", lambda e: e.teacher),
-    ("run", lambda e: e.run_id),
-    ("quality kept %", lambda e: format_value(e.mean_retention_pct, ".1f")),
+    ("student", lambda e: markdown_text(e.student)),
+    ("teacher", lambda e: markdown_text(e.teacher)),
+    ("run", lambda e: markdown_text(e.run_id)),
+    ("quality kept % [CI]", quality_text),
     ("tasks passing", lambda e: f"{e.passing}/{e.task_metrics}"),
     ("worst verdict", lambda e: e.worst_verdict),
-    ("workload", lambda e: f"{e.workload}@{format_value(e.level, 'g')}" if e.workload else "-"),
-    ("throughput x", lambda e: format_value(e.throughput_ratio, ".2f")),
-    ("$/Mtok x", lambda e: format_value(e.usd_per_mtok_ratio, ".2f")),
-    ("J/token x", lambda e: format_value(e.j_per_token_ratio, ".2f")),
+    ("workload", lambda e: markdown_text(format_load(e.workload, e.level))),
+    _ratio_column("throughput", "throughput_ratio"),
+    _ratio_column("$/Mtok", "usd_per_mtok_ratio"),
+    _ratio_column("J/token", "j_per_token_ratio"),
+    _ratio_column("capacity", "capacity_ratio"),
+    ("blocks", lambda e: str(e.n_blocks)),
+    ("cost verdict", lambda e: markdown_text(e.cost_verdict or "-")),
+)
+
+_CONTROL_COLUMNS: tuple[tuple[str, Callable[[ControlEntry], str]], ...] = (
+    ("model b / model a", lambda c: f"{markdown_text(c.model_b)} / {markdown_text(c.model_a)}"),
+    ("run", lambda c: markdown_text(c.run_id)),
+    ("workload", lambda c: markdown_text(format_load(c.workload, c.level))),
+    _ratio_column("throughput", "throughput_ratio"),
+    _ratio_column("$/Mtok", "usd_per_mtok_ratio"),
+    _ratio_column("capacity", "capacity_ratio"),
+    ("blocks", lambda c: str(c.n_blocks)),
+    ("CI contains 1", lambda c: contains_one_text(c.throughput_ci_contains_1)),
 )
 
 
-def to_markdown(entries: Sequence[LeaderboardEntry]) -> str:
-    """The leaderboard as a Markdown table; x = student / teacher."""
-    return "\n".join(markdown_table(_COLUMNS, entries)) + "\n"
+def contains_one_text(contains: bool | None) -> str:
+    return {True: "yes", False: "NO", None: "-"}[contains]
 
 
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The points no other point beats on both axes (higher is better on both), by increasing x."""
-    front = [p for p in points if not any(q[0] >= p[0] and q[1] >= p[1] and q != p for q in points)]
-    return sorted(set(front))
+READING = (
+    "x = student / teacher, measured on the same hardware in the same run. [low, high] is an interval at the "
+    "run's confidence. Quality kept: the mean over task metrics of the retention, with the mean of the "
+    "per-task bounds (a conservative interval). Cost ratios: exp(mean per-block log ratio), t-interval over "
+    "the blocks. Controls: two models of the same architecture; their throughput interval should contain 1."
+)
 
 
-def plot_pareto(entries: Sequence[LeaderboardEntry]) -> str:
-    """Throughput ratio against mean retention, one point per entry, the teacher at (1, 100); SVG text."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plotted = [e for e in entries if e.throughput_ratio is not None and e.mean_retention_pct is not None]
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    axes.scatter([1.0], [100.0], marker="*", s=180, color="black", label="teacher", zorder=3)
-    axes.axhline(100.0, color="black", linewidth=0.8, alpha=0.4)
-    for passing in (True, False):
-        group = [e for e in plotted if (e.worst_verdict in PASSING) == passing]
-        if not group:
-            continue
-        label = "non-inferior on every task" if passing else "inferior or inconclusive somewhere"
-        xs, ys = [e.throughput_ratio for e in group], [e.mean_retention_pct for e in group]
-        axes.scatter(xs, ys, s=50, color="tab:green" if passing else "tab:red", label=label, zorder=3)
-    for entry in plotted:
-        name = f"{entry.student} ({entry.workload}@{entry.level:g})"
-        axes.annotate(name, (entry.throughput_ratio, entry.mean_retention_pct), fontsize=8,
-                      xytext=(5, 4), textcoords="offset points")  # fmt: skip
-    front = pareto_front([(1.0, 100.0)] + [(e.throughput_ratio, e.mean_retention_pct) for e in plotted])
-    axes.plot([x for x, _ in front], [y for _, y in front], linestyle="--", color="grey", label="Pareto front")
-    axes.set_xlabel("throughput, student / teacher (x)")
-    axes.set_ylabel("quality kept, mean over tasks (%)")
-    axes.set_title("distilled students: speed against quality kept")
-    axes.grid(alpha=0.3)
-    axes.margins(0.2)
-    axes.legend(fontsize=8, loc="best")
-    figure.tight_layout()
-    svg = io.StringIO()
-    figure.savefig(svg, format="svg")
-    plt.close(figure)
-    return svg.getvalue()
+def to_markdown(board: Leaderboard) -> str:
+    """The leaderboard as Markdown: the ranked table, the controls' table when there are controls, a key."""
+    lines = [*markdown_table(_COLUMNS, board.entries)]
+    if board.controls:
+        lines += ["", "Controls (not ranked):", "", *markdown_table(_CONTROL_COLUMNS, board.controls)]
+    return "\n".join([*lines, "", READING]) + "\n"
 
 
-def to_html(entries: Sequence[LeaderboardEntry], plot_svg: str, source: str) -> str:
-    """A self-contained static page: the plot (inline SVG) and the ranked table."""
-    head = "".join(f"<th>{html.escape(header)}</th>" for header, _ in _COLUMNS)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(cell(entry))}</td>" for _, cell in _COLUMNS) + "</tr>" for entry in entries
-    )
-    style = (
-        "body{font-family:system-ui,sans-serif;margin:2em;max-width:72em}"
-        "table{border-collapse:collapse}th,td{padding:.3em .7em;border-bottom:1px solid #ddd;text-align:right}"
-        "th:nth-child(-n+4),td:nth-child(-n+4){text-align:left}"
-    )
-    return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>distill-bench leaderboard</title>"
-        f"<style>{style}</style></head><body><h1>distill-bench leaderboard</h1>"
-        f"<p>From {html.escape(source)}. x = student / teacher, measured on the same hardware in the same run.</p>"
-        f"{plot_svg}<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></body></html>\n"
-    )
+def write_leaderboard(board: Leaderboard, out_dir: Path, source: str) -> list[Path]:
+    """Write leaderboard.parquet, controls.parquet, leaderboard.md, pareto.svg and index.html into `out_dir`."""
+    from bench.leaderboard_page import plot_pareto, to_html
 
-
-def write_leaderboard(entries: Sequence[LeaderboardEntry], out_dir: Path, source: str) -> list[Path]:
-    """Write leaderboard.parquet, leaderboard.md, pareto.svg and index.html into `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    parquet = store.write_records(out_dir / "leaderboard.parquet", LeaderboardEntry, entries)
+    parquet = store.write_records(out_dir / "leaderboard.parquet", LeaderboardEntry, board.entries)
+    controls = store.write_records(out_dir / "controls.parquet", ControlEntry, board.controls)
     markdown = out_dir / "leaderboard.md"
-    markdown.write_text(to_markdown(entries))
+    markdown.write_text(to_markdown(board))
     svg = out_dir / "pareto.svg"
-    plot = plot_pareto(entries)
+    plot = plot_pareto(board.entries)
     svg.write_text(plot)
     page = out_dir / "index.html"
-    page.write_text(to_html(entries, plot[plot.index("<svg") :], source))  # inline: no XML prolog
-    return [parquet, markdown, svg, page]
+    page.write_text(to_html(board, plot[plot.index("<svg") :], source))  # inline: no XML prolog
+    return [parquet, controls, markdown, svg, page]

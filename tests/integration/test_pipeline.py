@@ -14,7 +14,7 @@ from bench import store
 from bench.compare import compare_results
 from bench.config import parse_config
 from bench.cost import load_price_table
-from bench.leaderboard import build_entries, write_leaderboard
+from bench.leaderboard import build_leaderboard, write_leaderboard
 from bench.progress import RunProgress
 from bench.report import to_json
 from bench.run import run
@@ -115,8 +115,9 @@ def test_second_run_resumes_everything_and_compares_identically(first_run) -> No
 def test_leaderboard_ranks_the_student_from_the_stored_results(first_run, tmp_path: Path) -> None:
     _, _, outcome = first_run
     rows = compare_results(outcome.run_dir)
-    (entry,) = build_entries(rows)
+    board = build_leaderboard(rows)
+    (entry,) = board.entries
     assert (entry.student, entry.teacher, entry.workload, entry.task_metrics) == ("student", "teacher", "w", 2)
     assert entry.throughput_ratio == rows[0].throughput_ratio
-    write_leaderboard([entry], tmp_path, source=str(outcome.run_dir))
+    write_leaderboard(board, tmp_path, source=str(outcome.run_dir))
     assert duckdb.sql(f"select student from '{tmp_path / 'leaderboard.parquet'}'").fetchall() == [("student",)]

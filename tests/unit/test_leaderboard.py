@@ -1,17 +1,22 @@
-"""bench.leaderboard on the synthetic results tree of test_compare: entries, ranking, files and the command."""
+"""bench.leaderboard and bench.leaderboard_page: entries with their intervals, ranking, controls, files, command."""
 
 from __future__ import annotations
 
+import dataclasses
+import re
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import duckdb
 import pytest
 from typer.testing import CliRunner
 
-from bench import compare, leaderboard
+from bench import compare, leaderboard, leaderboard_page
 from bench.cli import app
 from tests.unit.test_compare import build_results
-from tests.unit.test_store import make_record
+from tests.unit.test_store import README, make_record
+
+NASTY = "<b>lab|el</b> & $co$ -->"  # a student name that must stay text in HTML, Markdown and the plot
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +26,64 @@ def results(tmp_path_factory) -> Path:
 
 def entries_of(results: Path) -> dict[str, leaderboard.LeaderboardEntry]:
     return {entry.student: entry for entry in leaderboard.build_entries(compare.compare_results(results))}
+
+
+# -- synthetic comparison rows with the schema-3 evidence ---------------------------------------------------
+
+
+def comparison_row(**fields) -> compare.ComparisonRow:
+    """A comparison row: a typed value in every field (make_record), a student row unless `control` is given.
+
+    Built by field name only, so it fits compare's ComparisonRow whatever the order of its fields.
+    """
+    defaults = {"run_id": "q1", "teacher": "teacher", "control": False, "confidence": 0.95, "n_blocks": 5}
+    defaults |= {"blocks_cross_session": 0, "workload": "chat", "level": 8.0, "filter": "none", "metric": "acc"}
+    return make_record(compare.ComparisonRow, **(defaults | fields))
+
+
+def task_row(student: str, task: str, kept: tuple[float, float, float], verdict: str, **fields):
+    retention, low, high = kept
+    values = {"retention_pct": retention, "retention_ci_low_pct": low, "retention_ci_high_pct": high}
+    return comparison_row(student=student, task=task, verdict=verdict, **values, **fields)
+
+
+KD_COST = {
+    "throughput_ratio": 2.1, "throughput_ratio_ci_low": 1.85, "throughput_ratio_ci_high": 2.38,
+    "usd_per_mtok_ratio": 0.48, "usd_per_mtok_ratio_ci_low": 0.42, "usd_per_mtok_ratio_ci_high": 0.54,
+    "j_per_token_ratio": None, "j_per_token_ratio_ci_low": None, "j_per_token_ratio_ci_high": None,
+    "capacity_ratio": 2.2, "capacity_ratio_ci_low": 1.9, "capacity_ratio_ci_high": 2.5,
+    "cost_verdict": "≥ 1.85x cheaper",
+}  # fmt: skip
+NASTY_COST = KD_COST | {"throughput_ratio": 2.4, "throughput_ratio_ci_low": 1.2, "throughput_ratio_ci_high": 3.6}
+
+
+def evidence_rows() -> list[compare.ComparisonRow]:
+    """Two students with intervals, a student without results, and a control pair (kd against label)."""
+    binary = {"interval_method": "newcombe", "n_paired": 200}
+    return [
+        task_row("kd", "toy_add", (97.5, 94.0, 101.0), "non-inferior", teacher_score=0.8, student_score=0.78,
+                 diff_mean=-0.02, diff_ci_low=-0.05, diff_ci_high=0.01, discordant_student_only=6,
+                 discordant_teacher_only=10, mcnemar_p=0.4545, **binary, **KD_COST),
+        task_row("kd", "toy_sort", (105.0, 98.0, 112.0), "better", teacher_score=0.6, student_score=0.63,
+                 diff_mean=0.03, diff_ci_low=0.01, diff_ci_high=0.07, discordant_student_only=14,
+                 discordant_teacher_only=2, mcnemar_p=0.0042, **binary, **KD_COST),
+        task_row(NASTY, "toy_add", (80.0, 70.0, 90.0), "inferior", **binary, **NASTY_COST),
+        task_row(NASTY, "toy_sort", (99.0, 95.0, 103.0), "non-inferior", **binary, **NASTY_COST),
+        comparison_row(student="tiny", task=None, metric=None, filter=None, verdict="no-data", workload=None,
+                       level=None, retention_pct=None, n_blocks=0, **dict.fromkeys(KD_COST)),
+        comparison_row(teacher="kd", student="label", control=True, task=None, metric=None, verdict="no-data",
+                       **KD_COST | {"throughput_ratio": 1.03, "throughput_ratio_ci_low": 0.91,
+                                    "throughput_ratio_ci_high": 1.17}),
+    ]  # fmt: skip
+
+
+def write_board(out: Path) -> leaderboard.Leaderboard:
+    board = leaderboard.build_leaderboard(evidence_rows())
+    leaderboard.write_leaderboard(board, out, source="results/<q1>")
+    return board
+
+
+# -- entries from compare's rows --------------------------------------------------------------------------------
 
 
 def test_an_entry_summarises_a_students_tasks_beside_its_speed(results):
@@ -42,41 +105,108 @@ def test_the_worst_task_decides_whether_a_student_passes(tmp_path):
     assert (small.passing, small.worst_verdict) == (2, "non-inferior")
 
 
-def row(student: str, verdict: str, throughput: float | None) -> compare.ComparisonRow:
-    return make_record(
-        compare.ComparisonRow, student=student, verdict=verdict, throughput_ratio=throughput, workload="chat"
-    )
-
-
 def test_passing_students_rank_first_then_by_speed():
     rows = [
-        row("fast-bad", "inferior", 9.0),
-        row("slow-ok", "non-inferior", 1.5),
-        row("fast-ok", "better", 3.0),
-        row("slow-unsure", "inconclusive", 1.2),
+        comparison_row(student="fast-bad", verdict="inferior", throughput_ratio=9.0),
+        comparison_row(student="slow-ok", verdict="non-inferior", throughput_ratio=1.5),
+        comparison_row(student="fast-ok", verdict="better", throughput_ratio=3.0),
+        comparison_row(student="slow-unsure", verdict="inconclusive", throughput_ratio=1.2),
     ]
     ranked = [e.student for e in leaderboard.build_entries(rows)]
     assert ranked == ["fast-ok", "slow-ok", "slow-unsure", "fast-bad"]
 
 
+# -- intervals and controls -----------------------------------------------------------------------------------
+
+
+def test_quality_kept_is_the_mean_of_task_retentions_with_the_mean_of_their_bounds():
+    kd = {e.student: e for e in leaderboard.build_entries(evidence_rows())}["kd"]
+    assert kd.mean_retention_pct == pytest.approx((97.5 + 105.0) / 2)
+    assert (kd.retention_ci_low_pct, kd.retention_ci_high_pct) == (pytest.approx(96.0), pytest.approx(106.5))
+    assert (kd.throughput_ratio_ci_low, kd.throughput_ratio_ci_high, kd.n_blocks) == (1.85, 2.38, 5)
+    assert (kd.capacity_ratio, kd.cost_verdict) == (2.2, "≥ 1.85x cheaper")
+
+
+def test_a_task_without_an_interval_leaves_the_entry_without_one():
+    rows = [task_row("s", "a", (90.0, 85.0, 95.0), "non-inferior"), task_row("s", "b", (99.0, 95.0, 103.0), "better")]
+    rows[1] = comparison_row(**{**rows[1].__dict__, "retention_ci_low_pct": None})
+    (entry,) = leaderboard.build_entries(rows)
+    assert entry.mean_retention_pct == pytest.approx(94.5)
+    assert (entry.retention_ci_low_pct, entry.retention_ci_high_pct) == (None, None)
+
+
+def test_controls_are_listed_apart_and_never_ranked():
+    board = leaderboard.build_leaderboard(evidence_rows())
+    assert [(e.rank, e.student) for e in board.entries] == [(1, "kd"), (2, NASTY), (3, "tiny")]
+    (control,) = board.controls
+    assert (control.model_a, control.model_b, control.throughput_ratio) == ("kd", "label", 1.03)
+    assert control.throughput_ci_contains_1 is True
+    assert [row.task for row in board.rows_of(board.entries[0])] == ["toy_add", "toy_sort"]
+
+
+def test_format_interval():
+    assert leaderboard.format_interval(2.1, 1.85, 2.384, ".2f") == "2.10 [1.85, 2.38]"
+    assert leaderboard.format_interval(2.1, None, None, ".2f") == "2.10"
+    assert leaderboard.format_interval(None, 1.0, 2.0, ".2f") == "-"
+
+
+# -- files ---------------------------------------------------------------------------------------------------
+
+
 def test_pareto_front_keeps_only_undominated_points():
     points = [(1.0, 100.0), (2.0, 95.0), (1.5, 90.0), (3.0, 80.0), (2.0, 95.0)]
-    assert leaderboard.pareto_front(points) == [(1.0, 100.0), (2.0, 95.0), (3.0, 80.0)]
+    assert leaderboard_page.pareto_front(points) == [(1.0, 100.0), (2.0, 95.0), (3.0, 80.0)]
+
+
+def test_markdown_shows_intervals_and_escapes_names(tmp_path):
+    write_board(tmp_path)
+    markdown = (tmp_path / "leaderboard.md").read_text()
+    lines = markdown.splitlines()
+    assert lines[0].startswith("| # | student | teacher | run | quality kept % [CI] |")
+    assert lines[2].startswith("| 1 | kd | teacher | q1 | 101.2 [96.0, 106.5] | 2/2 | non-inferior | chat@8 |")
+    assert "| 2.10 [1.85, 2.38] | 0.48 [0.42, 0.54] | - | 2.20 [1.90, 2.50] | 5 | ≥ 1.85x cheaper |" in lines[2]
+    assert "| 2 | &lt;b&gt;lab\\|el&lt;/b&gt; &amp; $co$ --&gt; |" in markdown and "<b>" not in markdown
+    assert "| label / kd | q1 | chat@8 | 1.03 [0.91, 1.17] |" in markdown and markdown.count("| yes |") == 1
+
+
+def test_svg_has_an_error_bar_per_interval(tmp_path):
+    write_board(tmp_path)
+    ids = {element.get("id") for element in ET.parse(tmp_path / "pareto.svg").iter()}
+    for rank in (1, 2):
+        assert {f"errorbar-cost-{rank}", f"errorbar-quality-{rank}", f"point-{rank}"} <= ids
+    assert not {"errorbar-cost-3", "errorbar-quality-3", "point-3"} & ids  # tiny has nothing to plot
+
+
+def test_page_escapes_names_and_has_a_drill_down_per_entry(tmp_path):
+    write_board(tmp_path)
+    page = (tmp_path / "index.html").read_text()
+    assert page.count("<svg") == 1 and "<?xml" not in page
+    assert "&lt;b&gt;lab|el&lt;/b&gt; &amp; $co$ --&gt;" in page and "<b>lab" not in page
+    assert "results/&lt;q1&gt;" in page
+    assert [page.count(f"id='drill-{rank}'") for rank in (1, 2, 3)] == [1, 1, 1]
+    assert "<td>0.0042</td>" in page and "<td>14</td>" in page and "Controls (not ranked)" in page
 
 
 def test_written_files_hold_the_entries(results, tmp_path):
-    entries = leaderboard.build_entries(compare.compare_results(results))
-    paths = leaderboard.write_leaderboard(entries, tmp_path, source="results/")
+    board = leaderboard.build_leaderboard(compare.compare_results(results))
+    paths = leaderboard.write_leaderboard(board, tmp_path, source="results/")
     assert sorted(p.name for p in paths) == sorted(leaderboard.FILES)
     parquet = tmp_path / "leaderboard.parquet"
     table = duckdb.sql(f"select rank, student, throughput_ratio from '{parquet}' order by rank")
     assert table.fetchall() == [(1, "small", 2.5), (2, "tiny", None)]
+    assert duckdb.sql(f"select count(*) from '{tmp_path / 'controls.parquet'}'").fetchall() == [(0,)]
     markdown = (tmp_path / "leaderboard.md").read_text().splitlines()
     assert markdown[0].startswith("| # | student | teacher |") and "| 1 | small | big |" in markdown[2]
     svg = (tmp_path / "pareto.svg").read_text()
-    assert "<svg" in svg and "small (chat@4)" in svg
+    assert "<svg" in svg and "#1 small (chat@4)" in svg
     page = (tmp_path / "index.html").read_text()
     assert page.count("<svg") == 1 and "<?xml" not in page and "<td>small</td>" in page
+
+
+def test_controls_parquet_holds_the_controls(tmp_path):
+    write_board(tmp_path)
+    query = f"select model_a, model_b, throughput_ci_contains_1 from '{tmp_path / 'controls.parquet'}'"
+    assert duckdb.sql(query).fetchall() == [("kd", "label", True)]
 
 
 def test_command_writes_the_leaderboard(results, tmp_path):
@@ -90,3 +220,11 @@ def test_command_without_pairs_exits_non_zero(tmp_path):
     assert result.exit_code == 1
     assert "no teacher/student pair" in result.stderr
     assert not (tmp_path / "site").exists()
+
+
+def test_results_readme_lists_exactly_the_leaderboard_columns():
+    text = README.read_text().split("## The leaderboard's files")[1]
+    sections = text.split("controls.parquet, one row per")
+    for section, record in zip(sections, (leaderboard.LeaderboardEntry, leaderboard.ControlEntry), strict=True):
+        documented = re.findall(r"^\| `(\w+)` \| ", section, flags=re.MULTILINE)
+        assert documented == [field.name for field in dataclasses.fields(record)]
