@@ -147,27 +147,6 @@ class ComparisonRow:
     cost_verdict: str | None  # e.g. "≥ 2.1x cheaper", or the $/Mtok ratio with its interval
     control: bool  # a control row: two models of the same architecture, perf only
     summary: str
-    # STUB (leaderboard branch h-board only; drop at merge in favour of helper "stats"'s fields): the
-    # schema-3 fields named in the contract, defaulted so the leaderboard's code and tests run before them.
-    discordant_student_only: int | None = None
-    discordant_teacher_only: int | None = None
-    mcnemar_p: float | None = None
-    interval_method: str | None = None
-    retention_ci_low_pct: float | None = None
-    retention_ci_high_pct: float | None = None
-    throughput_ratio_ci_low: float | None = None
-    throughput_ratio_ci_high: float | None = None
-    usd_per_mtok_ratio_ci_low: float | None = None
-    usd_per_mtok_ratio_ci_high: float | None = None
-    j_per_token_ratio_ci_low: float | None = None
-    j_per_token_ratio_ci_high: float | None = None
-    capacity_ratio: float | None = None
-    capacity_ratio_ci_low: float | None = None
-    capacity_ratio_ci_high: float | None = None
-    n_blocks: int = 0
-    blocks_cross_session: int = 0
-    cost_verdict: str | None = None
-    control: bool = False
 
 
 def verdict(diff_ci_low: float, diff_ci_high: float, retention_margin: float, higher_is_better: bool = True) -> Verdict:
