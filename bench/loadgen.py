@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import itertools
 import logging
 import time
@@ -292,7 +293,7 @@ async def run_level(
     plan = plan_level(workload, level, prompt_space, seed)
     url = base_url.rstrip("/").removesuffix("/v1") + "/v1/completions"
     stream = _timed_stream(plan, workload, level, prompt_space, seed)
-    more: KeepSending = lambda sent, elapsed_s: keep_sending(workload, sent, elapsed_s)  # noqa: E731
+    more: KeepSending = functools.partial(keep_sending, workload)
     done = 0
 
     # limit=0: the schedule, not aiohttp's pool (100 connections by default), decides the concurrency.
