@@ -218,13 +218,14 @@ class Dispatch:
         return {name: run.state for name, run in self.runs.items() if run.actor is not None}
 
     def _submit(self) -> None:
-        for cell in schedule.next_cells(self.queue, self._workers(), self.exclusive, self.in_order):
-            self.queue.remove(cell)
-            self._call(self.runs[cell.model], cell)
+        # Release first: a server shutting down burns CPU, so it must be gone before the next trial starts.
         for run in self.runs.values():
             if run.actor is not None and run.state == "idle" and not self._queued(run):
                 _release(run)  # nothing left for it: free its memory (and GPUs, for a model still waiting)
                 self.events.on_stage(run.model.name, "done")
+        for cell in schedule.next_cells(self.queue, self._workers(), self.exclusive, self.in_order):
+            self.queue.remove(cell)
+            self._call(self.runs[cell.model], cell)
 
     def _queued(self, run: ModelRun) -> list[Cell]:
         return [cell for cell in self.queue if cell.model == run.model.name]
