@@ -6,10 +6,13 @@ metadata under the name `vllm`. It binds to 127.0.0.1 because its clients (lm-ev
 run in the same Ray actor, on the same node.
 
 Measurement hygiene: on a node with two or more CPUs the server and the load generator must not fight for
-cores. The server's whole process tree is pinned to cores [0 .. n-2] (its affinity is set in the child
-before exec, and the CPU build's OpenMP threads are bound there too, `VLLM_CPU_OMP_THREADS_BIND`), and the
-worker pins the load generator to the last core while it measures (`CoreSplit`). The split is logged at
-the top of the server log and stored in the `models` table (`server_cpus`, `loadgen_cpus`).
+cores. The CPU build's OpenMP threads (the model's compute) are bound to cores [0 .. n-2] from the start
+(`VLLM_CPU_OMP_THREADS_BIND`), and once the server is healthy every thread of its whole process tree is
+pinned there too (`pin_tree`); the worker pins the load generator to the last core while it measures
+(`CoreSplit`). The rest of the tree is pinned after the start rather than before exec so that servers
+starting side by side (imports, weight loading: single-threaded Python) use every core: on two cores that
+halves the start of three toy servers. The split is logged at the top of the server log and stored in
+the `models` table (`server_cpus`, `loadgen_cpus`).
 """
 
 from __future__ import annotations
@@ -85,13 +88,37 @@ def cpu_list(cores: Sequence[int]) -> str:
     return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
 
 
-def pin_process(cores: Iterable[int]) -> None:
-    """Pin every thread of this process to `cores` (sched_setaffinity(0) alone moves only the calling
-    thread; threads started later inherit their creator's affinity)."""
+def pin_process(cores: Iterable[int], pid: int | None = None) -> None:
+    """Pin every thread of a process (default: this one) to `cores`. sched_setaffinity(pid) alone moves
+    only that one thread; threads and processes started later inherit their creator's affinity."""
     allowed = set(cores)
-    for task in os.listdir("/proc/self/task"):
-        with contextlib.suppress(ProcessLookupError):  # a thread that has just exited
-            os.sched_setaffinity(int(task), allowed)
+    with contextlib.suppress(FileNotFoundError):  # the process has just exited
+        for task in os.listdir(f"/proc/{pid or os.getpid()}/task"):
+            with contextlib.suppress(ProcessLookupError):  # a thread that has just exited
+                os.sched_setaffinity(int(task), allowed)
+
+
+def process_tree(root: int) -> list[int]:
+    """`root` and all its descendants, from /proc (vLLM's engine processes leave the server's process
+    group, so a group or session id would miss them)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                parent = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(parent, []).append(int(entry))
+    tree, frontier = [], [root]
+    while frontier:
+        pid = frontier.pop()
+        tree.append(pid)
+        frontier.extend(children.get(pid, []))
+    return sorted(tree)
+
+
+def pin_tree(root: int, cores: Iterable[int]) -> None:
+    """Pin every thread of every process of the tree under `root` to `cores`."""
+    for pid in process_tree(root):
+        pin_process(cores, pid)
 
 
 def engine_distribution() -> tuple[str, str]:
@@ -187,9 +214,11 @@ class VllmServer:
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,  # its own process group: stop() reaches vLLM's engine processes too
-                preexec_fn=self._in_child,
+                preexec_fn=_die_with_parent,
             )
         self._wait_healthy(self.model.serve.startup_timeout_s)
+        if self.cores is not None:
+            pin_tree(self.process.pid, self.cores.server)
 
     def pinning(self) -> str:
         """What is pinned where, in words (the server log's first line)."""
@@ -198,13 +227,9 @@ class VllmServer:
         bind = server_env(self.model, self.hardware, self.cores).get("VLLM_CPU_OMP_THREADS_BIND")
         omp = f", VLLM_CPU_OMP_THREADS_BIND={bind}" if bind else ""
         server, loadgen = cpu_list(self.cores.server), cpu_list(self.cores.loadgen)
-        return f"server pinned to cores {server}{omp}; load generator to core(s) {loadgen} while it measures"
-
-    def _in_child(self) -> None:
-        """In the child before exec: pin it (its engine processes inherit the affinity), die with the parent."""
-        if self.cores is not None:
-            os.sched_setaffinity(0, self.cores.server)
-        _die_with_parent()
+        return (
+            f"server pinned to cores {server} once healthy{omp}; load generator to core(s) {loadgen} while it measures"
+        )
 
     def _wait_healthy(self, timeout_s: float) -> None:
         # A subprocess has no readiness callback; poll /health with a bounded deadline and fail fast if it exits.

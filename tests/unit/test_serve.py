@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
+import time
 
 import numpy as np
 from safetensors.numpy import save_file
@@ -15,6 +18,8 @@ from bench.serve import (
     count_parameters,
     cpu_list,
     pin_process,
+    pin_tree,
+    process_tree,
     server_command,
     server_env,
     split_cores,
@@ -108,3 +113,22 @@ def test_pin_process_moves_every_thread() -> None:
         assert seen == [target] and os.sched_getaffinity(0) == target
     finally:
         pin_process(every)
+
+
+def test_pin_tree_reaches_grandchildren() -> None:
+    """vLLM's engine processes are the API server's children; pinning after the start must reach them."""
+    spawn = "import subprocess, time; subprocess.Popen(['sleep', '30']); time.sleep(30)"
+    parent = subprocess.Popen([sys.executable, "-c", spawn])
+    try:
+        deadline = time.monotonic() + 20
+        while len(process_tree(parent.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        tree = process_tree(parent.pid)
+        assert len(tree) == 2 and parent.pid in tree
+        target = {min(os.sched_getaffinity(0))}
+        pin_tree(parent.pid, target)
+        assert all(os.sched_getaffinity(pid) == target for pid in tree)
+    finally:
+        for pid in process_tree(parent.pid):
+            os.kill(pid, 9)
+        parent.wait()
