@@ -115,7 +115,8 @@ def plan(
 ) -> None:
     """Show the cells a run would execute, and which are already done in results/<run.name>/.
 
-    A cell is one model on one task (eval) or one workload (perf).
+    A cell is one model on one task (eval) or one trial of one workload (perf, in a block: each block runs
+    every model once; `repeats` blocks per workload).
     Its key hashes the settings that shape its results, so a re-run skips the cells already stored.
 
     Example: distill-bench plan configs/quickstart.yaml --results-dir results
@@ -123,20 +124,22 @@ def plan(
     with config_errors():
         config, _ = load_checked(config_path)
     run_dir = config.run_dir(results_dir)
-    cells = build_plan(config)
     done = _done_keys(run_dir)
+    cells = build_plan(config, done)
     gpus = gpus_per_model(config)
 
     table = Table(title=f"plan for run {config.run.name!r} ({run_dir})")
     for column in ("kind", "model", "target"):
         table.add_column(column)
+    table.add_column("block", justify="right")
     table.add_column("key", no_wrap=True, min_width=16)
     table.add_column("GPUs", justify="right")
     table.add_column("done")
     for cell in cells:
         is_done = cell.key in done
         table.add_row(
-            cell.kind, cell.model, cell.target, cell.key, str(gpus[cell.model]),
+            cell.kind, cell.model, cell.target, "" if cell.block is None else str(cell.block), cell.key,
+            str(gpus[cell.model]),
             Text("yes", style="green") if is_done else Text("no"),
         )  # fmt: skip
     console.print(table)

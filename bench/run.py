@@ -4,9 +4,11 @@ evaluate / measure → store. Comparing the stored results is `compare.py`'s job
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import importlib.metadata
 import logging
+import os
 import platform
 import socket
 import sys
@@ -36,18 +38,30 @@ class RunOutcome:
     failed: int
 
 
+def new_session_id() -> str:
+    """The id of this driver process, stamped on every perf row it measures: `hostname:pid:start time`.
+
+    A block's trials share it; `compare` counts blocks whose rows come from different sessions."""
+    return f"{socket.gethostname()}:{os.getpid()}:{datetime.now(UTC).isoformat(timespec='seconds')}"
+
+
 def model_keys(config: BenchConfig) -> dict[str, str]:
     """Each model's key in the `models` table (reads a fingerprint of local weights: compute once per run)."""
     return {model.name: model_key(model) for model in config.models}
 
 
-def manifest(config: BenchConfig, cells: list[Cell], models: dict[str, str], address: str | None) -> dict:
+def manifest(
+    config: BenchConfig, cells: list[Cell], models: dict[str, str], address: str | None, session_id: str = ""
+) -> dict:
     """The run manifest: the whole validated config, its hash, the keys of its cells and models (`models`,
-    from `model_keys`: what `compare` reads as this run's current results), versions, host and cluster."""
+    from `model_keys`: what `compare` reads as this run's current results; for perf, only the chosen
+    blocks, so trials of a block left partial by an earlier process are not read), the session that wrote
+    it, versions, host and cluster."""
     keys = {cell.key for cell in cells} | set(models.values())
     return {
         "schema_version": store.SCHEMA_VERSION,
         "run_id": config.run.name,
+        "session_id": session_id,
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "config": config.model_dump(mode="json"),
         "config_hash": config.content_hash(),
@@ -80,10 +94,17 @@ class _Recorder:
     """Writes each finished cell to the store as soon as it arrives, and keeps the progress display current."""
 
     def __init__(
-        self, config: BenchConfig, prices: PriceTable, run_dir: Path, models: dict[str, str], progress: RunProgress
+        self,
+        config: BenchConfig,
+        prices: PriceTable,
+        run_dir: Path,
+        models: dict[str, str],
+        progress: RunProgress,
+        session_id: str,
     ):
         self.config, self.prices, self.run_dir, self.progress = config, prices, run_dir, progress
         self.model_keys = models
+        self.session_id = session_id
         self.succeeded = self.failed = 0
 
     def started(self, record: ModelRecord) -> None:
@@ -98,10 +119,15 @@ class _Recorder:
     def measured(
         self, cell: Cell, requests: list[PerfRequest], summaries: list[PerfSummary], probes: list[PerfProbe]
     ) -> None:
+        stamp = {"block": cell.block, "session_id": self.session_id}
+        requests = [dataclasses.replace(request, **stamp) for request in requests]
+        summaries = [dataclasses.replace(summary, **stamp) for summary in summaries]
+        probes = [dataclasses.replace(probe, **stamp) for probe in probes]
         store.write_cell(self.run_dir, "perf_requests", cell.key, cell.model, requests)
         store.write_cell(self.run_dir, "perf_probes", cell.key, cell.model, probes)
         store.write_cell(self.run_dir, "perf_summary", cell.key, cell.model, summaries)  # the commit
-        self._done(cell, ", ".join(f"@{s.level:g}: {s.output_tokens_per_s:.0f} tok/s" for s in summaries))
+        levels = ", ".join(f"@{s.level:g}: {s.output_tokens_per_s:.0f} tok/s" for s in summaries)
+        self._done(cell, f"block {cell.block}: {levels}")
 
     def _done(self, cell: Cell, detail: str) -> None:
         self.succeeded += 1
@@ -136,8 +162,9 @@ def run(
 ) -> RunOutcome:
     """Run every cell not yet stored; each finished cell is written atomically the moment it finishes."""
     run_dir = config.run_dir(results_dir)
-    cells = build_plan(config)
-    pending = pending_cells(cells, store.done_cell_keys(run_dir))
+    done = store.done_cell_keys(run_dir)
+    cells = build_plan(config, done)
+    pending = pending_cells(cells, done)
     skipped = len(cells) - len(pending)
     progress.plan(len(cells), skipped)
     if not pending:
@@ -145,9 +172,10 @@ def run(
 
     run_dir.mkdir(parents=True, exist_ok=True)
     models = model_keys(config)
-    store.write_manifest(run_dir, manifest(config, cells, models, address))
+    session_id = new_session_id()
+    store.write_manifest(run_dir, manifest(config, cells, models, address, session_id))
     handler = _log_to(run_dir)
-    recorder = _Recorder(config, prices, run_dir, models, progress)
+    recorder = _Recorder(config, prices, run_dir, models, progress, session_id)
     try:
         cluster.connect(address)
         with progress:

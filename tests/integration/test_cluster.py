@@ -16,9 +16,9 @@ def _config(tmp_path: Path, tensor_parallel_size: int):
     return parse_config(data, source="placement", base=REPO)
 
 
-def test_without_gpus_a_model_takes_a_whole_node_of_cpus() -> None:
+def test_without_gpus_a_model_reserves_no_cpu_so_every_server_stays_up() -> None:
     model = ModelConfig(name="m", source="org/m")
-    assert cluster.placement_for(model, node_cpus=16, cluster_gpus=0) == cluster.Placement(16, 0, None)
+    assert cluster.placement_for(model, cluster_gpus=0) == cluster.Placement(0, 0, None)
 
 
 def test_tensor_parallel_model_gets_its_gpus_in_one_strict_pack_bundle(tmp_path: Path) -> None:
@@ -29,9 +29,9 @@ def test_tensor_parallel_model_gets_its_gpus_in_one_strict_pack_bundle(tmp_path:
     try:
         config = _config(tmp_path, tensor_parallel_size=2)
         model = config.models[0]
-        placement = cluster.placement_for(model, node_cpus=2, cluster_gpus=4)
+        placement = cluster.placement_for(model, cluster_gpus=4)
         assert placement.bundle == {"GPU": 2, "CPU": 1}
-        run = cluster.ModelRun(model, [], tmp_path, placement)
+        run = cluster.ModelRun(model, tmp_path, placement)
         cluster._launch(run, config)
         assert len(ray.get(run.actor.assigned_gpus.remote(), timeout=120)) == 2
         groups = [g for g in placement_group_table().values() if g["name"] == "distill-bench-big"]

@@ -4,6 +4,7 @@ compare; then a second run on the same results directory that runs nothing and c
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import duckdb
@@ -18,7 +19,7 @@ from bench.leaderboard import build_leaderboard, write_leaderboard
 from bench.progress import RunProgress
 from bench.report import to_json
 from bench.run import run
-from bench.serve import weights_sha256
+from bench.serve import cpu_list, weights_sha256
 
 from .conftest import REPO, TOY_MODELS, TOY_SERVE
 
@@ -45,6 +46,7 @@ def pipeline_config(results_dir: Path):
                 "prompt_tokens": {"mean": 12},
                 "output_tokens": {"mean": 8},
                 "slo": {"ttft_s": 5.0},
+                "repeats": 2,
             }
         ],
     }
@@ -61,7 +63,7 @@ def first_run(tmp_path_factory: pytest.TempPathFactory):
 
 def test_every_cell_ran_and_every_table_is_readable_by_duckdb(first_run) -> None:
     _, _, outcome = first_run
-    assert (outcome.total, outcome.succeeded, outcome.failed, outcome.skipped) == (6, 6, 0, 0)
+    assert (outcome.total, outcome.succeeded, outcome.failed, outcome.skipped) == (8, 8, 0, 0)
     for table in ("models", "eval_scores", "eval_samples", "perf_requests", "perf_summary"):
         (count,) = duckdb.sql(f"select count(*) from read_parquet('{outcome.run_dir}/{table}/*.parquet')").fetchall()[0]
         assert count > 0, table
@@ -85,12 +87,28 @@ def test_request_tokens_sum_to_the_summary(first_run) -> None:
     run_dir = first_run[2].run_dir
     requests = store.read_table(run_dir, "perf_requests").to_pylist()
     for summary in store.read_table(run_dir, "perf_summary").to_pylist():
-        mine = [r for r in requests if r["model"] == summary["model"] and r["level"] == summary["level"]]
+        mine = [r for r in requests if r["cell_key"] == summary["cell_key"] and r["level"] == summary["level"]]
         ok = [r for r in mine if r["ok"]]
         assert summary["requests_ok"] == len(ok) == 12
         assert summary["output_tokens_total"] == sum(r["output_tokens"] for r in ok) == 12 * 8
         assert summary["output_tokens_per_s"] == pytest.approx(summary["output_tokens_total"] / summary["duration_s"])
         assert summary["usd_per_mtok_output"] > 0
+
+
+def test_trials_come_in_blocks_from_one_session_with_pinned_cores(first_run) -> None:
+    run_dir = first_run[2].run_dir
+    summaries = store.read_table(run_dir, "perf_summary").to_pylist()
+    assert sorted((row["model"], row["block"]) for row in summaries) == [
+        (model, block) for model in ("student", "teacher") for block in (0, 1)
+    ]
+    requests = store.read_table(run_dir, "perf_requests").to_pylist()
+    sessions = {row["session_id"] for row in summaries + requests}
+    assert sessions == {store.read_manifest(run_dir)["session_id"]} and sessions != {""}
+    models = store.read_table(run_dir, "models").to_pylist()
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) >= 2:
+        assert {(m["server_cpus"], m["loadgen_cpus"]) for m in models} == {(cpu_list(cores[:-1]), str(cores[-1]))}
+        assert "server pinned to cores" in (run_dir / "logs" / "teacher.server.log").read_text()
 
 
 def test_models_table_records_provenance(first_run) -> None:
@@ -105,7 +123,7 @@ def test_second_run_resumes_everything_and_compares_identically(first_run) -> No
     config, prices, outcome = first_run
     before = to_json(compare_results(outcome.run_dir))
     again = run(config, prices, RunProgress(Console(record=True)))
-    assert (again.skipped, again.succeeded, again.failed) == (6, 0, 0)
+    assert (again.skipped, again.succeeded, again.failed) == (8, 0, 0)
     assert to_json(compare_results(outcome.run_dir)) == before
     rows = compare_results(outcome.run_dir)
     assert {row.task for row in rows} == set(TASKS)

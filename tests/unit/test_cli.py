@@ -39,7 +39,7 @@ def test_validate_ok_prints_summary_and_writes_nothing(workspace: Path) -> None:
     before = listing(workspace)
     result = invoke("validate", "config.yaml")
     assert result.exit_code == 0, result.output
-    assert "2 models, 1 task, 1 workload, 4 cells" in result.stdout
+    assert "2 models, 1 task, 1 workload, 8 cells" in result.stdout  # 2 evals + 3 blocks of 2 perf trials
     assert result.stderr == ""
     assert listing(workspace) == before
 
@@ -51,7 +51,7 @@ def test_plan_lists_cells_with_nothing_done(workspace: Path) -> None:
         row = row_of(result.stdout, cell.key)
         assert cell.kind in row and cell.model in row and cell.target in row
         assert row.rstrip(" │").endswith("no")
-    assert "4 cells, 0 done, 4 to run" in result.stdout
+    assert "8 cells, 0 done, 8 to run" in result.stdout
     assert not (workspace / "results").exists()
 
 
@@ -59,7 +59,8 @@ def test_plan_marks_cells_done_in_the_run_dir(workspace: Path) -> None:
     from bench.store import write_cell
 
     cells = build_plan(load_config("config.yaml"))
-    done = [cells[0], cells[3]]
+    done = [cells[0], cells[2], cells[3]]  # one eval and the whole of perf block 0
+    assert {cell.block for cell in done} == {None, 0}
     for cell in done:
         table = "eval_scores" if cell.kind == "eval" else "perf_summary"
         write_cell(workspace / "out" / "unit-run", table, cell.key, cell.model, [])
@@ -69,7 +70,23 @@ def test_plan_marks_cells_done_in_the_run_dir(workspace: Path) -> None:
     assert result.exit_code == 0, result.output
     for cell in cells:
         assert row_of(result.stdout, cell.key).rstrip(" │").endswith("yes" if cell in done else "no")
-    assert "4 cells, 2 done, 2 to run" in result.stdout
+    assert "8 cells, 3 done, 5 to run" in result.stdout
+
+
+def test_plan_replaces_a_partly_done_block(workspace: Path) -> None:
+    from bench.store import write_cell
+
+    cells = build_plan(load_config("config.yaml"))
+    teacher_block_0 = next(c for c in cells if c.kind == "perf" and c.block == 0)
+    write_cell(workspace / "out" / "unit-run", "perf_summary", teacher_block_0.key, teacher_block_0.model, [])
+
+    result = invoke("plan", "config.yaml", "--results-dir", "out")
+
+    assert result.exit_code == 0, result.output
+    assert teacher_block_0.key not in result.stdout
+    perf_rows = [line for line in result.stdout.splitlines() if "│ perf" in line]
+    assert sorted({line.split("│")[4].strip() for line in perf_rows}) == ["1", "2", "3"]
+    assert "8 cells, 0 done, 8 to run" in result.stdout
 
 
 def test_plan_shows_gpus_per_model(workspace: Path) -> None:
@@ -78,7 +95,7 @@ def test_plan_shows_gpus_per_model(workspace: Path) -> None:
     )
     result = invoke("plan", "config.yaml")
     cells = build_plan(load_config("config.yaml"))
-    assert [row_of(result.stdout, c.key).split("│")[5].strip() for c in cells] == ["2", "2", "1", "1"]
+    assert [row_of(result.stdout, c.key).split("│")[6].strip() for c in cells] == ["2", "1"] + ["2", "1"] * 3
 
 
 def test_plan_rejects_a_bad_config_like_validate(workspace: Path) -> None:

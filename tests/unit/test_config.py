@@ -130,6 +130,7 @@ CASES = [
     ),
     Case("zero-concurrency", at("workloads[0].levels[1]"), setting("workloads.0.levels", [1, 0])),
     Case("fractional-concurrency", at("workloads[0].levels"), setting("workloads.0.levels", [1, 2.5])),
+    Case("zero-repeats", at("workloads[0].repeats"), setting("workloads.0.repeats", 0)),
     Case(
         "non-numeric-price",
         at("prices.cpu-core.usd_per_hour", file="prices.yaml"),

@@ -10,7 +10,16 @@ from pathlib import Path
 import pytest
 
 from bench.config import BenchConfig, parse_config
-from bench.plan import FINGERPRINT_SAMPLE_BYTES, Cell, build_plan, gpus_per_model, local_fingerprint, pending_cells
+from bench.plan import (
+    FINGERPRINT_SAMPLE_BYTES,
+    Cell,
+    block_state,
+    build_plan,
+    gpus_per_model,
+    local_fingerprint,
+    pending_cells,
+    select_blocks,
+)
 from tests.unit.test_config import setting, valid_config_data, write_workspace
 
 
@@ -26,21 +35,20 @@ def parse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     return parse
 
 
-def keys(config: BenchConfig) -> dict[tuple[str, str, str], str]:
-    return {(cell.kind, cell.model, cell.target): cell.key for cell in build_plan(config)}
+def keys(config: BenchConfig) -> dict[tuple[str, str, str, int | None], str]:
+    return {(cell.kind, cell.model, cell.target, cell.block): cell.key for cell in build_plan(config)}
 
 
 def edited(dotted: str, value: object) -> dict:
     return setting(dotted, value)(valid_config_data())
 
 
-def test_cells_in_config_order_models_outer(parse) -> None:
+def test_evals_by_model_then_perf_blocks_of_every_model(parse) -> None:
     cells = build_plan(parse())
-    assert [(c.kind, c.model, c.target) for c in cells] == [
-        ("eval", "teacher", "toy_arith"),
-        ("perf", "teacher", "chat"),
-        ("eval", "student", "toy_arith"),
-        ("perf", "student", "chat"),
+    assert [(c.kind, c.model, c.target, c.block) for c in cells] == [
+        ("eval", "teacher", "toy_arith", None),
+        ("eval", "student", "toy_arith", None),
+        *[("perf", model, "chat", block) for block in range(3) for model in ("teacher", "student")],
     ]
     assert all(len(c.key) == 16 and int(c.key, 16) >= 0 for c in cells)
     assert len({c.key for c in cells}) == len(cells)
@@ -106,9 +114,9 @@ def test_result_shaping_settings_change_keys(
     parse, dotted: str, value: object, changed_kinds: set[str], changed_models: tuple[str, ...]
 ) -> None:
     before, after = keys(parse()), keys(parse(edited(dotted, value)))
-    for (kind, model, target), key in before.items():
+    for (kind, model, target, block), key in before.items():
         should_change = kind in changed_kinds and model in changed_models
-        assert (after[kind, model, target] != key) == should_change, (kind, model, target)
+        assert (after[kind, model, target, block] != key) == should_change, (kind, model, target, block)
 
 
 @pytest.mark.parametrize(
@@ -167,12 +175,85 @@ def test_hub_ids_have_no_fingerprint() -> None:
 def test_pending_drops_done_cells_and_keeps_order(parse) -> None:
     cells = build_plan(parse())
     assert pending_cells(cells, set()) == cells
-    assert pending_cells(cells, {cells[0].key, cells[2].key, "0123456789abcdef"}) == [cells[1], cells[3]]
+    assert pending_cells(cells, {cells[0].key, cells[2].key, "0123456789abcdef"}) == [cells[1], *cells[3:]]
     assert pending_cells(cells, {c.key for c in cells}) == []
+
+
+# -- perf blocks ------------------------------------------------------------------------------------
+
+
+def test_block_index_is_in_the_perf_key_only(parse) -> None:
+    cells = build_plan(parse())
+    perf = [c for c in cells if c.kind == "perf"]
+    assert len({c.key for c in perf}) == len(perf) == 6
+    assert all(c.block is None for c in cells if c.kind == "eval")
+
+
+def test_repeats_is_not_in_the_key_so_raising_it_adds_blocks(parse) -> None:
+    three, five = build_plan(parse()), build_plan(parse(edited("workloads.0.repeats", 5)))
+    assert set(three) < set(five)
+    assert sorted({c.block for c in five if c.kind == "perf"}) == [0, 1, 2, 3, 4]
+
+
+def perf_keys(cells: list[Cell], block: int) -> set[str]:
+    return {c.key for c in cells if c.kind == "perf" and c.block == block}
+
+
+def test_resume_keeps_complete_blocks_and_reruns_pending_ones(parse) -> None:
+    cells = build_plan(parse())
+    done = perf_keys(cells, 0) | perf_keys(cells, 2)
+    assert build_plan(parse(), done) == cells
+
+
+def test_resume_replaces_a_partly_measured_block(parse) -> None:
+    """A kill in the middle of block 1: its stored trial is left aside and block 3 takes its place."""
+    cells = build_plan(parse())
+    teacher_block_1 = next(c for c in cells if c.kind == "perf" and c.block == 1 and c.model == "teacher")
+    done = perf_keys(cells, 0) | {teacher_block_1.key}
+    again = build_plan(parse(), done)
+    assert sorted({c.block for c in again if c.kind == "perf"}) == [0, 2, 3]
+    assert teacher_block_1.key not in {c.key for c in again}
+    assert len(again) == len(cells)
+
+
+def test_a_model_added_later_gets_fresh_blocks(parse) -> None:
+    """Blocks measured without the new model are partial now: every model is measured in new blocks."""
+    first = build_plan(parse())
+    done = {c.key for c in first}
+    data = valid_config_data()
+    data["models"].append({**data["models"][1], "name": "student2"})
+    again = build_plan(parse(data), done)
+    assert sorted({c.block for c in again if c.kind == "perf"}) == [3, 4, 5]
+    assert {c.model for c in again if c.block == 3} == {"teacher", "student", "student2"}
+
+
+@pytest.mark.parametrize(
+    ("states", "repeats", "chosen"),
+    [
+        ({}, 3, [0, 1, 2]),
+        ({0: "complete", 1: "complete", 2: "complete"}, 3, [0, 1, 2]),
+        ({1: "partial"}, 3, [0, 2, 3]),
+        ({0: "partial", 1: "partial", 3: "complete"}, 2, [2, 3]),
+        ({0: "complete", 1: "partial", 2: "pending"}, 1, [0]),
+        ({0: "partial", 1: "partial", 2: "partial"}, 1, [3]),
+    ],
+)
+def test_select_blocks_skips_partial_blocks(states: dict[int, str], repeats: int, chosen: list[int]) -> None:
+    """Blocks are fake: block b has keys b-x and b-y; `states` says which of them are done."""
+    done_of = {"complete": {"x", "y"}, "partial": {"x"}, "pending": set()}
+    done = {f"{block}-{key}" for block, state in states.items() for key in done_of[state]}
+    assert select_blocks(repeats, lambda block: [f"{block}-x", f"{block}-y"], done) == chosen
+
+
+def test_block_state() -> None:
+    assert block_state(["a", "b"], {"a", "b", "c"}) == "complete"
+    assert block_state(["a", "b"], {"c"}) == "pending"
+    assert block_state(["a", "b"], {"b"}) == "partial"
 
 
 def test_cell_is_frozen() -> None:
     cell = Cell("eval", "m", "t", "0" * 16)
+    assert cell.block is None
     with pytest.raises(AttributeError):
         cell.key = "x"  # type: ignore[misc]
 
