@@ -169,7 +169,7 @@ def _comparison_rows(results_dir: Path) -> list[ComparisonRow]:
     for line in skip_report(skipped):
         err_console.print(Text(f"warning: {line}", style="yellow"), soft_wrap=True)
     if not rows:
-        err_console.print(f"{results_dir}: no teacher/student pair with stored results", soft_wrap=True)
+        err_console.print(Text(f"{results_dir}: no teacher/student pair with stored results"), soft_wrap=True)
     return rows
 
 
@@ -191,7 +191,7 @@ def _print_comparison(results_dir: Path, output: OutputFormat) -> bool:
         wide = console if console.is_terminal else Console(width=160)
         wide.print(render_table(rows))
         for row in rows:
-            console.print(row.summary, soft_wrap=True, highlight=False)
+            console.print(row.summary, soft_wrap=True, highlight=False, markup=False)
     else:
         # Plain print: machine-readable output must not be wrapped or styled by rich.
         print(to_json(rows) if output is OutputFormat.json else to_markdown(rows))

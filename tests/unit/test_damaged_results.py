@@ -491,3 +491,27 @@ def test_skip_report_collapses_many_files_of_one_run_with_one_reason() -> None:
         "results/q-copy/eval_scores/x.txt: skipped (not a cell file): stray",
     ]
     assert store.skip_report(same[:2]) == [str(item) for item in same[:2]]
+
+
+# -- hostile names ------------------------------------------------------------------------------------
+
+
+def test_names_from_a_results_tree_are_text_not_markup(results, tmp_path) -> None:
+    """A model name is whatever a tree says: rich markup in it must not end in a traceback, nor Markdown or
+    HTML in it reach the Markdown outputs unescaped."""
+    names = {"big": "[/]", "small": "a|b<i>x</i>[bold]"}
+    for path in (results / "r1").glob("*/*.parquet"):
+        table = pq.read_table(path)
+        for column in {"model", "name", "teacher"} & set(table.column_names):
+            values = pa.array([names.get(value, value) for value in table[column].to_pylist()], pa.string())
+            table = table.set_column(table.schema.get_field_index(column), table.schema.field(column), values)
+        pq.write_table(table, path)
+    shown = invoke("compare", str(results))
+    assert_no_traceback(shown)
+    assert shown.exit_code == 0 and "a|b<i>x</i>[bold] keeps 95.6% of [/]'s acc on toy_add" in shown.stdout
+    markdown = invoke("compare", str(results), "--format", "markdown")
+    assert markdown.exit_code == 0 and "| r1 | [/] | a\\|b&lt;i&gt;x&lt;/i&gt;[bold] |" in markdown.stdout
+    assert "<i>" not in markdown.stdout
+    board = invoke("leaderboard", str(results), "--out", str(tmp_path / "board"))
+    assert_no_traceback(board)
+    assert board.exit_code == 0 and "<i>" not in (tmp_path / "board" / "leaderboard.md").read_text()
