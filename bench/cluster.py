@@ -20,7 +20,7 @@ from pathlib import Path
 from bench.config import BenchConfig, ModelConfig, TaskConfig, WorkloadConfig
 from bench.cost import Billing
 from bench.plan import Cell
-from bench.records import EvalSample, EvalScore, ModelRecord, PerfRequest, PerfSummary
+from bench.records import EvalSample, EvalScore, ModelRecord, PerfProbe, PerfRequest, PerfSummary
 
 log = logging.getLogger(__name__)
 
@@ -113,19 +113,21 @@ class ModelWorker:
         endpoint = Endpoint(base_url=self.server.base_url, served_model=self.model.name, tokenizer=self.model.source)
         return evaluate_task(endpoint, task, self.seed)
 
-    def measure(self, workload: WorkloadConfig, billing: Billing) -> tuple[list[PerfRequest], list[PerfSummary]]:
-        from bench.loadgen import run_workload, summarize
+    def measure(
+        self, workload: WorkloadConfig, billing: Billing
+    ) -> tuple[list[PerfRequest], list[PerfSummary], list[PerfProbe]]:
+        from bench.loadgen import measure_workload
 
-        runs = run_workload(
+        result = measure_workload(
             self.server.base_url,
             self.model.name,
             workload,
             prompt_space(self.model),
             self.seed,
+            billing,
             gpu_indices=self.assigned_gpus(),
         )
-        requests = [request for run in runs for request in run.requests]
-        return requests, [summarize(workload, run, billing) for run in runs]
+        return result.requests, result.summaries, result.probes
 
     def stop(self) -> None:
         if self.server is not None:
@@ -163,7 +165,7 @@ class Events:
 
     on_started: Callable[[ModelRecord], None]
     on_eval: Callable[[Cell, list[EvalScore], list[EvalSample]], None]
-    on_perf: Callable[[Cell, list[PerfRequest], list[PerfSummary]], None]
+    on_perf: Callable[[Cell, list[PerfRequest], list[PerfSummary], list[PerfProbe]], None]
     on_failed: Callable[[Cell, int, str], None]
     on_stage: Callable[[str, str], None]  # (model, what it is doing now)
     billing_for: Callable[[ModelRecord], Billing]

@@ -99,17 +99,50 @@ class SLOConfig(Section):
     e2e_s: PositiveFloat | None = None
 
 
+class SweepConfig(Section):
+    """How a `sweep` workload searches for capacity: the highest Poisson rate meeting the SLO target.
+
+    Each probe is one Poisson level of the workload (its num_requests, min/max_duration_s, warm-up); the
+    search doubles from start_rate_rps until a probe misses, then bisects (see `bench.sweep`).
+    """
+
+    target_attainment: float = Field(
+        0.9, gt=0, le=1, description="Share of a probe's requests that must meet every SLO for the rate to pass."
+    )
+    start_rate_rps: PositiveFloat = Field(1.0, description="First probe's request rate (req/s).")
+    max_rate_rps: PositiveFloat | None = Field(
+        None, description="Never probe above this rate; a pass there ends the search with capacity = this rate."
+    )
+    max_probes: PositiveInt = Field(8, description="Probe budget: the search stops after this many probes.")
+    tolerance: float = Field(
+        0.1, gt=0, description="Stop once (lowest failing - best passing) / best passing is at most this."
+    )
+
+    @model_validator(mode="after")
+    def _start_below_max(self) -> SweepConfig:
+        if self.max_rate_rps is not None and self.start_rate_rps > self.max_rate_rps:
+            raise ValueError(f"start_rate_rps: {self.start_rate_rps:g} is above max_rate_rps ({self.max_rate_rps:g})")
+        return self
+
+
 class WorkloadConfig(Section):
-    """A performance workload: synthetic prompts sent at several load levels."""
+    """A performance workload: synthetic prompts sent at several load levels, or a capacity sweep."""
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
-    mode: Literal["concurrency", "rate", "offline"] = Field(
-        "concurrency", description="Fixed concurrency, Poisson arrival rate (req/s), or one offline batch."
+    mode: Literal["concurrency", "rate", "offline", "sweep"] = Field(
+        "concurrency",
+        description="Fixed concurrency, Poisson arrival rate (req/s), one offline batch, or a sweep of Poisson "
+        "rates for the capacity under the SLO.",
     )
     levels: tuple[PositiveFloat, ...] = Field((1,), description="Concurrency or rate levels (at least one).")
-    num_requests: PositiveInt = Field(64, description="Timed requests per level.")
+    num_requests: PositiveInt = Field(64, description="Timed requests per level (at least; see min_duration_s).")
     warmup_requests: int = Field(4, ge=0, description="Untimed requests sent before each level.")
     max_duration_s: PositiveFloat | None = Field(None, description="Stop a level early after this long.")
+    min_duration_s: PositiveFloat | None = Field(
+        None,
+        description="Keep a level sending fresh seeded requests until it has lasted this long as well as sent "
+        "num_requests (bounded by max_duration_s); ignored by offline mode, which is one batch.",
+    )
     prompt_tokens: LengthDistribution = LengthDistribution(mean=32)
     output_tokens: LengthDistribution = LengthDistribution(mean=32)
     request_timeout_s: PositiveFloat = 120
@@ -119,6 +152,7 @@ class WorkloadConfig(Section):
         "server's and client's per-token work at high load, and inter-token latencies become per chunk.",
     )
     slo: SLOConfig = SLOConfig()
+    sweep: SweepConfig = SweepConfig()
 
     @field_validator("levels")
     @classmethod
@@ -128,6 +162,26 @@ class WorkloadConfig(Section):
         if info.data.get("mode", "concurrency") == "concurrency" and any(level != int(level) for level in levels):
             raise ValueError("concurrency levels must be whole numbers")
         return levels
+
+    @model_validator(mode="after")
+    def _modes_and_durations_agree(self) -> WorkloadConfig:
+        if (
+            self.min_duration_s is not None
+            and self.max_duration_s is not None
+            and self.min_duration_s > self.max_duration_s
+        ):
+            raise ValueError(
+                f"min_duration_s: {self.min_duration_s:g} is above max_duration_s ({self.max_duration_s:g})"
+            )
+        if self.mode != "sweep":
+            if self.sweep != SweepConfig():  # compared by value: a dumped config round-trips its defaults
+                raise ValueError(f"sweep: only used with mode: sweep (mode is {self.mode!r})")
+            return self
+        if self.levels != WorkloadConfig.model_fields["levels"].default:
+            raise ValueError("levels: not used with mode: sweep, which picks its rates from sweep.start_rate_rps")
+        if all(limit is None for limit in (self.slo.ttft_s, self.slo.tpot_s, self.slo.e2e_s)):
+            raise ValueError("slo: mode: sweep needs at least one of slo.ttft_s, slo.tpot_s, slo.e2e_s")
+        return self
 
 
 class HardwareConfig(Section):
@@ -259,11 +313,11 @@ def error_lines(source: str, error: ValidationError) -> list[str]:
         location = tuple(part for part in item["loc"] if not str(part).startswith("function-after"))
         message = item["msg"].removeprefix("Value error, ")
         key = _dotted(location)
-        # Validators on a list report the element's own sub-path at the start of the message, and
-        # cross-section validators on the whole config report the full path there.
+        # Validators on a list report the element's own sub-path at the start of the message, cross-field
+        # validators of a section the key below it, and validators on the whole config the full path.
         head, separator, rest = message.partition(": ")
-        if separator and _KEY_PATH.fullmatch(head) and (head.startswith("[") or not key):
-            key, message = key + head, rest
+        if separator and _KEY_PATH.fullmatch(head):
+            key, message = (key + head if head.startswith("[") or not key else f"{key}.{head}"), rest
         lines.append(f"{source}: {key or '<root>'}: {message}")
     return lines
 

@@ -7,28 +7,37 @@ level), so teacher and student get identical requests, while each level and its 
 that cannot hit the prefix cache another level filled.
 
 A level is three steps: `plan_level` (pure and seeded: prompts, output lengths, arrival schedule),
-`run_level` (warm-up, then the timed requests, one coroutine per request) and `summarize` (percentiles,
-throughput, goodput, cost, energy). A mode is only an arrival schedule: closed loop (N workers taking the
-next request when their last one finishes) or open loop (send times); a new mode is a new entry in SCHEDULES.
-One request's HTTP stream and its timing are `bench.stream`'s.
+`run_level` (warm-up at the level's concurrency, then the timed requests, one coroutine per request) and
+`summarize` (percentiles, throughput, SLO attainment, goodput, cost, energy). A level sends at least
+`num_requests` and, with `min_duration_s`, goes on with fresh seeded requests (`extra_requests`) until it
+has lasted that long, so a fast model's level is not over before it means anything. A mode is only an
+arrival schedule: closed loop (N workers taking the next request when their last one finishes) or open loop
+(send times); a new mode is a new entry in SCHEDULES. A `sweep` is a series of Poisson levels whose rates
+`bench.sweep` picks. `measure_workload` is one trial of a whole workload, the worker's entry point.
+One request's HTTP stream and its timing are `bench.stream`'s; the per-request rows and the level's
+summary are `bench.perfstats`'.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
+import itertools
 import logging
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import aiohttp
 import numpy as np
 
-from bench import cost
-from bench.config import LengthDistribution, SLOConfig, WorkloadConfig
+from bench import cost, sweep
+from bench.config import LengthDistribution, WorkloadConfig
+from bench.perfstats import LevelRun, request_record, summarize
 from bench.power import PowerSampler
-from bench.records import PerfRequest, PerfSummary
+from bench.records import PerfProbe, PerfRequest, PerfSummary
 from bench.stream import Trace, stream_request
 
 log = logging.getLogger(__name__)
@@ -72,22 +81,19 @@ class LevelPlan:
     """Everything about a level that the seed decides, before anything is sent."""
 
     warmup: tuple[RequestSpec, ...]
-    timed: tuple[RequestSpec, ...]
+    timed: tuple[RequestSpec, ...]  # the first num_requests; `extra_requests` continues them
     schedule: Schedule
     warmup_concurrency: int
 
 
 @dataclass(frozen=True)
-class LevelRun:
-    """The timed requests of one level as they happened; warm-up requests are not in it."""
+class WorkloadResult:
+    """One trial of a workload: every timed request, one summary per level (a sweep: the probe at capacity),
+    and a sweep's probes (empty for the other modes)."""
 
-    workload: str
-    level: float
-    requests: tuple[PerfRequest, ...]  # by request_index
-    itls_s: tuple[tuple[float, ...], ...]  # gaps between token-carrying chunks, per request, aligned with requests
-    duration_s: float  # first timed send -> last timed completion
-    not_sent: int  # planned requests never sent because max_duration_s ran out
-    energy_j: float | None  # GPU energy during the timed requests; None without NVML or without gpu_indices
+    requests: list[PerfRequest]
+    summaries: list[PerfSummary]
+    probes: list[PerfProbe]
 
 
 def sample_lengths(dist: LengthDistribution, count: int, rng: np.random.Generator) -> np.ndarray:
@@ -108,29 +114,33 @@ def _poisson(level: float, count: int, rng: np.random.Generator) -> Schedule:
     return Schedule(offsets_s=tuple(np.concatenate(([0.0], np.cumsum(gaps_s[:-1]))).tolist()))
 
 
-# mode -> (level, request count, rng) -> Schedule
+# mode -> (level, request count, rng) -> Schedule; a sweep's probes are Poisson levels
 SCHEDULES: dict[str, Callable[[float, int, np.random.Generator], Schedule]] = {
     "concurrency": lambda level, count, rng: Schedule(concurrency=int(level)),
     "rate": _poisson,
+    "sweep": _poisson,
     "offline": lambda level, count, rng: Schedule(offsets_s=(0.0,) * count),  # the level is only a label
 }
 
 
 def _request_specs(
-    workload: WorkloadConfig, count: int, ids: np.ndarray, rng: np.random.Generator
+    workload: WorkloadConfig, count: int, ids: np.ndarray, rng: np.random.Generator, first_index: int = 0
 ) -> tuple[RequestSpec, ...]:
     prompt_lengths = sample_lengths(workload.prompt_tokens, count, rng)
     output_lengths = sample_lengths(workload.output_tokens, count, rng)
     return tuple(
-        RequestSpec(index, tuple(rng.choice(ids, size=int(n)).tolist()), int(m))
+        RequestSpec(first_index + index, tuple(rng.choice(ids, size=int(n)).tolist()), int(m))
         for index, (n, m) in enumerate(zip(prompt_lengths, output_lengths, strict=True))
     )
 
 
+def _entropy(workload: WorkloadConfig, level: float, seed: int) -> list[int]:
+    return [seed % 2**63, zlib.crc32(workload.name.encode()), round(level * 1000)]
+
+
 def plan_level(workload: WorkloadConfig, level: float, prompt_space: PromptSpace, seed: int) -> LevelPlan:
     """The prompts, output lengths and arrival schedule of one level; the same inputs give the same plan."""
-    entropy = [seed % 2**63, zlib.crc32(workload.name.encode()), round(level * 1000)]
-    warmup_seed, timed_seed, arrival_seed = np.random.SeedSequence(entropy).spawn(3)
+    warmup_seed, timed_seed, arrival_seed = np.random.SeedSequence(_entropy(workload, level, seed)).spawn(3)
     ids = prompt_space.allowed_ids()
     warmup = _request_specs(workload, workload.warmup_requests, ids, np.random.default_rng(warmup_seed))
     timed = _request_specs(workload, workload.num_requests, ids, np.random.default_rng(timed_seed))
@@ -138,6 +148,53 @@ def plan_level(workload: WorkloadConfig, level: float, prompt_space: PromptSpace
     # Warm up at the level's concurrency (CUDA graphs and batch shapes of that size); open loops all at once.
     warmup_concurrency = max(1, min(schedule.concurrency or len(warmup), len(warmup)))
     return LevelPlan(warmup, timed, schedule, warmup_concurrency)
+
+
+def extra_requests(
+    workload: WorkloadConfig, level: float, prompt_space: PromptSpace, seed: int, batch: int
+) -> tuple[tuple[RequestSpec, ...], tuple[float, ...] | None]:
+    """Batch `batch` (1, 2, ...) of the requests a level sends past its plan to last `min_duration_s`.
+
+    num_requests fresh seeded requests, indexed after the previous batch, and for open loops their send
+    offsets counted from the previous batch's last send (the first gap included, so arrivals stay Poisson).
+    """
+    timed_seed, arrival_seed = np.random.SeedSequence([*_entropy(workload, level, seed), batch]).spawn(2)
+    count = workload.num_requests
+    specs = _request_specs(
+        workload, count, prompt_space.allowed_ids(), np.random.default_rng(timed_seed), batch * count
+    )
+    schedule = SCHEDULES[workload.mode](level, count + 1, np.random.default_rng(arrival_seed))
+    return specs, None if schedule.offsets_s is None else schedule.offsets_s[1:]
+
+
+def _paired(
+    specs: Sequence[RequestSpec], offsets_s: Sequence[float] | None
+) -> Iterator[tuple[RequestSpec, float | None]]:
+    return zip(specs, offsets_s, strict=True) if offsets_s is not None else ((spec, None) for spec in specs)
+
+
+def _timed_stream(
+    plan: LevelPlan, workload: WorkloadConfig, level: float, prompt_space: PromptSpace, seed: int
+) -> Iterator[tuple[RequestSpec, float | None]]:
+    """The level's timed requests with their send offsets (None: closed loop): the plan, then, for a
+    `min_duration_s`, extra batches for as long as the caller reads (offline is one batch: none)."""
+    offsets_s = plan.schedule.offsets_s
+    yield from _paired(plan.timed, offsets_s)
+    if workload.min_duration_s is None or workload.mode == "offline":
+        return
+    last_s = offsets_s[-1] if offsets_s else 0.0
+    for batch in itertools.count(1):
+        specs, more_s = extra_requests(workload, level, prompt_space, seed, batch)
+        yield from _paired(specs, None if more_s is None else [last_s + offset for offset in more_s])
+        last_s += more_s[-1] if more_s else 0.0
+
+
+def keep_sending(workload: WorkloadConfig, sent: int, elapsed_s: float) -> bool:
+    """Whether a timed level sends another request, `sent` having gone out `elapsed_s` into the level:
+    until it has sent num_requests and lasted min_duration_s, and never from max_duration_s on."""
+    if workload.max_duration_s is not None and elapsed_s >= workload.max_duration_s:
+        return False
+    return sent < workload.num_requests or elapsed_s < (workload.min_duration_s or 0.0)
 
 
 def _request_body(model: str, spec: RequestSpec, stream_interval: int) -> dict:
@@ -159,106 +216,62 @@ def _request_body(model: str, spec: RequestSpec, stream_interval: int) -> dict:
 
 Send = Callable[[RequestSpec], Awaitable[Trace]]
 Sent = list[tuple[RequestSpec, Trace]]
+KeepSending = Callable[[int, float], bool]  # (requests sent so far, seconds into the level)
 
 
-async def _run_closed_loop(specs: Sequence[RequestSpec], concurrency: int, send: Send, stop_s: float | None) -> Sent:
+async def _run_closed_loop(specs: Iterator[RequestSpec], concurrency: int, send: Send, more: KeepSending) -> Sent:
     """`concurrency` workers share one queue; a worker takes the next request when its last one is done."""
-    queue = iter(specs)  # a shared iterator is a queue here: workers only switch at awaits
-    deadline = time.perf_counter() + stop_s if stop_s is not None else None
+    start = time.perf_counter()
     sent: Sent = []
+    taken = 0
 
     async def worker() -> None:
-        for spec in queue:
-            if deadline is not None and time.perf_counter() >= deadline:
-                return
+        nonlocal taken
+        # A shared iterator is a queue here: workers only switch at awaits.
+        while more(taken, time.perf_counter() - start) and (spec := next(specs, None)) is not None:
+            taken += 1
             sent.append((spec, await send(spec)))
 
-    await asyncio.gather(*(worker() for _ in range(min(concurrency, len(specs)))))
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
     return sent
 
 
-async def _run_open_loop(
-    specs: Sequence[RequestSpec], offsets_s: Sequence[float], send: Send, stop_s: float | None
-) -> Sent:
+async def _run_open_loop(stream: Iterator[tuple[RequestSpec, float | None]], send: Send, more: KeepSending) -> Sent:
     """Launch each request as its own task at its offset, whether or not earlier ones have finished."""
     base = time.perf_counter()
-    tasks = []
-    for spec, offset_s in zip(specs, offsets_s, strict=True):
-        if stop_s is not None and offset_s >= stop_s:
+    specs, tasks = [], []
+    for spec, offset_s in stream:
+        if not more(len(tasks), offset_s or 0.0):  # by the schedule's clock: the same requests for every model
             break
-        delay_s = base + offset_s - time.perf_counter()
+        delay_s = base + (offset_s or 0.0) - time.perf_counter()
         if delay_s > 0:
             await asyncio.sleep(delay_s)
+        specs.append(spec)
         tasks.append(asyncio.create_task(send(spec)))
-    traces = await asyncio.gather(*tasks)
-    return list(zip(specs, traces, strict=False))
-
-
-async def _execute(specs: Sequence[RequestSpec], schedule: Schedule, send: Send, stop_s: float | None) -> Sent:
-    if schedule.concurrency is not None:
-        return await _run_closed_loop(specs, schedule.concurrency, send, stop_s)
-    return await _run_open_loop(specs, schedule.offsets_s or (), send, stop_s)
-
-
-def _stats(values: Sequence[float] | np.ndarray, qs: Sequence[float]) -> list[float | None]:
-    """Percentiles of the values, or Nones when there are none."""
-    if len(values) == 0:
-        return [None] * len(qs)
-    return [float(v) for v in np.percentile(np.asarray(values, dtype=float), qs)]
-
-
-def _count(reported: object, fallback: int) -> int:
-    """A token count from the usage chunk when it holds one, else what the client counted itself."""
-    return reported if isinstance(reported, int) and not isinstance(reported, bool) else fallback
-
-
-def _record(workload: str, level: float, spec: RequestSpec, trace: Trace, origin: float) -> PerfRequest:
-    usage = trace.usage or {}
-    output_tokens = _count(usage.get("completion_tokens"), trace.tokens_seen)
-    error = trace.error
-    if error is None and not trace.chunk_times:
-        error = "no tokens streamed"
-    ok = error is None
-    ttft_s = trace.chunk_times[0] - trace.start if trace.chunk_times else None
-    e2e_s = trace.end - trace.start
-    itls_s = np.diff(trace.chunk_times)
-    itl_p50_s, itl_p99_s = _stats(itls_s, (50, 99))
-    return PerfRequest(
-        workload=workload,
-        level=level,
-        request_index=spec.index,
-        prompt_tokens=_count(usage.get("prompt_tokens"), len(spec.prompt)),
-        output_tokens=output_tokens,
-        ttft_s=ttft_s,
-        tpot_s=(e2e_s - ttft_s) / (output_tokens - 1) if ok and output_tokens >= 2 else None,
-        itl_mean_s=float(itls_s.mean()) if itls_s.size else None,
-        itl_p50_s=itl_p50_s,
-        itl_p99_s=itl_p99_s,
-        itl_max_s=float(itls_s.max()) if itls_s.size else None,
-        e2e_s=e2e_s,
-        start_s=trace.start - origin,
-        ok=ok,
-        error=error,
-    )
-
-
-def _level_run(workload: WorkloadConfig, level: float, sent: Sent, planned: int, energy_j: float | None) -> LevelRun:
-    sent = sorted(sent, key=lambda pair: pair[0].index)
-    origin = min((trace.start for _, trace in sent), default=0.0)
-    finish = max((trace.end for _, trace in sent), default=origin)
-    requests = tuple(_record(workload.name, level, spec, trace, origin) for spec, trace in sent)
-    itls = tuple(tuple(np.diff(trace.chunk_times).tolist()) for _, trace in sent)
-    return LevelRun(workload.name, level, requests, itls, finish - origin, planned - len(sent), energy_j)
+    return list(zip(specs, await asyncio.gather(*tasks), strict=True))
 
 
 async def _warm_up(plan: LevelPlan, send: Send) -> None:
-    """Untimed requests first: compile/capture kernels, open connections, fill allocator pools."""
+    """Untimed requests first, at the level's concurrency: compile/capture kernels, open connections, fill
+    allocator pools."""
     if not plan.warmup:
         return
-    sent = await _run_closed_loop(plan.warmup, plan.warmup_concurrency, send, None)
+    sent = await _run_closed_loop(iter(plan.warmup), plan.warmup_concurrency, send, lambda sent, elapsed_s: True)
     errors = [trace.error for _, trace in sent if trace.error is not None]
     if errors:
         log.warning("%d of %d warm-up requests failed; first error: %s", len(errors), len(sent), errors[0])
+
+
+def _level_run(workload: WorkloadConfig, level: float, sent: Sent, energy_j: float | None) -> LevelRun:
+    sent = sorted(sent, key=lambda pair: pair[0].index)
+    origin = min((trace.start for _, trace in sent), default=0.0)
+    finish = max((trace.end for _, trace in sent), default=origin)
+    requests = tuple(
+        request_record(workload.name, level, spec.index, len(spec.prompt), trace, origin) for spec, trace in sent
+    )
+    itls = tuple(tuple(np.diff(trace.chunk_times).tolist()) for _, trace in sent)
+    not_sent = max(0, workload.num_requests - len(sent))
+    return LevelRun(workload.name, level, requests, itls, finish - origin, not_sent, energy_j)
 
 
 async def run_level(
@@ -273,11 +286,14 @@ async def run_level(
 ) -> LevelRun:
     """Warm up, then send one level's timed requests to `base_url` (server root, e.g. http://127.0.0.1:8000).
 
-    `progress(done, planned)` is called after each timed request. Energy is measured on `gpu_indices`
-    (NVML indices on this node) during the timed requests only.
+    `progress(done, planned)` is called after each timed request (planned grows past num_requests when
+    min_duration_s keeps the level going). Energy is measured on `gpu_indices` (NVML indices on this node)
+    during the timed requests only.
     """
     plan = plan_level(workload, level, prompt_space, seed)
     url = base_url.rstrip("/").removesuffix("/v1") + "/v1/completions"
+    stream = _timed_stream(plan, workload, level, prompt_space, seed)
+    more: KeepSending = functools.partial(keep_sending, workload)
     done = 0
 
     # limit=0: the schedule, not aiohttp's pool (100 connections by default), decides the concurrency.
@@ -293,103 +309,89 @@ async def run_level(
             trace = await send(spec)
             done += 1
             if progress is not None:
-                progress(done, len(plan.timed))
+                progress(done, max(done, len(plan.timed)))
             return trace
 
         await _warm_up(plan, send)
         with PowerSampler(gpu_indices) as power:
-            sent = await _execute(plan.timed, plan.schedule, send_timed, workload.max_duration_s)
-    return _level_run(workload, level, sent, len(plan.timed), power.energy_j)
+            if plan.schedule.concurrency is not None:
+                specs = (spec for spec, _ in stream)
+                sent = await _run_closed_loop(specs, plan.schedule.concurrency, send_timed, more)
+            else:
+                sent = await _run_open_loop(stream, send_timed, more)
+    return _level_run(workload, level, sent, power.energy_j)
 
 
-def run_workload(
+LevelRunner = Callable[[float, int, int], Awaitable[LevelRun]]  # (level, timed requests before it, planned)
+
+
+def measure_workload(
     base_url: str,
     model: str,
     workload: WorkloadConfig,
     prompt_space: PromptSpace,
     seed: int,
-    progress: Progress | None = None,
+    billing: cost.Billing,
     gpu_indices: Sequence[int] = (),
-) -> list[LevelRun]:
-    """Run every level of a workload in order (blocking; from inside an event loop, await run_level).
+    progress: Progress | None = None,
+) -> WorkloadResult:
+    """One trial of a workload: every level in order, or the whole capacity sweep (blocking: it runs its own
+    event loop). `progress(done, planned)` counts timed requests over all levels or probes."""
 
-    `progress(done, planned)` counts timed requests over all levels.
-    """
+    async def run_one(level: float, before: int, planned: int) -> LevelRun:
+        on_done = None
+        if progress is not None:
+            on_done = lambda done, _: progress(before + done, max(planned, before + done))  # noqa: E731
+        return await run_level(base_url, model, workload, level, prompt_space, seed, on_done, gpu_indices)
+
+    if workload.mode == "sweep":
+        return asyncio.run(_sweep(workload, billing, run_one))
 
     async def run_all() -> list[LevelRun]:
-        planned = workload.num_requests * len(workload.levels)
         runs: list[LevelRun] = []
         for level in workload.levels:
-            before = workload.num_requests * len(runs)
-            on_done = None if progress is None else (lambda done, _, before=before: progress(before + done, planned))
-            runs.append(await run_level(base_url, model, workload, level, prompt_space, seed, on_done, gpu_indices))
+            before = sum(len(run.requests) for run in runs)
+            runs.append(await run_one(level, before, workload.num_requests * len(workload.levels)))
         return runs
 
-    return asyncio.run(run_all())
+    runs = asyncio.run(run_all())
+    summaries = [summarize(workload, run, billing) for run in runs]
+    return WorkloadResult([request for run in runs for request in run.requests], summaries, [])
 
 
-def _meets_slo(request: PerfRequest, slo: SLOConfig) -> bool:
-    """Whether an ok request meets every SLO that is set; a one-token output has no TPOT to miss."""
-    checks = (
-        (slo.ttft_s, request.ttft_s),
-        (slo.tpot_s, request.tpot_s if request.output_tokens >= 2 else 0.0),
-        (slo.e2e_s, request.e2e_s),
-    )
-    return all(limit is None or (value is not None and value <= limit) for limit, value in checks)
-
-
-def summarize(workload: WorkloadConfig, level_run: LevelRun, billing: cost.Billing) -> PerfSummary:
-    """The summary row of one level. Latency percentiles and throughput count ok requests only; ITL
-    percentiles pool every inter-token gap of every ok request; energy is the level run's own reading."""
-    energy_j = level_run.energy_j
-    pairs = list(zip(level_run.requests, level_run.itls_s, strict=True))
-    ok = [request for request, _ in pairs if request.ok]
-    prompt_tokens = sum(r.prompt_tokens for r in ok)
-    output_tokens = sum(r.output_tokens for r in ok)
-    duration_s = level_run.duration_s
-
-    def per_s(count: float) -> float:
-        return count / duration_s if duration_s > 0 else 0.0
-
-    qs = (50, 90, 99)
-    ttft = _stats([r.ttft_s for r in ok if r.ttft_s is not None], qs)
-    tpot = _stats([r.tpot_s for r in ok if r.tpot_s is not None], qs)
-    itl = _stats([gap for request, gaps in pairs if request.ok for gap in gaps], qs)
-    e2e = _stats([r.e2e_s for r in ok], qs)
-    slo = workload.slo
-    has_slo = any(limit is not None for limit in (slo.ttft_s, slo.tpot_s, slo.e2e_s))
-    return PerfSummary(
-        workload=workload.name,
-        mode=workload.mode,
-        level=level_run.level,
-        duration_s=duration_s,
-        requests_ok=len(ok),
-        requests_failed=len(level_run.requests) - len(ok),
-        prompt_tokens_total=prompt_tokens,
-        output_tokens_total=output_tokens,
-        output_tokens_per_s=per_s(output_tokens),
-        total_tokens_per_s=per_s(prompt_tokens + output_tokens),
-        requests_per_s=per_s(len(ok)),
-        ttft_p50_s=ttft[0],
-        ttft_p90_s=ttft[1],
-        ttft_p99_s=ttft[2],
-        tpot_p50_s=tpot[0],
-        tpot_p90_s=tpot[1],
-        tpot_p99_s=tpot[2],
-        itl_p50_s=itl[0],
-        itl_p90_s=itl[1],
-        itl_p99_s=itl[2],
-        e2e_p50_s=e2e[0],
-        e2e_p90_s=e2e[1],
-        e2e_p99_s=e2e[2],
-        goodput_requests_per_s=per_s(sum(_meets_slo(r, slo) for r in ok)) if has_slo else None,
-        device_type=billing.device_type,
-        gpu_type=billing.gpu_type,
-        gpu_count=billing.gpu_count,
-        devices_billed=billing.devices_billed,
-        usd_per_device_hour=billing.usd_per_device_hour,
-        usd_per_mtok_output=cost.usd_per_mtok(per_s(output_tokens), billing),
-        energy_j=energy_j,
-        j_per_output_token=cost.j_per_token(energy_j, output_tokens),
-        flops_per_output_token=cost.flops_per_token(billing.parameters),
-    )
+async def _sweep(workload: WorkloadConfig, billing: cost.Billing, run_one: LevelRunner) -> WorkloadResult:
+    """Probe the Poisson rates `bench.sweep` picks; the summary row is the probe at capacity (without a
+    capacity: the lowest rate probed), with `capacity_requests_per_s` set."""
+    settings = workload.sweep
+    planned = workload.num_requests * settings.max_probes
+    history: list[sweep.Outcome] = []
+    requests: list[PerfRequest] = []
+    summaries: list[PerfSummary] = []
+    probes: list[PerfProbe] = []
+    while (rate := sweep.next_rate(settings, history)) is not None:
+        level_run = await run_one(rate, len(requests), planned)
+        summary = summarize(workload, level_run, billing)
+        passed = sweep.meets_target(summary.slo_attainment, settings.target_attainment)
+        probes.append(
+            PerfProbe(
+                workload=workload.name,
+                probe_index=len(probes),
+                rate_rps=rate,
+                requests_ok=summary.requests_ok,
+                requests_failed=summary.requests_failed,
+                slo_attainment=summary.slo_attainment,
+                output_tokens_per_s=summary.output_tokens_per_s,
+                duration_s=summary.duration_s,
+                meets_target=passed,
+            )
+        )
+        log.info(
+            "sweep %s probe %d: %.4g req/s, attainment %s", workload.name, len(probes) - 1, rate, summary.slo_attainment
+        )
+        history.append(sweep.Outcome(rate, passed))
+        requests.extend(level_run.requests)
+        summaries.append(summary)
+    capacity = sweep.capacity(history)
+    at_rate = capacity if capacity is not None else min(outcome.rate_rps for outcome in history)
+    at_capacity = next(summary for summary in summaries if summary.level == at_rate)
+    return WorkloadResult(requests, [dataclasses.replace(at_capacity, capacity_requests_per_s=capacity)], probes)

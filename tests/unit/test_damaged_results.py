@@ -9,13 +9,14 @@ row the damage does not touch. No case may end in a traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -468,12 +469,29 @@ def test_a_column_added_by_the_current_version_is_optional_only_in_older_files(t
     assert [(item.path, item.reason) for item in skipped] == [(new, "missing 1 required column: 'gpu_count'")]
 
 
-def test_columns_added_name_fields_of_the_tables_they_belong_to() -> None:
-    """Registered columns of versions up to the current one exist; later ones wait for their version."""
-    for table, columns in store.COLUMNS_ADDED.items():
-        for column, version in columns.items():
-            if version <= store.SCHEMA_VERSION:
-                assert column in store.schema(table).names, (table, column)
+def test_a_schema_2_perf_file_reads_under_the_current_schema(tmp_path) -> None:
+    """A perf_summary file written before schema 3 lacks its columns: they read as nulls, the rest as written."""
+    added = store.columns_added_after("perf_summary", 2) & set(store.schema("perf_summary").names)
+    assert {"coalesced_requests", "slo_attainment", "capacity_requests_per_s"} <= added
+    rows = [make_record(store.TABLES["perf_summary"], index) for index in range(2)]
+    path = store.write_cell(tmp_path / "run", "perf_summary", "c", "m", rows)
+    rewrite(path, lambda t: t.drop_columns(sorted(added)))
+    rewrite(path, set_column("schema_version", lambda c: pa.array([2] * len(c), pa.int32())))
+    rewrite(path, with_metadata(schema_version=b"2"))
+    read = store.read_table(tmp_path / "run", "perf_summary")
+    assert all(read[name].null_count == 2 for name in added)
+    assert read["output_tokens_per_s"].to_pylist() == [row.output_tokens_per_s for row in rows]
+
+
+def test_every_field_added_with_a_default_is_registered_in_columns_added() -> None:
+    """Fields added to a record after its first version come with a default (the data contract); each must be
+    in COLUMNS_ADDED, or every older file would be skipped as missing it."""
+    for table, record in store.TABLES.items():
+        defaulted = {
+            f.name for f in dataclasses.fields(record) if f.default is not MISSING or f.default_factory is not MISSING
+        }
+        assert defaulted <= set(store.COLUMNS_ADDED.get(table, {})), table
+    assert set(store.COLUMNS_ADDED) <= set(store.TABLES)
 
 
 # -- the report ---------------------------------------------------------------------------------------

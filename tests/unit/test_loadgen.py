@@ -2,7 +2,8 @@
 
 The fake streams one token per SSE chunk with a fixed delay, reports usage in a final chunk, tracks how many
 requests are in flight, and can misbehave on chosen requests (by arrival order): HTTP 500, a stall past the
-client's timeout, a malformed SSE event, a connection dropped mid-stream.
+client's timeout, a malformed SSE event, a connection dropped mid-stream, or every token in one burst
+(generated at the usual pace, written in one go, as a stalled server event loop does).
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import numpy as np
 import pytest
 from aiohttp import web
 
-from bench import cost, loadgen
-from bench.config import LengthDistribution, SLOConfig, WorkloadConfig
+from bench import cost, loadgen, perfstats
+from bench.config import LengthDistribution, SLOConfig, SweepConfig, WorkloadConfig
 from bench.power import PowerSampler
 from bench.records import PerfRequest
 
@@ -38,7 +39,8 @@ class FakeOpenAIServer:
 
     def reset(self) -> None:
         self.token_delay_s = 0.002
-        self.faults: dict[int, str] = {}  # arrival number -> "http500", "stall", "malformed", "error_event", "drop"
+        # arrival number -> "http500", "stall", "malformed", "error_event", "drop", "burst"
+        self.faults: dict[int, str] = {}
         self.send_usage = True
         self.bodies: list[dict] = []
         self.in_flight = 0
@@ -57,7 +59,7 @@ class FakeOpenAIServer:
             await response.prepare(request)
             await response.write(b": an SSE comment, which clients ignore\n\n")
             # Like vLLM: the first token alone, then chunks of `stream_interval` tokens.
-            interval, pending = body.get("stream_interval", 1), []
+            interval, pending, held = body.get("stream_interval", 1), [], b""
             for position in range(body["max_tokens"]):
                 await asyncio.sleep(1.0 if fault == "stall" else self.token_delay_s)
                 if fault == "malformed" and position == 1:
@@ -70,8 +72,14 @@ class FakeOpenAIServer:
                 pending.append(7)
                 if position == 0 or len(pending) == interval or position == body["max_tokens"] - 1:
                     chunk = {"choices": [{"index": 0, "text": f" t{position}", "token_ids": pending}], "usage": None}
-                    await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                    event = f"data: {json.dumps(chunk)}\n\n".encode()
+                    if fault == "burst":
+                        held += event
+                    else:
+                        await response.write(event)
                     pending = []
+            if held:
+                await response.write(held)
         finally:
             # Leave before the last bytes go out: the client may send its next request as soon as it reads them.
             self.in_flight -= 1
@@ -179,12 +187,16 @@ def test_stream_interval_is_asked_for_and_tokens_are_counted_per_chunk(fake_open
     assert "stream_interval" not in server.bodies[0]  # the default sends nothing vLLM-specific for it
 
 
-def test_run_workload_runs_every_level_and_counts_progress_across_them(fake_openai_server):
+def test_measure_workload_runs_every_level_and_counts_progress_across_them(fake_openai_server):
     _, root = fake_openai_server
     calls: list[tuple[int, int]] = []
     work = workload(levels=(1, 2), num_requests=3)
-    runs = loadgen.run_workload(root, "fake-model", work, SPACE, 7, lambda done, planned: calls.append((done, planned)))
-    assert [run.level for run in runs] == [1, 2] and all(len(run.requests) == 3 for run in runs)
+    result = loadgen.measure_workload(
+        root, "fake-model", work, SPACE, 7, BILLING, progress=lambda done, planned: calls.append((done, planned))
+    )
+    assert [s.level for s in result.summaries] == [1, 2] and result.probes == []
+    assert [r.level for r in result.requests] == [1, 1, 1, 2, 2, 2]
+    assert all(s.capacity_requests_per_s is None and s.mode == "concurrency" for s in result.summaries)
     assert calls == [(done, 6) for done in range(1, 7)]
 
 
@@ -300,7 +312,9 @@ def test_power_is_none_without_nvml(monkeypatch):
     assert sampler.energy_j is None
 
 
-def request(index: int, ttft_s: float, e2e_s: float, output_tokens: int = 11, ok: bool = True) -> PerfRequest:
+def request(
+    index: int, ttft_s: float, e2e_s: float, output_tokens: int = 11, ok: bool = True, coalesced: bool = False
+) -> PerfRequest:
     tpot_s = (e2e_s - ttft_s) / (output_tokens - 1)
     return PerfRequest(
         workload="w",
@@ -317,6 +331,7 @@ def request(index: int, ttft_s: float, e2e_s: float, output_tokens: int = 11, ok
         e2e_s=e2e_s,
         start_s=0.0,
         ok=ok,
+        coalesced=coalesced,
         error=None if ok else "boom",
     )
 
@@ -335,6 +350,8 @@ def test_summarize_percentiles_goodput_and_cost():
     assert summary.e2e_p90_s == pytest.approx(np.percentile([1.0 + 0.1 * i for i in range(10)], 90))
     assert summary.itl_p50_s == pytest.approx(np.percentile([r.tpot_s for r in requests[:10]], 50))
     assert summary.goodput_requests_per_s == pytest.approx(4 / 2.0)  # ttft <= 0.5 and e2e <= 1.35: i = 0..3
+    assert summary.slo_attainment == pytest.approx(4 / 11)  # the failed request is judged, and misses
+    assert summary.coalesced_requests == 0 and summary.capacity_requests_per_s is None
     assert summary.output_tokens_per_s == pytest.approx(110 / 2.0)
     # 1 device x $3.6/h = $0.001/s; at 55 tokens/s that is $0.001 / 55 per token.
     assert summary.usd_per_mtok_output == pytest.approx(0.001 / 55 * 1e6)
@@ -347,4 +364,153 @@ def test_summarize_without_ok_requests_is_all_none():
     summary = loadgen.summarize(workload(slo=SLOConfig(ttft_s=1)), level_run, BILLING)
     assert summary.ttft_p50_s is None and summary.itl_p99_s is None and summary.e2e_p90_s is None
     assert summary.output_tokens_per_s == 0.0 and summary.usd_per_mtok_output is None
-    assert summary.goodput_requests_per_s == 0.0
+    assert summary.goodput_requests_per_s == 0.0 and summary.slo_attainment == 0.0
+
+
+# -- coalesced requests, SLO attainment --------------------------------------------------------------
+
+
+def test_a_burst_is_flagged_coalesced_and_kept_out_of_latency_percentiles(fake_openai_server):
+    server, root = fake_openai_server
+    server.token_delay_s = 0.01
+    server.faults = {1: "burst", 3: "burst"}
+    work = workload(num_requests=5, output_tokens=LengthDistribution(mean=6), slo=SLOConfig(e2e_s=5))
+    result = run(root, work, 1)
+
+    assert [r.coalesced for r in result.requests] == [False, True, False, True, False]
+    assert all(r.ok and r.output_tokens == 6 for r in result.requests)
+    burst = result.requests[1]
+    assert burst.ttft_s == pytest.approx(burst.e2e_s, abs=0.01) and burst.tpot_s < 0.001  # not measurements
+    summary = loadgen.summarize(work, result, BILLING)
+    timed = [result.requests[i] for i in (0, 2, 4)]
+    assert summary.coalesced_requests == 2 and summary.requests_ok == 5
+    assert summary.ttft_p99_s == pytest.approx(np.percentile([r.ttft_s for r in timed], 99))
+    assert summary.tpot_p50_s == pytest.approx(np.percentile([r.tpot_s for r in timed], 50))
+    assert summary.itl_p50_s > 0.005  # the bursts' ~0 gaps are not pooled
+    assert summary.e2e_p99_s == pytest.approx(np.percentile([r.e2e_s for r in result.requests], 99))
+    assert summary.output_tokens_total == 30  # throughput counts every ok request
+    assert summary.slo_attainment == 1.0 and summary.goodput_requests_per_s == pytest.approx(3 / result.duration_s)
+
+
+def test_coalesced_stays_right_with_a_stream_interval(fake_openai_server):
+    server, root = fake_openai_server
+    server.token_delay_s = 0.005
+    server.faults = {0: "burst"}
+    result = run(root, workload(num_requests=3, output_tokens=LengthDistribution(mean=9), stream_interval=4), 1)
+    # Chunks of 1, 4 and 4 tokens: normally ~4 decode steps apart; the burst's three chunks arrive together.
+    assert [r.coalesced for r in result.requests] == [True, False, False]
+    assert all(len(itls) == 2 for itls in result.itls_s)
+
+
+@pytest.mark.parametrize(
+    ("chunk_times", "output_tokens", "coalesced"),
+    [
+        ([1.0], 1, False),  # one token: nothing to coalesce
+        ([1.0], 2, True),  # two tokens in one chunk: the first one was not sent on its own
+        ([1.0, 1.0005], 24, True),
+        ([1.0, 1.0005, 1.0009], 3, True),
+        ([1.0, 1.002], 2, False),
+        ([1.0, 1.0001, 1.5], 24, False),  # a stall, then tokens: the first chunk's time is a real TTFT
+        ([], 0, False),
+    ],
+)
+def test_coalesced_definition(chunk_times, output_tokens, coalesced):
+    assert perfstats.is_coalesced(chunk_times, output_tokens) is coalesced
+
+
+def test_attainment_counts_failures_as_misses_and_sets_coalesced_aside():
+    requests = (
+        request(0, ttft_s=0.1, e2e_s=0.5),  # met
+        request(1, ttft_s=0.9, e2e_s=1.0),  # ttft missed
+        request(2, ttft_s=0.1, e2e_s=2.0, coalesced=True),  # not judged
+        request(3, ttft_s=0.1, e2e_s=0.2, ok=False),  # failed: a miss, even with fast numbers
+        request(4, ttft_s=0.2, e2e_s=0.6),  # met
+    )
+    level_run = loadgen.LevelRun("w", 1.0, requests, ((),) * 5, duration_s=2.0, not_sent=0, energy_j=None)
+    summary = loadgen.summarize(workload(slo=SLOConfig(ttft_s=0.5)), level_run, BILLING)
+    assert summary.slo_attainment == pytest.approx(2 / 4)
+    assert summary.goodput_requests_per_s == pytest.approx(2 / 2.0)
+    assert (summary.requests_ok, summary.requests_failed, summary.coalesced_requests) == (4, 1, 1)
+    assert loadgen.summarize(workload(), level_run, BILLING).slo_attainment is None  # no SLO set
+
+    only_coalesced = loadgen.LevelRun("w", 1.0, requests[2:3], ((),), duration_s=2.0, not_sent=0, energy_j=None)
+    assert loadgen.summarize(workload(slo=SLOConfig(ttft_s=0.5)), only_coalesced, BILLING).slo_attainment is None
+
+
+# -- minimum level length ----------------------------------------------------------------------------
+
+
+def test_min_duration_keeps_a_closed_loop_level_going_with_fresh_seeded_requests(fake_openai_server):
+    server, root = fake_openai_server
+    server.token_delay_s = 0.01  # ~0.05 s per request
+    work = workload(num_requests=3, warmup_requests=1, min_duration_s=0.4)
+    result = run(root, work, 1)
+
+    assert len(result.requests) > 3 and result.duration_s >= 0.4 and result.not_sent == 0
+    assert [r.request_index for r in result.requests] == list(range(len(result.requests)))
+    plan = loadgen.plan_level(work, 1, SPACE, seed=7)
+    extra, offsets = loadgen.extra_requests(work, 1, SPACE, seed=7, batch=1)
+    assert offsets is None and [spec.index for spec in extra] == [3, 4, 5]
+    assert extra == loadgen.extra_requests(work, 1, SPACE, seed=7, batch=1)[0]  # seeded
+    prompts = [body["prompt"] for body in server.bodies[1:]]  # after the warm-up request
+    assert prompts[:6] == [list(spec.prompt) for spec in (*plan.timed, *extra)]
+    assert len({tuple(prompt) for prompt in prompts}) == len(prompts)  # fresh prompts, no prefix-cache hits
+
+
+def test_min_duration_is_bounded_by_max_duration(fake_openai_server):
+    server, root = fake_openai_server
+    server.token_delay_s = 0.01
+    result = run(root, workload(num_requests=100, min_duration_s=0.2, max_duration_s=0.3), 1)
+    assert 2 < len(result.requests) < 100 and result.not_sent == 100 - len(result.requests)
+    assert result.requests[-1].start_s < 0.3
+
+
+def test_min_duration_extends_an_open_loop_on_the_schedules_clock(fake_openai_server):
+    _, root = fake_openai_server
+    work = workload(mode="rate", num_requests=4, min_duration_s=0.5, output_tokens=LengthDistribution(mean=2))
+    result = run(root, work, 40)
+    plan = loadgen.plan_level(work, 40, SPACE, seed=7)
+    _, offsets = loadgen.extra_requests(work, 40, SPACE, seed=7, batch=1)
+    expected = [*plan.schedule.offsets_s, *(plan.schedule.offsets_s[-1] + offset for offset in offsets)]
+    starts = [r.start_s for r in result.requests]
+    assert expected[3] < expected[4] and len(result.requests) >= 8  # ~20 at 40 req/s over 0.5 s
+    assert np.allclose(starts[:8], expected[:8], atol=0.1)
+    assert starts[-1] < 0.5 + 0.1  # the last request went out before the schedule reached min_duration_s
+
+
+def test_keep_sending():
+    work = workload(num_requests=4, min_duration_s=2, max_duration_s=3)
+    assert loadgen.keep_sending(work, 3, 5.0) is False  # max_duration_s first
+    assert loadgen.keep_sending(work, 3, 0.1) and loadgen.keep_sending(work, 10, 1.9)
+    assert not loadgen.keep_sending(work, 4, 2.0)
+    assert not loadgen.keep_sending(workload(num_requests=4), 4, 0.0)
+
+
+# -- sweeps ------------------------------------------------------------------------------------------
+
+
+def test_a_sweep_probes_poisson_rates_and_reports_the_probe_at_capacity(fake_openai_server):
+    server, root = fake_openai_server
+    sweep = SweepConfig(start_rate_rps=5, max_rate_rps=20, max_probes=5)
+    work = workload(mode="sweep", num_requests=4, slo=SLOConfig(e2e_s=2), sweep=sweep)
+    calls: list[tuple[int, int]] = []
+    result = loadgen.measure_workload(root, "fake-model", work, SPACE, 7, BILLING, progress=lambda *c: calls.append(c))
+
+    # The fake's latency does not grow with load: every probe passes, up to the cap.
+    assert [p.rate_rps for p in result.probes] == [5, 10, 20]
+    assert [p.probe_index for p in result.probes] == [0, 1, 2]
+    assert all(p.meets_target and p.slo_attainment == 1.0 and p.requests_ok == 4 for p in result.probes)
+    assert [r.level for r in result.requests] == [5] * 4 + [10] * 4 + [20] * 4
+    (summary,) = result.summaries
+    assert (summary.mode, summary.level, summary.capacity_requests_per_s) == ("sweep", 20, 20)
+    assert calls[-1] == (12, 20)  # planned: the probe budget
+
+    server.reset()
+    miss = work.model_copy(update={"slo": SLOConfig(ttft_s=1e-6), "sweep": sweep.model_copy(update={"max_probes": 2})})
+    result = loadgen.measure_workload(root, "fake-model", miss, SPACE, 7, BILLING)
+    assert [(p.rate_rps, p.meets_target, p.slo_attainment) for p in result.probes] == [
+        (5, False, 0.0),
+        (2.5, False, 0.0),
+    ]
+    (summary,) = result.summaries
+    assert summary.capacity_requests_per_s is None and summary.level == 2.5  # the lowest probe
