@@ -154,12 +154,25 @@ class OutputFormat(StrEnum):
 
 
 def _comparison_rows(results_dir: Path) -> list[ComparisonRow]:
-    """The comparison of stored results; says so on stderr when there is no teacher/student pair."""
-    from bench.compare import compare_results
+    """The comparison of stored results; says so on stderr when there is no teacher/student pair.
 
-    rows = compare_results(results_dir)
+    A damaged results tree ends here as in `config_errors`: a damaged manifest is one line naming it and
+    exit code 2; a damaged or foreign cell file is left out with one warning line on stderr (see
+    `bench.store`), and the comparison of the rest is printed.
+    """
+    from bench.compare import compare_results
+    from bench.store import StoreError, skip_report
+
+    skipped: list = []
+    try:
+        rows = compare_results(results_dir, skipped=skipped)
+    except StoreError as error:
+        err_console.print(Text(str(error), style="red"), soft_wrap=True)
+        raise typer.Exit(EXIT_CONFIG_ERROR) from None
+    for line in skip_report(skipped):
+        err_console.print(Text(f"warning: {line}", style="yellow"), soft_wrap=True)
     if not rows:
-        err_console.print(f"{results_dir}: no teacher/student pair with stored results", soft_wrap=True)
+        err_console.print(Text(f"{results_dir}: no teacher/student pair with stored results"), soft_wrap=True)
     return rows
 
 
@@ -181,7 +194,7 @@ def _print_comparison(results_dir: Path, output: OutputFormat) -> bool:
         wide = console if console.is_terminal else Console(width=160)
         wide.print(render_table(rows))
         for row in rows:
-            console.print(row.summary, soft_wrap=True, highlight=False)
+            console.print(row.summary, soft_wrap=True, highlight=False, markup=False)
     else:
         # Plain print: machine-readable output must not be wrapped or styled by rich.
         print(to_json(rows) if output is OutputFormat.json else to_markdown(rows))

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from bench import pairing, report, stats
+from bench import pairing, report, stats, store
 from bench.config import CompareConfig
 from bench.pairing import Pair, PairedValues, PairedWorkload, ScoreKey
 
@@ -311,14 +311,20 @@ def compare_control(tables: dict[str, pa.Table], pair: Pair, settings: CompareCo
     return [_row(pair, None, perf, settings, control=True) for perf in perfs or [None]]
 
 
-def compare_results(results_dir: Path, settings: CompareConfig | None = None, seed: int = 0) -> list[ComparisonRow]:
+def compare_results(
+    results_dir: Path,
+    settings: CompareConfig | None = None,
+    seed: int = 0,
+    skipped: list[store.SkippedFile] | None = None,
+) -> list[ComparisonRow]:
     """Compare every student with its teacher, and every configured control, under a results directory.
 
     `settings` overrides the compare settings that each run's manifest recorded. Rows are sorted and the
-    bootstrap is seeded, so the same results always give the same rows.
+    bootstrap is seeded, so the same results always give the same rows. Damaged or foreign files are left
+    out and listed in `skipped`; without a list, or for a damaged manifest, `store.StoreError` is raised.
     """
-    tables = pairing.read_tables(results_dir)
-    by_run = pairing.manifest_settings(results_dir)
+    tables = pairing.read_tables(results_dir, skipped)
+    by_run = pairing.manifest_settings(results_dir, skipped)
     models = pairing.run_models(tables["models"])
     rows = []
     for run_id in sorted(models):

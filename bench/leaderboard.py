@@ -30,7 +30,6 @@ The Pareto plot and the HTML page are in `bench.leaderboard_page`.
 from __future__ import annotations
 
 import dataclasses
-import html
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from pathlib import Path
 
 from bench import store
 from bench.compare import ComparisonRow
-from bench.report import format_value, markdown_table
+from bench.report import format_value, markdown_table, markdown_text
 
 VERDICTS_WORST_FIRST = ("no-data", "inferior", "inconclusive", "non-inferior", "better")
 PASSING = frozenset({"non-inferior", "better"})
@@ -227,12 +226,6 @@ def format_interval(value: float | None, low: float | None, high: float | None, 
 
 def format_load(workload: str | None, level: float | None) -> str:
     return f"{workload}@{format_value(level, 'g')}" if workload else "-"
-
-
-def markdown_text(text: str) -> str:
-    """Text safe in a Markdown table cell: HTML escaped, `|` and backslashes escaped, one line."""
-    escaped = html.escape(text.replace("\\", "\\\\"), quote=False).replace("|", "\\|")
-    return " ".join(escaped.splitlines())
 
 
 def ratio_text(item: LeaderboardEntry | ControlEntry, ratio: str) -> str:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from pydantic import ValidationError
 
 from bench import store
 from bench.config import CompareConfig
@@ -87,26 +88,39 @@ class PairedWorkload:
 # -- reading ------------------------------------------------------------------------------------------
 
 
-def read_tables(results_dir: Path) -> dict[str, pa.Table]:
-    """The tables a comparison reads, keeping only each run's current cells."""
-    current = _current_cell_keys(results_dir)
-    return {name: _only_current(store.read_table(results_dir, name), current) for name in TABLES}
+def read_tables(results_dir: Path, skipped: list[store.SkippedFile] | None = None) -> dict[str, pa.Table]:
+    """The tables a comparison reads, keeping only each run's current cells.
+
+    Damaged or foreign files are left out and reported in `skipped` (`store.read_table`); without a list,
+    they raise `store.StoreError`.
+    """
+    current = _current_cell_keys(results_dir, skipped)
+    return {name: _only_current(store.read_table(results_dir, name, skipped), current) for name in TABLES}
 
 
-def manifest_settings(results_dir: Path) -> dict[str, CompareConfig]:
-    """Each run's compare settings from its manifest's config dump (defaults where it has none)."""
+def manifest_settings(results_dir: Path, skipped: list[store.SkippedFile] | None = None) -> dict[str, CompareConfig]:
+    """Each run's compare settings from its manifest's config dump (defaults where it has none).
+
+    A manifest whose compare section does not validate raises `store.StoreError` naming it and the key: a
+    run's margin and confidence decide its verdicts, so defaults must not silently stand in for them.
+    """
     settings = {}
-    for run_dir in store.run_dirs(results_dir):
+    for run_dir in store.readable_runs(results_dir, skipped):
         try:
             config = store.read_manifest(run_dir).get("config", {})
         except FileNotFoundError:
             config = {}
         # Only the compare section: an older manifest's other sections need not validate today.
-        settings[run_dir.name] = CompareConfig.model_validate(config.get("compare", {}))
+        try:
+            settings[run_dir.name] = CompareConfig.model_validate(config.get("compare", {}))
+        except ValidationError as error:
+            first = error.errors()[0]
+            key = ".".join(str(part) for part in ("config", "compare", *first["loc"]))
+            raise store.StoreError(run_dir / store.MANIFEST_NAME, f"{key}: {first['msg']}") from None
     return settings
 
 
-def _current_cell_keys(results_dir: Path) -> dict[str, set[str]]:
+def _current_cell_keys(results_dir: Path, skipped: list[store.SkippedFile] | None) -> dict[str, set[str]]:
     """Per run, the cell and model keys its manifest lists: those of its latest config and input files.
 
     A run directory resumed with a changed config or rebuilt weights keeps the old cells on disk; only the
@@ -115,7 +129,7 @@ def _current_cell_keys(results_dir: Path) -> dict[str, set[str]]:
     manifest lists no keys are compared whole.
     """
     current = {}
-    for run_dir in store.run_dirs(results_dir):
+    for run_dir in store.readable_runs(results_dir, skipped):
         try:
             current[run_dir.name] = set(store.read_manifest(run_dir)["cell_keys"])
         except (FileNotFoundError, KeyError):

@@ -7,12 +7,14 @@ Everything here reads `ComparisonRow`s only, so a report re-renders from stored 
 from __future__ import annotations
 
 import dataclasses
+import html
 import json
 import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 from rich.table import Table
+from rich.text import Text
 
 if TYPE_CHECKING:
     from bench.compare import ComparisonRow
@@ -159,12 +161,12 @@ def summary(row: ComparisonRow) -> str:
 # -- tables -----------------------------------------------------------------------------------------------
 
 _COLUMNS: tuple[tuple[str, Callable[[ComparisonRow], str]], ...] = (
-    ("run", lambda r: r.run_id),
-    ("teacher", lambda r: r.teacher),
-    ("student", lambda r: r.student),
+    ("run", lambda r: markdown_text(r.run_id)),
+    ("teacher", lambda r: markdown_text(r.teacher)),
+    ("student", lambda r: markdown_text(r.student)),
     ("control", lambda r: "yes" if r.control else ""),
-    ("task", lambda r: r.task or "-"),
-    ("metric", lambda r: r.metric or "-"),
+    ("task", lambda r: markdown_text(r.task or "-")),
+    ("metric", lambda r: markdown_text(r.metric or "-")),
     ("teacher score", lambda r: format_value(r.teacher_score, ".3f")),
     ("student score", lambda r: format_value(r.student_score, ".3f")),
     ("retention %", lambda r: format_value(r.retention_pct, ".1f")),
@@ -175,14 +177,14 @@ _COLUMNS: tuple[tuple[str, Callable[[ComparisonRow], str]], ...] = (
     ("student-only/teacher-only right", _discordant),
     ("McNemar p", lambda r: format_p(r.mcnemar_p)),
     ("verdict", lambda r: r.verdict),
-    ("workload", lambda r: r.workload or "-"),
+    ("workload", lambda r: markdown_text(r.workload or "-")),
     ("level", lambda r: format_value(r.level, "g") if r.workload is None or r.level is not None else "capacity"),
     ("blocks", _blocks),
     ("throughput x", _ratio_cell("throughput_ratio")),
     ("$/Mtok x", _ratio_cell("usd_per_mtok_ratio")),
     ("J/token x", _ratio_cell("j_per_token_ratio")),
     ("capacity x", _ratio_cell("capacity_ratio")),
-    ("cost verdict", lambda r: r.cost_verdict or "-"),
+    ("cost verdict", lambda r: markdown_text(r.cost_verdict or "-")),
 )
 
 
@@ -222,7 +224,7 @@ def render_table(rows: Sequence[ComparisonRow]) -> Table:
     runs = sorted({row.run_id for row in rows})
     confidence = "/".join(sorted({f"{row.confidence:.0%}" for row in rows}))
     table = Table(
-        title=f"student vs teacher ({', '.join(runs)})",
+        title=Text(f"student vs teacher ({', '.join(runs)})"),
         caption=f"x = student / teacher, its {confidence} CI below; b/c = documents right only for the student / "
         "only for the teacher, p = exact McNemar; * = some blocks paired across sessions",
     )
@@ -233,8 +235,15 @@ def render_table(rows: Sequence[ComparisonRow]) -> Table:
         justify = "left" if index in _TERMINAL_TEXT else "right"
         table.add_column(header, justify=justify, no_wrap=header in _NO_WRAP)
     for position in range(len(rows)):
-        table.add_row(*(cells[index][position] for index in shown))
+        # Text, not markup: names come from a results tree, and "[/]" in one would end the table in a traceback.
+        table.add_row(*(Text(cells[index][position]) for index in shown))
     return table
+
+
+def markdown_text(text: str) -> str:
+    """Text safe in a Markdown table cell: HTML escaped, `|` and backslashes escaped, one line."""
+    escaped = html.escape(text.replace("\\", "\\\\"), quote=False).replace("|", "\\|")
+    return " ".join(escaped.splitlines())
 
 
 def markdown_table(columns: Sequence[tuple[str, Callable[[T], str]]], items: Iterable[T]) -> list[str]:
@@ -245,7 +254,7 @@ def markdown_table(columns: Sequence[tuple[str, Callable[[T], str]]], items: Ite
 
 def to_markdown(rows: Sequence[ComparisonRow]) -> str:
     """A Markdown table of the rows, then one summary line per row."""
-    lines = [*markdown_table(_COLUMNS, rows), "", *(f"- {row.summary}" for row in rows)]
+    lines = [*markdown_table(_COLUMNS, rows), "", *(f"- {markdown_text(row.summary)}" for row in rows)]
     return "\n".join(lines) + "\n"
 
 

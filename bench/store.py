@@ -10,6 +10,30 @@ The Arrow schema of each table is derived here, and only here, from the record d
 the final name and the directory fsynced, so a crash leaves either the old file or the new one, never a
 torn file. A cell counts as done (for resume) once its commit table is written: `eval_scores` for eval
 cells (after `eval_samples`), `perf_summary` for perf cells (after `perf_requests` and `perf_probes`).
+
+Reading treats a results tree as untrusted input: trees are copied around, merged by hand and read by
+leaderboard builds. The policy is that a damaged tree never silently gives a different number and never a
+traceback; each problem is either an error or a reported skip:
+
+- Errors (`StoreError`, one line naming the file; the CLI exits 2): a `run.json` that is not UTF-8, not
+  JSON (NaN included), not an object, or whose keys that readers use (`schema_version`, `run_id`,
+  `cell_keys`, `config`, `config.compare`) have the wrong type. The manifest says which cells are current
+  and how the run is judged: without it a comparison would silently use other cells or other margins.
+- Skips (`SkippedFile(path, kind, reason)`, collected in the list the caller passes to `read_table`;
+  compare and leaderboard print one warning line each): every cell file is checked before its rows are
+  used, and left out whole when it is not a readable Parquet file; a column it has is not of the expected
+  Arrow type (scores stored as strings are not converted); it lacks a column that its schema version
+  had (see `COLUMNS_ADDED`: an older file's missing later columns are filled with nulls, so schema 2 files
+  read under schema 3); its schema version is newer than this code's, or never existed; a required column
+  holds nulls, or a float column NaN or infinity (records store a missing measurement as null); its rows'
+  `run_id` is not its run folder's name or its rows' `cell_key` not its file name (the folder and file
+  names are the authority: a run folder copied to `quickstart-backup` keeps rows saying `quickstart`, and
+  merging them would mix two runs in one interval). Stray non-Parquet files and empty table directories
+  are reported too; hidden names are the store's own temp files and are ignored. A run whose manifest has
+  a newer schema version is left out whole, reported once.
+- `read_table` without a `skipped` list raises StoreError at the first problem instead: no caller gets a
+  skip it did not ask to hear about. The file is the unit of trust: one bad row leaves out its whole file.
+  The checks themselves are in `bench.store_check`.
 """
 
 from __future__ import annotations
@@ -22,15 +46,16 @@ import tempfile
 import types
 import typing
 from collections.abc import Callable, Sequence
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from typing import IO, Any
 
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from bench import store_check
 from bench.records import CellFailure, EvalSample, EvalScore, ModelRecord, PerfProbe, PerfRequest, PerfSummary
+from bench.store_check import Damaged, SkipKind, SkippedFile, StoreError
 
 SCHEMA_VERSION = 3  # 2: eval_scores.higher_is_better; 3: perf blocks/session_id, coalesced requests, SLO
 # attainment, sweeps (perf_probes), models server/loadgen cpus
@@ -49,6 +74,17 @@ TABLES: dict[str, type] = {
 # Writing one of these tables finishes a cell; the cell's other tables are written before it.
 COMMIT_TABLES = ("eval_scores", "perf_summary")
 FAILURES_TABLE = "failures"
+# Columns added to a table after its first schema version, with the version that added them. A file of an
+# older version may lack them (reading fills nulls); every other column must be in every file. Add a column
+# here when adding it to a record. Names that no record has yet are ignored (version 3 is on its way).
+COLUMNS_ADDED: dict[str, dict[str, int]] = {
+    "eval_scores": {"higher_is_better": 2},
+    "models": {"server_cpus": 3, "loadgen_cpus": 3},
+    "perf_requests": {"coalesced": 3, "block": 3, "session_id": 3},
+    "perf_summary": {
+        "coalesced_requests": 3, "slo_attainment": 3, "capacity_requests_per_s": 3, "block": 3, "session_id": 3,
+    },
+}  # fmt: skip
 
 KEY_COLUMNS: tuple[pa.Field, ...] = (
     pa.field("run_id", pa.string(), nullable=False),
@@ -242,12 +278,24 @@ def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> Path:
     return path
 
 
+# -- reading: a results tree is untrusted input (see the module docstring) -------------------------------
+
+
+def columns_added_after(table: str, version: int) -> set[str]:
+    """Columns of `table` that a file of schema `version` may lack: those a later schema version added."""
+    return {name for name, added in COLUMNS_ADDED.get(table, {}).items() if added > version}
+
+
+def _skip(skipped: list[SkippedFile] | None, path: Path, kind: SkipKind, reason: str) -> None:
+    """Report a file left out, or raise when the caller collects no skips: nothing is skipped silently."""
+    if skipped is None:
+        raise StoreError(path, f"{kind}: {reason}")
+    skipped.append(SkippedFile(path, kind, reason))
+
+
 def read_manifest(run_dir: Path) -> dict[str, Any]:
-    """The run manifest of `run_dir`; FileNotFoundError when the run has none."""
-    return json.loads((Path(run_dir) / MANIFEST_NAME).read_text())
-
-
-# -- reading ------------------------------------------------------------------------------------------
+    """The run manifest of `run_dir`; FileNotFoundError when the run has none, StoreError when it is damaged."""
+    return store_check.read_manifest(Path(run_dir) / MANIFEST_NAME)
 
 
 def is_run_dir(path: Path) -> bool:
@@ -266,13 +314,81 @@ def run_dirs(results_dir: Path) -> list[Path]:
     return sorted(path for path in results_dir.iterdir() if path.is_dir() and is_run_dir(path))
 
 
+def readable_runs(results_dir: Path, skipped: list[SkippedFile] | None = None) -> list[Path]:
+    """`run_dirs` less the runs whose manifest has a newer schema_version: left out whole, and reported.
+
+    A damaged manifest raises StoreError; a run without one is read (its files carry their own versions).
+    """
+    runs = []
+    for run in run_dirs(results_dir):
+        try:
+            store_check.check_version(read_manifest(run).get("schema_version", SCHEMA_VERSION), SCHEMA_VERSION)
+        except FileNotFoundError:
+            pass
+        except Damaged as damage:
+            _skip(skipped, run / MANIFEST_NAME, damage.kind, f"{damage.reason}; the whole run is left out")
+            continue
+        runs.append(run)
+    return runs
+
+
 def table_files(results_dir: Path, table: str) -> list[Path]:
-    """Every finished file of `table` under a results directory or a run directory, sorted."""
+    """Every finished file of `table` under a results directory or a run directory, sorted (unchecked)."""
     _record_class(table)
     return [path for run in run_dirs(results_dir) for path in _cell_files(run / table)]
 
 
-def read_table(results_dir: Path, table: str) -> pa.Table:
-    """All rows of `table` under a results directory or a run directory; no files gives an empty table."""
-    files = [str(path) for path in table_files(results_dir, table)]
-    return ds.dataset(files, schema=schema(table), format="parquet").to_table()
+def _table_entries(run: Path, table: str, skipped: list[SkippedFile] | None) -> list[Path]:
+    """The cell files of one run's table directory; stray entries and an empty directory are reported."""
+    directory = run / table
+    if not directory.exists():
+        return []
+    if not directory.is_dir():
+        _skip(skipped, directory, SkipKind.NOT_A_CELL, f"expected the {table} table's directory, found a file")
+        return []
+    # Hidden names are the store's own temp files (a write a crash interrupted), never results.
+    entries = sorted(path for path in directory.iterdir() if not path.name.startswith("."))
+    if not entries and table != FAILURES_TABLE:  # a success removes its cell's failure: failures/ may empty
+        _skip(skipped, directory, SkipKind.EMPTY, "no cell files: this run has no rows of this table")
+    for path in entries:
+        if path.suffix != ".parquet":
+            _skip(skipped, path, SkipKind.NOT_A_CELL, "not <cell_key>.parquet: not part of the results")
+    return [path for path in entries if path.suffix == ".parquet"]
+
+
+def read_table(results_dir: Path, table: str, skipped: list[SkippedFile] | None = None) -> pa.Table:
+    """All rows of `table` under a results directory or a run directory, each file checked first.
+
+    With a `skipped` list, a damaged or foreign file is left out and reported there; without one, the first
+    such file raises StoreError. No files gives an empty table with the schema.
+    """
+    expected = schema(table)
+    parts = []
+    for run in readable_runs(results_dir, skipped):
+        for path in _table_entries(run, table, skipped):
+            try:
+                added = partial(columns_added_after, table)
+                parts.append(store_check.read_cell_file(path, table, expected, SCHEMA_VERSION, added, run.name))
+            except Damaged as damage:
+                _skip(skipped, path, damage.kind, damage.reason)
+    return pa.concat_tables(parts) if parts else expected.empty_table()
+
+
+def _run_of(path: Path) -> Path:
+    return path.parent.parent if path.parent.name in TABLES else path.parent
+
+
+def skip_report(skipped: Sequence[SkippedFile], collapse_at: int = 3) -> list[str]:
+    """One line per skipped file, except that many files of one run skipped for one reason (a copied run
+    folder) are one line naming the first."""
+    groups: dict[tuple[Path, SkipKind, str], list[SkippedFile]] = {}
+    for item in dict.fromkeys(skipped):  # each table's read reports a left-out run again
+        groups.setdefault((_run_of(item.path), item.kind, item.reason), []).append(item)
+    lines = []
+    for (run, kind, reason), items in groups.items():
+        if len(items) < collapse_at:
+            lines += [str(item) for item in items]
+        else:
+            first = items[0].path.relative_to(run)
+            lines.append(f"{run}: {len(items)} files skipped ({kind}), the first {first}: {reason}")
+    return lines

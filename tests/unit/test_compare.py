@@ -73,9 +73,9 @@ def write_perf(run: Path, model: str) -> None:
         store.write_cell(run, "perf_summary", f"{model}-{workload}", model, rows)
 
 
-def build_results(root: Path, retention_margin: float = 0.05) -> Path:
-    """results/r1: teacher `big`, student `small`, and student `tiny` that has no results."""
-    run = root / "results" / "r1"
+def build_results(root: Path, retention_margin: float = 0.05, run_id: str = "r1") -> Path:
+    """results/<run_id>: teacher `big`, student `small`, and student `tiny` that has no results."""
+    run = root / "results" / run_id
     write_model(run, "big", None)
     write_model(run, "small", "big")
     write_model(run, "tiny", "big")
