@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from bench.config import BenchConfig, ConfigError, load_config
+from bench.config import BenchConfig, ConfigError, load_config, results_root_problem
 from bench.plan import build_plan, gpus_per_model, pending_cells
 
 if TYPE_CHECKING:
@@ -69,6 +69,13 @@ def load_checked(path: Path) -> tuple[BenchConfig, PriceTable]:
             ]
         )
     return config, prices
+
+
+def check_results_option(results_dir: Path | None) -> None:
+    """`--results-dir` must be a directory or not exist yet (a file there would fail the run midway)."""
+    problem = results_root_problem(results_dir) if results_dir is not None else None
+    if problem is not None:
+        raise ConfigError([f"--results-dir: {problem}"])
 
 
 def _plural(count: int, noun: str) -> str:
@@ -122,6 +129,7 @@ def plan(
     """
     with config_errors():
         config, _ = load_checked(config_path)
+        check_results_option(results_dir)
     run_dir = config.run_dir(results_dir)
     cells = build_plan(config)
     done = _done_keys(run_dir)
@@ -208,6 +216,7 @@ def run(
 
     with config_errors():
         config, prices = load_checked(config_path)
+        check_results_option(results_dir)
     outcome = run_cells(config, prices, RunProgress(console), address=address, results_dir=results_dir)
     console.print(
         f"{outcome.run_dir}: {outcome.succeeded} cells run, {outcome.skipped} already stored, {outcome.failed} failed",
