@@ -49,10 +49,20 @@ def config_errors() -> Iterator[None]:
     try:
         yield
     except ConfigError as error:
-        for line in error.lines:
+        for line in error.lines[:MAX_ERROR_LINES]:
             # Text, not markup: the lines hold `[0]`-style paths; soft_wrap keeps each one on one line.
-            err_console.print(Text(line, style="red"), soft_wrap=True)
+            err_console.print(Text(_clipped(line), style="red"), soft_wrap=True)
+        if len(error.lines) > MAX_ERROR_LINES:  # a file that is not a config at all: its first problems tell
+            err_console.print(Text(f"... and {len(error.lines) - MAX_ERROR_LINES} more", style="red"), soft_wrap=True)
         raise typer.Exit(EXIT_CONFIG_ERROR) from None
+
+
+MAX_ERROR_LINES = 20
+MAX_ERROR_LINE_CHARS = 500  # a key or value quoted from a hostile file can be any length
+
+
+def _clipped(line: str) -> str:
+    return line if len(line) <= MAX_ERROR_LINE_CHARS else line[: MAX_ERROR_LINE_CHARS - 1] + "…"
 
 
 def load_checked(path: Path) -> tuple[BenchConfig, PriceTable]:

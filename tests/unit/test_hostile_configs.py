@@ -472,6 +472,17 @@ def test_the_corpus_covers_sixty_configs_and_every_section() -> None:
     assert any(".slo." in case.key for case in CASES) and any(".serve." in case.key for case in CASES)
 
 
+def test_a_file_that_is_no_config_gets_a_bounded_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    long_key = "? " + "k" * 5000 + "\n: 1\n"
+    (tmp_path / "passwd.yaml").write_text(long_key + "".join(f"user{i}: x:{i}:{i}\n" for i in range(100)))
+    result = CliRunner().invoke(app, ["validate", "passwd.yaml"])
+    assert result.exit_code == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 21 and lines[-1] == "... and 83 more", result.stderr
+    assert any(line.startswith("passwd.yaml: kkkk") for line in lines) and all(len(line) <= 500 for line in lines)
+
+
 SUBPROCESS_CASES = ["duplicate-nested-key", "binary-file", "not-utf8", "source-link-to-proc-mem", "tp-2-to-the-70"]
 
 
