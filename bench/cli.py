@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from bench.config import BenchConfig, ConfigError, load_config
+from bench.config import BenchConfig, ConfigError, load_config, results_root_problem
 from bench.plan import build_plan, gpus_per_model, pending_cells
 
 if TYPE_CHECKING:
@@ -49,10 +49,20 @@ def config_errors() -> Iterator[None]:
     try:
         yield
     except ConfigError as error:
-        for line in error.lines:
+        for line in error.lines[:MAX_ERROR_LINES]:
             # Text, not markup: the lines hold `[0]`-style paths; soft_wrap keeps each one on one line.
-            err_console.print(Text(line, style="red"), soft_wrap=True)
+            err_console.print(Text(_clipped(line), style="red"), soft_wrap=True)
+        if len(error.lines) > MAX_ERROR_LINES:  # a file that is not a config at all: its first problems tell
+            err_console.print(Text(f"... and {len(error.lines) - MAX_ERROR_LINES} more", style="red"), soft_wrap=True)
         raise typer.Exit(EXIT_CONFIG_ERROR) from None
+
+
+MAX_ERROR_LINES = 20
+MAX_ERROR_LINE_CHARS = 500  # a key or value quoted from a hostile file can be any length
+
+
+def _clipped(line: str) -> str:
+    return line if len(line) <= MAX_ERROR_LINE_CHARS else line[: MAX_ERROR_LINE_CHARS - 1] + "…"
 
 
 def load_checked(path: Path) -> tuple[BenchConfig, PriceTable]:
@@ -69,6 +79,13 @@ def load_checked(path: Path) -> tuple[BenchConfig, PriceTable]:
             ]
         )
     return config, prices
+
+
+def check_results_option(results_dir: Path | None) -> None:
+    """`--results-dir` must be a directory or not exist yet (a file there would fail the run midway)."""
+    problem = results_root_problem(results_dir) if results_dir is not None else None
+    if problem is not None:
+        raise ConfigError([f"--results-dir: {problem}"])
 
 
 def _plural(count: int, noun: str) -> str:
@@ -123,6 +140,7 @@ def plan(
     """
     with config_errors():
         config, _ = load_checked(config_path)
+        check_results_option(results_dir)
     run_dir = config.run_dir(results_dir)
     done = _done_keys(run_dir)
     cells = build_plan(config, done)
@@ -224,6 +242,7 @@ def run(
 
     with config_errors():
         config, prices = load_checked(config_path)
+        check_results_option(results_dir)
     outcome = run_cells(config, prices, RunProgress(console), address=address, results_dir=results_dir)
     console.print(
         f"{outcome.run_dir}: {outcome.succeeded} cells run, {outcome.skipped} already stored, {outcome.failed} failed",

@@ -25,7 +25,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from bench.config import BenchConfig, ModelConfig, WorkloadConfig, json_sha256
+from bench.config import BenchConfig, ModelConfig, WorkloadConfig, json_sha256, scan_local_dir
 
 CellKind = Literal["eval", "perf"]
 KEY_HEX_CHARS = 16
@@ -52,25 +52,22 @@ def _short_hash(content: dict) -> str:
     return json_sha256(content)[:KEY_HEX_CHARS]
 
 
-def _visible_files(root: Path) -> list[Path]:
-    """Files under `root`, sorted, leaving out hidden ones and Python caches (they are not inputs)."""
-
-    def hidden(path: Path) -> bool:
-        return any(part.startswith(".") or part == "__pycache__" for part in path.relative_to(root).parts)
-
-    return sorted(path for path in root.rglob("*") if path.is_file() and not hidden(path))
-
-
 def local_fingerprint(path: str | None) -> str | None:
     """A cheap fingerprint of a local directory's contents; None for hub ids and paths that do not exist.
 
     It hashes each file's relative name and size and its first and last MiB, so retrained weights (same
     shapes, new values) and edited task data change it, while a 70B checkpoint costs a few MiB of reading.
+    The walk is `config.scan_local_dir`'s (bounded; hidden files and caches left out; a link leaving the
+    directory is hashed by its target's name, never read); validation has refused directories it flags.
     """
     if path is None or not Path(path).is_dir():
         return None
     root, digest = Path(path), hashlib.sha256()
-    for file in _visible_files(root):
+    for entry in scan_local_dir(root).entries:
+        file = entry.path
+        if entry.link_target is not None:
+            digest.update(f"{file.relative_to(root).as_posix()}\0->{entry.link_target}\0".encode())
+            continue
         size = file.stat().st_size
         digest.update(f"{file.relative_to(root).as_posix()}\0{size}\0".encode())
         with file.open("rb") as handle:

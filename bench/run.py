@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import cluster, store
-from bench.config import BenchConfig
+from bench.config import BenchConfig, redacted_dump
 from bench.cost import Billing, PriceTable, billing_for
 from bench.plan import Cell, build_plan, model_key, pending_cells
 from bench.progress import RunProgress
@@ -63,7 +63,7 @@ def manifest(
         "run_id": config.run.name,
         "session_id": session_id,
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "config": config.model_dump(mode="json"),
+        "config": redacted_dump(config),  # no --api-key values in run.json
         "config_hash": config.content_hash(),
         "cell_keys": sorted(keys),
         "versions": {"python": platform.python_version(), **_versions()},

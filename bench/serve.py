@@ -35,7 +35,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.config import ModelConfig
+from bench.config import ModelConfig, redact_args
 from bench.records import ModelRecord
 
 HOST = "127.0.0.1"
@@ -285,7 +285,7 @@ class VllmServer:
             device_type=device_type,
             engine=engine,
             engine_version=version,
-            engine_args=" ".join(self.command[3:]),
+            engine_args=" ".join(redact_args(self.command[3:])),  # stored: no --api-key values
             server_cpus=cpu_list(self.cores.server) if self.cores else None,
             loadgen_cpus=cpu_list(self.cores.loadgen) if self.cores else None,
         )

@@ -40,6 +40,8 @@ def write_workspace(root: Path, data: object = None, prices: str = PRICES_YAML) 
     """Write config.yaml, prices.yaml and the model and task directories under root; return the config."""
     for directory in ("models/teacher", "models/student", "tasks"):
         (root / directory).mkdir(parents=True, exist_ok=True)
+    for model in ("models/teacher", "models/student"):
+        (root / model / "config.json").write_text("{}\n")  # what makes a directory a model's (MODEL_DIR_MARKERS)
     (root / "prices.yaml").write_text(prices)
     config = root / "config.yaml"
     config.write_text(yaml.safe_dump(valid_config_data() if data is None else data, sort_keys=False))
