@@ -84,6 +84,7 @@ COLUMNS_ADDED: dict[str, dict[str, int]] = {
     "perf_summary": {
         "coalesced_requests": 3, "slo_attainment": 3, "capacity_requests_per_s": 3, "block": 3, "session_id": 3,
     },
+    "perf_probes": {"block": 3, "session_id": 3},  # the table itself is new in 3
 }  # fmt: skip
 
 KEY_COLUMNS: tuple[pa.Field, ...] = (
