@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -200,6 +201,12 @@ def _require_results_dir(results_dir: Path) -> None:
         raise typer.Exit(EXIT_CONFIG_ERROR)
 
 
+def _natural_width(table: Table) -> int:
+    """The width at which a rich table needs to cut nothing."""
+    measuring = Console(width=100_000)
+    return Measurement.get(measuring, measuring.options, table).maximum
+
+
 def _print_comparison(results_dir: Path, output: OutputFormat) -> bool:
     """Print the comparison; False when there is no teacher/student pair to compare."""
     from bench.report import render_table, to_json, to_markdown
@@ -208,9 +215,13 @@ def _print_comparison(results_dir: Path, output: OutputFormat) -> bool:
     if not rows:
         return False
     if output is OutputFormat.table:
-        # Off a terminal (logs, CI) rich assumes 80 columns, too narrow for the table.
-        wide = console if console.is_terminal else Console(width=160)
-        wide.print(render_table(rows))
+        table = render_table(rows)
+        if console.is_terminal:
+            console.print(table)
+        else:
+            # Off a terminal (Slurm logs, CI) rich assumes 80 columns and cuts names to "toy-st…", which could
+            # be either student: a log gets the table at the width it needs, every name whole.
+            Console(width=_natural_width(table)).print(table)
         for row in rows:
             console.print(row.summary, soft_wrap=True, highlight=False, markup=False)
     else:

@@ -145,3 +145,17 @@ def test_validate_plan_and_help_import_nothing_heavy(workspace: Path) -> None:
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_comparison_off_a_terminal_prints_every_name_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A Slurm .out file is not a terminal: rich would cut both students to "distilled-student-…".
+    from bench import cli
+    from tests.unit.test_compare import comparison_row
+
+    names = ("distilled-student-with-a-long-name-kd", "distilled-student-with-a-long-name-label")
+    rows = [comparison_row(student=name, teacher="a-teacher-with-a-long-name-too", summary=name) for name in names]
+    monkeypatch.setattr(cli, "_comparison_rows", lambda results_dir: rows)
+    result = CliRunner().invoke(app, ["compare", "."])
+    assert result.exit_code == 0, result.output
+    assert "…" not in result.output
+    assert all(result.output.count(name) == 2 for name in names)  # once in the table, once in its summary line
