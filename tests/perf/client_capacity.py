@@ -25,7 +25,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
 
 from clients import (
@@ -39,6 +38,7 @@ from clients import (
     print_report,
     split_cores,
     summarize_levels,
+    write_record,
 )
 
 MODEL = "fake-model"
@@ -173,20 +173,15 @@ def main() -> None:
     print_report(rows, requests, "req/s")
     print("\nours >= vllm bench serve (median) at every level:", all(row["median_ratio"] >= 1 for row in rows))
     if args.out:
-        record = {
-            "benchmark": "client_capacity",
+        settings = {
             "server": "fake instant OpenAI-compatible server (tests/perf/client_capacity.py)",
             "tokens_per_response": args.tokens,
             "server_cores": sorted(server_cores),
             "client_cores": sorted(client_cores),
             "nice": args.nice,
             "repeats": args.repeats,
-            "requests_per_run": {str(level): count for level, count in requests.items()},
-            "levels": rows,
-            "runs": [asdict(result) for result in results],
         }
-        args.out.write_text(json.dumps(record, indent=2))
-        print(f"wrote {args.out}")
+        write_record(args.out, "client_capacity", settings, requests, rows, results)
 
 
 if __name__ == "__main__":

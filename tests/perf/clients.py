@@ -22,7 +22,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -304,3 +304,20 @@ def print_report(rows: list[dict], counts: dict[int, int], unit: str) -> None:
             f"{row['median_ratio']:.3f} (range {row['ratio_min']:.3f}-{row['ratio_max']:.3f}); "
             f"failed requests {row['failed']}"
         )
+
+
+def write_record(
+    path: Path, benchmark: str, settings: dict, counts: dict[int, int], rows: list[dict], results: list[RunResult]
+) -> None:
+    """The JSON record of one invocation: its command line, settings, summary rows and every run."""
+    record = {
+        "benchmark": benchmark,
+        "command": sys.argv,
+        **settings,
+        "order": "repeat r, level i: ours first when r + i is even",
+        "requests_per_run": {str(level): count for level, count in counts.items()},
+        "levels": rows,
+        "runs": [asdict(result) for result in results],
+    }
+    path.write_text(json.dumps(record, indent=2))
+    print(f"wrote {path}")

@@ -26,12 +26,10 @@ demand, on the CPU machine under the lock (see CONTRACT):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
 
 from clients import (
@@ -45,6 +43,7 @@ from clients import (
     print_report,
     split_cores,
     summarize_levels,
+    write_record,
 )
 
 
@@ -129,8 +128,7 @@ def main() -> None:
     print_report(rows, requests, "tok/s")
     print("\nmedian ratio within 5 % at every level:", all(row["within_5pct"] for row in rows))
     if args.out:
-        record = {
-            "benchmark": "loadgen_fidelity",
+        settings = {
             "device": torch.cuda.get_device_name(0) if gpu else f"cpu ({os.cpu_count()} cores)",
             "model_dir": args.model_dir,
             "server_command": server.command,
@@ -140,13 +138,8 @@ def main() -> None:
             "prompt_tokens": args.prompt_tokens,
             "output_tokens": args.output_tokens,
             "repeats": args.repeats,
-            "order": "repeat r, level i: ours first when r + i is even",
-            "requests_per_run": {str(level): count for level, count in requests.items()},
-            "levels": rows,
-            "runs": [asdict(result) for result in results],
         }
-        args.out.write_text(json.dumps(record, indent=2))
-        print(f"wrote {args.out}")
+        write_record(args.out, "loadgen_fidelity", settings, requests, rows, results)
 
 
 if __name__ == "__main__":
