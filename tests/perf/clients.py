@@ -176,6 +176,7 @@ class Pair:
     min_warmup: int
     theirs: Theirs
     work_dir: Path
+    theirs_extra_body: str | None = None  # JSON merged into vllm bench's request bodies (--extra-body)
 
     def warmup_requests(self, level: int) -> int:
         return max(level, self.min_warmup)
@@ -218,6 +219,8 @@ class Pair:
             "--num-warmups", str(self.warmup_requests(level)), "--seed", str(1000 + repeat), "--disable-tqdm",
             "--save-result", "--result-dir", str(self.work_dir), "--result-filename", name,
         ]  # fmt: skip
+        if self.theirs_extra_body:
+            argv += ["--extra-body", self.theirs_extra_body]
         before = cpu_seconds(self.theirs.process.pid)
         self.theirs.run(argv)
         cpu_s = cpu_seconds(self.theirs.process.pid) - before

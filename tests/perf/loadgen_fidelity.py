@@ -79,6 +79,11 @@ def main() -> None:
     parser.add_argument("--nice", type=int, default=default_nice(), help="niceness of server and clients")
     parser.add_argument("--prefix-caching", action="store_true", help="leave vLLM's prefix caching on")
     parser.add_argument("--server-arg", action="append", default=[], help="extra vLLM server argument (repeatable)")
+    parser.add_argument(
+        "--theirs-extra-body",
+        help='JSON added to vllm bench\'s requests, e.g. \'{"min_tokens": 32, "return_token_ids": true}\' to send '
+        "the server exactly what ours sends: separates the request body's cost from the client's",
+    )
     parser.add_argument("--out", type=Path, help="write the JSON record here")
     args = parser.parse_args()
     if args.requests and len(args.requests) != len(args.levels):
@@ -110,7 +115,7 @@ def main() -> None:
             theirs.wait_ready()
             root_url = server.base_url.removesuffix("/v1")
             pair = Pair(root_url, model.name, args.model_dir, prompt_space(model), args.prompt_tokens,
-                        args.output_tokens, args.min_warmup, theirs, work_dir)  # fmt: skip
+                        args.output_tokens, args.min_warmup, theirs, work_dir, args.theirs_extra_body)  # fmt: skip
             results, requests = measure(pair, args.levels, args.repeats, args.requests, args.target_s)
         except BaseException:
             for log in ("server.log", "theirs.log"):
@@ -138,6 +143,7 @@ def main() -> None:
             "prompt_tokens": args.prompt_tokens,
             "output_tokens": args.output_tokens,
             "repeats": args.repeats,
+            "theirs_extra_body": args.theirs_extra_body,
         }
         write_record(args.out, "loadgen_fidelity", settings, requests, rows, results)
 
