@@ -141,16 +141,23 @@ class Theirs:
         )
 
     def wait_ready(self) -> None:
-        line = self.process.stdout.readline().strip()
+        line = self._answer(("READY",))
         if line != "READY":
             raise RuntimeError(f"vllm bench worker did not start (got {line!r}); see {self.log.name}")
 
     def run(self, argv: list[str]) -> None:
         self.process.stdin.write(json.dumps(argv) + "\n")
         self.process.stdin.flush()
-        answer = self.process.stdout.readline().strip()
+        answer = self._answer(("OK", "ERR"))
         if answer != "OK":
             raise RuntimeError(f"vllm bench serve failed: {answer or 'worker exited'}; see {self.log.name}")
+
+    def _answer(self, prefixes: tuple[str, ...]) -> str:
+        """The worker's next protocol line: vLLM logs to stdout too (seen on the CUDA build), so skip those."""
+        for line in self.process.stdout:
+            if line.startswith(prefixes):
+                return line.strip()
+        return ""
 
     def close(self) -> None:
         if self.process.poll() is None:

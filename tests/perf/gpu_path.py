@@ -70,8 +70,8 @@ def _billing(server, parameters: int | None):
 
 
 def measure(servers: dict, args: argparse.Namespace) -> list[dict]:
-    from bench.cluster import prompt_space
     from bench.loadgen import run_level, summarize
+    from bench.worker import prompt_space
 
     spaces = {name: prompt_space(server.model) for name, server in servers.items()}
     billings = {name: _billing(server, None) for name, server in servers.items()}

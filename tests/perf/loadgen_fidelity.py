@@ -94,8 +94,8 @@ def main() -> None:
 
     import torch
 
-    from bench.cluster import prompt_space
     from bench.serve import VllmServer
+    from bench.worker import prompt_space
 
     gpu = torch.cuda.is_available()
     model = model_config(args, gpu)
