@@ -304,22 +304,35 @@ def leaderboard(
 @app.command()
 def slurm(
     config_path: ConfigArg,
-    nodes: Annotated[int, typer.Option(min=1, help="Nodes to allocate.")] = 1,
-    time: Annotated[str, typer.Option(help="Wall-time limit, HH:MM:SS.")] = "04:00:00",
-    partition: Annotated[str | None, typer.Option(help="Slurm partition.")] = None,
+    nodes: Annotated[int, typer.Option(help="Nodes to allocate.")] = 1,
+    time: Annotated[
+        str, typer.Option(help="Wall-time limit in a Slurm format: MINUTES, HH:MM:SS, D-HH:MM:SS, UNLIMITED, ...")
+    ] = "04:00:00",
+    partition: Annotated[str | None, typer.Option(help="Slurm partition (or a comma-separated list).")] = None,
     account: Annotated[str | None, typer.Option(help="Slurm account.")] = None,
-    gpus_per_node: Annotated[int | None, typer.Option(min=1, help="Default: the largest tensor_parallel_size.")] = None,
+    gpus_per_node: Annotated[
+        int | None,
+        typer.Option(help="Default: 0 for a config priced as cpu-core, else the largest tensor_parallel_size."),
+    ] = None,
+    cpu: Annotated[bool, typer.Option("--cpu", help="A CPU partition: request no GPUs (--gpus-per-node 0).")] = False,
 ) -> None:
     """Print a Slurm batch script that starts Ray across the allocation and runs this config on it.
 
     Example: distill-bench slurm configs/r1-distill.yaml --nodes 2 --partition gpu > job.sbatch && sbatch job.sbatch
     """
-    from bench.slurm import SlurmOptions, render
+    from bench.slurm import SlurmOptionError, SlurmOptions, render
 
     with config_errors():
         config, _ = load_checked(config_path)
-    options = SlurmOptions(nodes, time, partition, account, gpus_per_node)
-    print(render(config, config_path, options, Path.cwd()), end="")
+    try:
+        if cpu and gpus_per_node:
+            raise SlurmOptionError(f"--cpu: asks for no GPUs, but --gpus-per-node is {gpus_per_node}")
+        options = SlurmOptions(nodes, time, partition, account, 0 if cpu else gpus_per_node)
+        script = render(config, config_path, options, Path.cwd())
+    except SlurmOptionError as error:
+        err_console.print(Text(str(error), style="red"), soft_wrap=True)
+        raise typer.Exit(EXIT_CONFIG_ERROR) from None
+    print(script, end="")
 
 
 toy_app = typer.Typer(help="The toy teacher/student pair and task suite (quickstart and tests).", no_args_is_help=True)
