@@ -333,12 +333,6 @@ def readable_runs(results_dir: Path, skipped: list[SkippedFile] | None = None) -
     return runs
 
 
-def table_files(results_dir: Path, table: str) -> list[Path]:
-    """Every finished file of `table` under a results directory or a run directory, sorted (unchecked)."""
-    _record_class(table)
-    return [path for run in run_dirs(results_dir) for path in _cell_files(run / table)]
-
-
 def _table_entries(run: Path, table: str, skipped: list[SkippedFile] | None) -> list[Path]:
     """The cell files of one run's table directory; stray entries and an empty directory are reported."""
     directory = run / table

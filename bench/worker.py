@@ -19,7 +19,7 @@ from pathlib import Path
 from bench.config import ModelConfig, TaskConfig, WorkloadConfig
 from bench.cost import Billing
 from bench.records import EvalSample, EvalScore, ModelRecord, PerfProbe, PerfRequest, PerfSummary
-from bench.serve import CoreSplit, pin_process, split_cores
+from bench.serve import CoreSplit, VllmServer, pin_process, split_cores
 
 
 class ModelWorker:
@@ -39,8 +39,6 @@ class ModelWorker:
 
     def start(self) -> ModelRecord:
         """Start (or restart) the server and wait until it is healthy; returns its provenance."""
-        from bench.serve import VllmServer
-
         if self.server is not None:
             self.server.stop()
         log_path = self.run_dir / "logs" / f"{self.model.name}.server.log"
