@@ -23,7 +23,8 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from bench.config import BenchConfig, ConfigError, load_config, results_root_problem
+from bench.config import BenchConfig, load_config, results_root_problem
+from bench.configfile import ConfigError
 from bench.plan import build_plan, gpus_per_model, pending_cells
 
 if TYPE_CHECKING:

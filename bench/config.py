@@ -1,25 +1,22 @@
-"""The benchmark config: frozen pydantic models, YAML loading, and errors that name the key path.
+"""The benchmark config: frozen pydantic models, their bounds, and `load_config`.
 
-A config is validated once, here; every later stage receives these typed sections. Loading never
-imports vLLM, Ray or lm-eval, so `validate` and `plan` stay instant.
+A config is validated once, here; every later stage receives these typed sections. Reading the YAML file
+and the error format are `configfile`'s, local directories are walked by `localdir`, server flags are
+checked by `flags`. Loading never imports vLLM, Ray or lm-eval, so `validate` and `plan` stay instant.
 """
 
 from __future__ import annotations
 
-import codecs
-import hashlib
-import json
-import os
-import re
-import stat
 import unicodedata
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from bench.configfile import UNPRINTABLE_CATEGORIES, ConfigError, error_lines, read_yaml
+from bench.flags import harness_flag_owner, redact_args
+from bench.hashing import json_sha256
+from bench.localdir import MODEL_DIR_MARKERS, scan_local_dir
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -30,17 +27,15 @@ INT64_MAX = 2**63 - 1  # every int in a config ends up in Parquet (int64), numpy
 MAX_TENSOR_PARALLEL = 1024  # GPUs of one server on one node: far above any real node
 MAX_SEED = 2**32 - 1  # numpy's and lm-eval's seeds are 32-bit
 MAX_BOOTSTRAP_SAMPLES = 1_000_000  # samples × documents are held in memory at once
-MAX_LOCAL_FILES = 10_000  # files a local model or task directory may hold: each is fingerprinted by plan
 MAX_FLOAT = 1e9  # seconds (31 years), req/s, $/hour: nothing real comes near; time APIs overflow far above
 MAX_REQUESTS = 10_000_000  # requests of one level: each is planned in memory before the level starts
 MAX_TOKENS = 10_000_000  # tokens of one synthetic prompt or output: above the longest context of any model
 NORMAL_TAIL_SDS = 4  # a normal length without `max` is checked against the context at mean + 4 sd
 FREE_TEXT_FIELDS = frozenset({"note"})  # string fields that may span lines (a price's note)
-_UNPRINTABLE = frozenset({"Cc", "Zl", "Zp"})  # control characters and line/paragraph separators
 
 
 def _unprintable(text: str) -> str | None:
-    return next((character for character in text if unicodedata.category(character) in _UNPRINTABLE), None)
+    return next((character for character in text if unicodedata.category(character) in UNPRINTABLE_CATEGORIES), None)
 
 
 def _unbounded_or_unprintable(value: object, field_name: str = "", path: str = "") -> str | None:
@@ -417,14 +412,6 @@ class BenchConfig(Section):
         return json_sha256(redacted_dump(self))
 
 
-def json_sha256(payload: object) -> str:
-    """sha256 (hex) of the canonical JSON of a payload (sorted keys; str() for what JSON cannot hold).
-
-    The one content hash of the project: config hashes, cell keys, task config hashes, toy build keys.
-    """
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
-
-
 # -- bounds and safety checks used by the validators above ---------------------------------------------
 
 
@@ -441,206 +428,12 @@ def longest_length(lengths: LengthDistribution) -> int:
     return max(longest, lengths.min)
 
 
-# Server flags the harness sets itself (bench.serve.server_command): an extra_args copy would win silently
-# (argparse keeps the last), and results would be recorded under settings that did not run.
-HARNESS_FLAGS = {
-    "--model": "models[].source names the weights",
-    "--served-model-name": "models[].name is the served name",
-    "--host": "the server binds 127.0.0.1, where its clients (lm-eval, the load generator) run",
-    "--port": "each server gets a free port of its own",
-    "--tensor-parallel-size": "use serve.tensor_parallel_size",
-    "-tp": "use serve.tensor_parallel_size",
-    "--dtype": "use serve.dtype",
-    "--max-model-len": "use serve.max_model_len",
-    "--gpu-memory-utilization": "use serve.gpu_memory_utilization",
-    "--seed": "use run.seed",
-    "--revision": "use models[].revision",
-    "--config": "a vLLM config file could set any harness flag; give its options in extra_args",
-}
-
-
-def _flag_name(arg: str) -> str:
-    """`--foo_bar=1` -> `--foo-bar`: vLLM's parser accepts underscores for dashes."""
-    flag = arg.split("=", 1)[0]
-    return "--" + flag[2:].replace("_", "-") if flag.startswith("--") else flag
-
-
-def harness_flag_owner(arg: str) -> str | None:
-    """What owns a server flag the harness sets (for the error message), or None for a flag extra_args may set.
-
-    Catches `--port 1`, `--port=1`, `--tensor_parallel_size` and abbreviations argparse would expand (`--hos`).
-    """
-    flag = _flag_name(arg)
-    if flag in HARNESS_FLAGS:
-        return HARNESS_FLAGS[flag]
-    if flag.startswith("--") and len(flag) > 3:
-        for owned, owner in HARNESS_FLAGS.items():
-            if owned.startswith(flag):
-                return f"{owner} ({flag!r} abbreviates {owned!r})"
-    return None
-
-
-REDACTED = "<redacted>"
-_SECRET_WORDS = frozenset({"token", "key", "apikey", "secret", "password", "passwd", "credential", "credentials"})
-_SECRET_VALUE = re.compile(r"(sk-|hf_|ghp_|github_pat_|xox[abp]-|AKIA)[A-Za-z0-9_-]{8,}")
-
-
-def _secret_flag(flag: str) -> bool:
-    """`--api-key`, `--hf-token`, `--db-password`: a word of the flag's name is a secret's (not `--tokenizer`)."""
-    return flag.startswith("-") and any(word in _SECRET_WORDS for word in flag.lstrip("-").lower().split("-"))
-
-
-def redact_args(args: Sequence[str]) -> list[str]:
-    """Server arguments with secret-looking values replaced by `<redacted>`, for anything that is stored.
-
-    A value is secret when its flag is named like one (`--api-key X`, `--api-key=X`, `--hf-token X`) or when it
-    looks like a provider key itself (`sk-...`, `hf_...`). Flags and every other value are kept.
-    """
-    redacted, after_secret_flag = [], False
-    for arg in args:
-        flag, equals, value = arg.partition("=")
-        if after_secret_flag and not arg.startswith("-"):
-            redacted.append(REDACTED)
-        elif equals and _secret_flag(_flag_name(flag)):
-            redacted.append(f"{flag}={REDACTED}")
-        elif _SECRET_VALUE.search(arg):
-            redacted.append(f"{flag}={REDACTED}" if equals and flag.startswith("-") else REDACTED)
-        else:
-            redacted.append(arg)
-        after_secret_flag = not equals and _secret_flag(_flag_name(arg))
-    return redacted
-
-
 def redacted_dump(config: BenchConfig) -> dict:
     """The config as JSON data for storage (run.json): secret-looking extra_args values redacted."""
     data = config.model_dump(mode="json")
     for model in data["models"]:
         model["serve"]["extra_args"] = redact_args(model["serve"]["extra_args"])
     return data
-
-
-# -- local model and task directories -------------------------------------------------------------------
-
-MODEL_DIR_MARKERS = ("config.json", "params.json")  # Hugging Face and Mistral layouts: what vLLM loads
-_PSEUDO_FILESYSTEMS = frozenset({"proc", "sys", "dev"})
-
-
-@dataclass(frozen=True)
-class LocalEntry:
-    """A file of a local model or task directory, as plan fingerprints it."""
-
-    path: Path  # root / relative path
-    link_target: str | None = None  # a symlink leading out of the directory: its target, named, never followed
-
-
-@dataclass(frozen=True)
-class LocalScan:
-    """The visible files of a local directory, and why it cannot be used (empty when it can)."""
-
-    entries: tuple[LocalEntry, ...]
-    problems: tuple[str, ...]
-
-
-def _hidden(name: str) -> bool:
-    return name.startswith(".") or name == "__pycache__"  # not inputs: VCS data, editor files, caches
-
-
-def _on_pseudo_filesystem(path: Path) -> bool:
-    return path.is_absolute() and len(path.parts) > 1 and path.parts[1] in _PSEUDO_FILESYSTEMS
-
-
-def _local_entry(path: Path, root: Path, real_root: Path) -> tuple[LocalEntry | None, str | None]:
-    """The entry for one file (None for what is not an input: sockets, fifos, devices), or a problem."""
-    name = path.relative_to(root).as_posix()
-    try:
-        mode = path.lstat().st_mode
-        if stat.S_ISLNK(mode):
-            target = path.resolve(strict=True)
-            if target.is_relative_to(real_root) and not _on_pseudo_filesystem(target):
-                return (LocalEntry(path) if target.is_file() and os.access(target, os.R_OK) else None), None
-            if _on_pseudo_filesystem(target) or not stat.S_ISREG(target.stat().st_mode):
-                return None, f"{name!r} links to {str(target)!r}, which is not a regular file"
-            return LocalEntry(path, os.readlink(path)), None
-        if not stat.S_ISREG(mode):
-            return None, None
-        if not os.access(path, os.R_OK):
-            return None, f"{name!r} is not readable"
-        return LocalEntry(path), None
-    except (OSError, RuntimeError) as error:  # a dangling link, a link loop, a file gone since listing
-        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-        return None, f"{name!r} cannot be read ({reason})"
-
-
-def scan_local_dir(root: Path, limit: int = MAX_LOCAL_FILES) -> LocalScan:
-    """The visible files under a local model or task directory, bounded: validate and plan never walk a
-    whole tree (`source: /usr`), never enter linked directories and never read through a link that leaves
-    the directory (a model folder's link to /proc/self/mem is a problem here, not a crash later).
-
-    Hidden files and `__pycache__` are left out. Links out of the directory to regular files stay entries
-    (the Hugging Face cache's snapshot folders are links to content-named blobs), named rather than read.
-    """
-    real_root = root.resolve()
-    if _on_pseudo_filesystem(real_root):
-        return LocalScan(
-            (), (f"{str(root)!r} is on a pseudo filesystem (/{real_root.parts[1]}), not a directory of files",)
-        )
-    entries, problems, seen = [], [], 0
-    for directory, dirnames, filenames in os.walk(root):  # followlinks=False: linked directories are not entered
-        dirnames[:] = [name for name in dirnames if not _hidden(name)]
-        seen += len(dirnames) + len(filenames)
-        if seen > limit:
-            return LocalScan(
-                (),
-                (f"more than {limit:,} files and folders under {str(root)!r}: point it at a model or task directory",),
-            )
-        for name in filenames:
-            if _hidden(name):
-                continue
-            entry, problem = _local_entry(Path(directory, name), root, real_root)
-            if entry is not None:
-                entries.append(entry)
-            if problem is not None:
-                problems.append(problem)
-    return LocalScan(tuple(sorted(entries, key=lambda entry: entry.path)), tuple(problems))
-
-
-class ConfigError(Exception):
-    """A config that cannot be used; each line reads `file: dotted.key.path: message`."""
-
-    def __init__(self, lines: list[str]):
-        # One line each, whatever a file name or value holds: control characters are shown escaped.
-        lines = [_escaped(line) for line in lines]
-        super().__init__("\n".join(lines))
-        self.lines = lines
-
-
-def _escaped(line: str) -> str:
-    return "".join(ascii(c)[1:-1] if unicodedata.category(c) in _UNPRINTABLE else c for c in line)
-
-
-_KEY_PATH = re.compile(r"(\[\d+\]|[A-Za-z_]\w*)(\.[A-Za-z_]\w*|\[\d+\])*")
-
-
-def _dotted(location: tuple[str | int, ...]) -> str:
-    path = ""
-    for part in location:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    return path
-
-
-def error_lines(source: str, error: ValidationError) -> list[str]:
-    lines = []
-    for item in error.errors():
-        location = tuple(part for part in item["loc"] if not str(part).startswith("function-after"))
-        message = item["msg"].removeprefix("Value error, ")
-        key = _dotted(location)
-        # Validators on a list report the element's own sub-path at the start of the message, cross-field
-        # validators of a section the key below it, and validators on the whole config the full path.
-        head, separator, rest = message.partition(": ")
-        if separator and _KEY_PATH.fullmatch(head):
-            key, message = (key + head if head.startswith("[") or not key else f"{key}.{head}"), rest
-        lines.append(f"{source}: {key or '<root>'}: {message}")
-    return lines
 
 
 def _check_paths(config: BenchConfig, base: Path, source: str) -> list[str]:
@@ -717,119 +510,6 @@ def parse_config(data: object, source: str = "<config>", base: Path = Path("."))
     if path_errors:
         raise ConfigError(path_errors)
     return config
-
-
-MAX_YAML_BYTES = 16 << 20  # a config or price table is a few KiB; this bounds reading `/dev/zero`
-MAX_YAML_VALUES = 1_000_000  # values after expanding aliases: a "billion laughs" file stops here
-
-
-def _yaml_text(path: Path, what: str) -> str:
-    """The file's text: UTF-8, no NUL bytes, bounded in size; anything else is a ConfigError naming the file."""
-    try:
-        with path.open("rb") as handle:
-            data = handle.read(MAX_YAML_BYTES + 1)
-    except FileNotFoundError:
-        raise ConfigError([f"{path}: no such {what}"]) from None
-    except IsADirectoryError:
-        raise ConfigError([f"{path}: <root>: is a directory, not a {what}"]) from None
-    except OSError as error:
-        raise ConfigError([f"{path}: <root>: cannot read the {what}: {error.strerror or error}"]) from None
-    if len(data) > MAX_YAML_BYTES:
-        raise ConfigError([f"{path}: <root>: larger than {MAX_YAML_BYTES >> 20} MiB; not a {what}"])
-    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # the UTF-32 BOMs start with these too
-        raise ConfigError([f"{path}: <root>: UTF-16 or UTF-32 text; save it as UTF-8"])
-    if b"\0" in data:
-        raise ConfigError([f"{path}: <root>: a binary file (NUL byte at offset {data.index(0)}), not a YAML {what}"])
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise ConfigError(
-            [f"{path}: <root>: not UTF-8 text (byte 0x{data[error.start]:02x} at offset {error.start}); save as UTF-8"]
-        ) from None
-
-
-def _yaml_key(loader: yaml.SafeLoader, node: yaml.Node) -> object:
-    return loader.construct_object(node) if isinstance(node, yaml.ScalarNode) else None
-
-
-def _check_yaml_tree(loader: yaml.SafeLoader, root: yaml.Node, path: Path) -> None:
-    """Duplicate mapping keys (PyYAML keeps the last silently), self-referencing aliases, and alias
-    expansion beyond MAX_YAML_VALUES are ConfigErrors naming the dotted key and the line."""
-    sizes: dict[int, int] = {}
-    in_progress: set[int] = set()
-
-    def visit(node: yaml.Node, dotted: str) -> int:
-        if id(node) in sizes:
-            return sizes[id(node)]
-        if id(node) in in_progress:
-            raise ConfigError([f"{path}: {dotted or '<root>'}: an alias refers to the value that contains it"])
-        in_progress.add(id(node))
-        size = 1
-        if isinstance(node, yaml.SequenceNode):
-            size += sum(visit(item, f"{dotted}[{index}]") for index, item in enumerate(node.value))
-        elif isinstance(node, yaml.MappingNode):
-            first_line: dict[object, str] = {}
-            for key_node, value_node in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`: later keys may override these
-                    size += visit(value_node, dotted)
-                    continue
-                key = _yaml_key(loader, key_node)
-                child = f"{dotted}.{key}" if dotted else str(key)
-                mark = key_node.start_mark
-                where = f"line {mark.line + 1}" + (f":{mark.column + 1}" if node.flow_style else "")
-                if key is not None and key in first_line:
-                    raise ConfigError(
-                        [
-                            f"{path}: {child}: duplicate key at {where} (first at {first_line[key]}); YAML would "
-                            f"silently keep only the last value"
-                        ]
-                    )
-                if key is not None:
-                    first_line[key] = where
-                size += visit(key_node, child) + visit(value_node, child)
-        in_progress.discard(id(node))
-        if size > MAX_YAML_VALUES:
-            raise ConfigError(
-                [f"{path}: {dotted or '<root>'}: more than {MAX_YAML_VALUES:,} values once aliases are expanded"]
-            )
-        sizes[id(node)] = size
-        return size
-
-    visit(root, "")
-
-
-def _load_yaml(text: str, path: Path) -> object:
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        _check_yaml_tree(loader, node, path)
-        return loader.construct_document(node)
-    finally:
-        loader.dispose()
-
-
-def _as_text(character: object) -> object:
-    return chr(character) if isinstance(character, int) else character
-
-
-def read_yaml(path: Path, what: str) -> object:
-    """Parse a YAML file; a missing, unreadable, binary or non-UTF-8 file, a syntax error and a duplicate key
-    are ConfigErrors naming the file (and `file:line:column` or the dotted key)."""
-    text = _yaml_text(path, what)
-    try:
-        return _load_yaml(text, path)
-    except RecursionError:
-        raise ConfigError([f"{path}: <root>: nested too deeply to be a {what}"]) from None
-    except yaml.reader.ReaderError as error:
-        raise ConfigError(
-            [f"{path}: <root>: not YAML text: character {_as_text(error.character)!r} at offset {error.position}"]
-        ) from None
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise ConfigError([f"{where}: not valid YAML: {getattr(error, 'problem', None) or error}"]) from None
 
 
 def load_config(path: str | Path) -> BenchConfig:

@@ -15,7 +15,8 @@ from typing import Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from bench.config import ConfigError, HardwareConfig, Section, error_lines, read_yaml
+from bench.config import HardwareConfig, Section
+from bench.configfile import ConfigError, error_lines, read_yaml
 
 SECONDS_PER_HOUR = 3600.0
 TOKENS_PER_MTOK = 1e6

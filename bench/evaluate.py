@@ -27,7 +27,8 @@ from typing import Any
 
 import yaml
 
-from bench.config import TaskConfig, json_sha256
+from bench.config import TaskConfig
+from bench.hashing import task_config_hash
 from bench.records import EvalSample, EvalScore
 
 log = logging.getLogger(__name__)
@@ -232,18 +233,6 @@ def _response(output_type: str | None, filtered: list[Any]) -> str:
         return str(max(range(len(loglikelihoods)), key=loglikelihoods.__getitem__))
     first = filtered[0] if filtered else ""
     return first if isinstance(first, str) else json.dumps(first)
-
-
-def task_config_hash(config: dict[str, Any]) -> str:
-    """A short hash of a task's resolved lm-eval config, to tell whether two scores come from the same task.
-
-    `metadata.config_source` (where the YAML lies on this machine) is left out, so that the same task read
-    from two checkouts hashes the same.
-    """
-    metadata = config.get("metadata")
-    if isinstance(metadata, dict):
-        config = {**config, "metadata": {k: v for k, v in metadata.items() if k != "config_source"}}
-    return json_sha256(config)[:16]
 
 
 def _number(value: Any) -> float | None:

@@ -17,19 +17,16 @@ are not in the key, and neither is `repeats`: raising it adds blocks and keeps t
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable, Sequence, Set
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel
 
-from bench.config import BenchConfig, ModelConfig, WorkloadConfig, json_sha256, scan_local_dir
+from bench.config import BenchConfig, ModelConfig, WorkloadConfig
+from bench.hashing import local_fingerprint, short_hash
 
 CellKind = Literal["eval", "perf"]
-KEY_HEX_CHARS = 16
-FINGERPRINT_SAMPLE_BYTES = 1 << 20  # read per end of each file: multi-GB shards stay cheap to fingerprint
 
 
 BlockState = Literal["complete", "pending", "partial"]
@@ -48,35 +45,6 @@ class Cell:
     block: int | None = None  # the perf trial's block; None for eval cells
 
 
-def _short_hash(content: dict) -> str:
-    return json_sha256(content)[:KEY_HEX_CHARS]
-
-
-def local_fingerprint(path: str | None) -> str | None:
-    """A cheap fingerprint of a local directory's contents; None for hub ids and paths that do not exist.
-
-    It hashes each file's relative name and size and its first and last MiB, so retrained weights (same
-    shapes, new values) and edited task data change it, while a 70B checkpoint costs a few MiB of reading.
-    The walk is `config.scan_local_dir`'s (bounded; hidden files and caches left out; a link leaving the
-    directory is hashed by its target's name, never read); validation has refused directories it flags.
-    """
-    if path is None or not Path(path).is_dir():
-        return None
-    root, digest = Path(path), hashlib.sha256()
-    for entry in scan_local_dir(root).entries:
-        file = entry.path
-        if entry.link_target is not None:
-            digest.update(f"{file.relative_to(root).as_posix()}\0->{entry.link_target}\0".encode())
-            continue
-        size = file.stat().st_size
-        digest.update(f"{file.relative_to(root).as_posix()}\0{size}\0".encode())
-        with file.open("rb") as handle:
-            digest.update(handle.read(FINGERPRINT_SAMPLE_BYTES))
-            handle.seek(max(FINGERPRINT_SAMPLE_BYTES, size - FINGERPRINT_SAMPLE_BYTES))
-            digest.update(handle.read())
-    return digest.hexdigest()[:KEY_HEX_CHARS]
-
-
 def cell_key(
     kind: CellKind, model: ModelConfig, target: BaseModel, seed: int, files: dict[str, str | None],
     block: int | None = None,
@@ -91,26 +59,44 @@ def cell_key(
     content["files"] = files
     if block is not None:
         content["block"] = block
-    return _short_hash(content)
+    return short_hash(content)
 
 
-def model_key(model: ModelConfig) -> str:
-    """Key of a model's row in the `models` table: changes whenever the model, its weights or serving change."""
-    return _short_hash(
-        {"kind": "model", "model": model.model_dump(mode="json"), "weights": local_fingerprint(model.source)}
+@dataclass(frozen=True)
+class Fingerprints:
+    """`hashing.local_fingerprint` of each model's weights and each task's files (None: not local), read once
+    per run and shared by the cell keys and the model keys."""
+
+    weights: dict[str, str | None]
+    task_files: dict[str, str | None]
+
+
+def local_fingerprints(config: BenchConfig) -> Fingerprints:
+    """Fingerprint every local input of a config (a few MiB read per file)."""
+    return Fingerprints(
+        weights={model.name: local_fingerprint(model.source) for model in config.models},
+        task_files={task.name: local_fingerprint(task.include_path) for task in config.tasks},
     )
 
 
-def build_plan(config: BenchConfig, done_keys: Set[str] = frozenset()) -> list[Cell]:
+def model_key(model: ModelConfig, weights: str | None) -> str:
+    """Key of a model's row in the `models` table: changes whenever the model, its weights (their
+    fingerprint, `weights`) or serving change."""
+    return short_hash({"kind": "model", "model": model.model_dump(mode="json"), "weights": weights})
+
+
+def build_plan(
+    config: BenchConfig, done_keys: Set[str] = frozenset(), fingerprints: Fingerprints | None = None
+) -> list[Cell]:
     """All cells of a config: for each model its eval cells, in config order; then per workload its chosen
     perf blocks, each with one cell per model in config order (the run order is `schedule.perf_order`'s).
 
     `done_keys` (the cells already stored) decides which blocks are chosen (`select_blocks`); without it
-    the blocks are 0 .. repeats-1.
+    the blocks are 0 .. repeats-1. `fingerprints` (from `local_fingerprints`) are read when not given.
     """
     seed = config.run.seed
-    task_files = {task.name: local_fingerprint(task.include_path) for task in config.tasks}
-    weights = {model.name: local_fingerprint(model.source) for model in config.models}
+    fingerprints = fingerprints or local_fingerprints(config)
+    task_files, weights = fingerprints.task_files, fingerprints.weights
     cells = []
     for model in config.models:
         for task in config.tasks:

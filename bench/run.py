@@ -19,7 +19,7 @@ from pathlib import Path
 from bench import cluster, store
 from bench.config import BenchConfig, redacted_dump
 from bench.cost import Billing, PriceTable, billing_for
-from bench.plan import Cell, build_plan, model_key, pending_cells
+from bench.plan import Cell, Fingerprints, build_plan, local_fingerprints, model_key, pending_cells
 from bench.progress import RunProgress
 from bench.records import CellFailure, EvalSample, EvalScore, ModelRecord, PerfProbe, PerfRequest, PerfSummary
 
@@ -45,9 +45,9 @@ def new_session_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{datetime.now(UTC).isoformat(timespec='seconds')}"
 
 
-def model_keys(config: BenchConfig) -> dict[str, str]:
-    """Each model's key in the `models` table (reads a fingerprint of local weights: compute once per run)."""
-    return {model.name: model_key(model) for model in config.models}
+def model_keys(config: BenchConfig, fingerprints: Fingerprints) -> dict[str, str]:
+    """Each model's key in the `models` table, from the run's fingerprints of local weights."""
+    return {model.name: model_key(model, fingerprints.weights[model.name]) for model in config.models}
 
 
 def manifest(
@@ -163,7 +163,8 @@ def run(
     """Run every cell not yet stored; each finished cell is written atomically the moment it finishes."""
     run_dir = config.run_dir(results_dir)
     done = store.done_cell_keys(run_dir)
-    cells = build_plan(config, done)
+    fingerprints = local_fingerprints(config)  # the one read of every local input
+    cells = build_plan(config, done, fingerprints)
     pending = pending_cells(cells, done)
     skipped = len(cells) - len(pending)
     progress.plan(len(cells), skipped)
@@ -171,7 +172,7 @@ def run(
         return RunOutcome(run_dir, len(cells), skipped, 0, 0)
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    models = model_keys(config)
+    models = model_keys(config, fingerprints)
     session_id = new_session_id()
     store.write_manifest(run_dir, manifest(config, cells, models, address, session_id))
     handler = _log_to(run_dir)

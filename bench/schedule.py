@@ -21,7 +21,7 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
-from bench.config import json_sha256
+from bench.hashing import json_sha256
 from bench.plan import Cell
 
 # starting: its server is (re)starting; idle: up and free; busy: running an eval; measuring: a perf trial.

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -35,7 +34,9 @@ from pathlib import Path
 
 import httpx
 
-from bench.config import ModelConfig, redact_args
+from bench.config import ModelConfig
+from bench.flags import redact_args
+from bench.hashing import weights_sha256
 from bench.records import ModelRecord
 
 HOST = "127.0.0.1"
@@ -313,16 +314,6 @@ def local_weights_dir(model: ModelConfig) -> Path | None:
         return Path(snapshot_download(model.source, revision=model.revision, local_files_only=True))
     except Exception:  # noqa: BLE001 - provenance is best effort for hub models missing from the cache
         return None
-
-
-def weights_sha256(model_dir: Path) -> str:
-    """sha256 over the safetensors files of a model directory, in name order."""
-    digest = hashlib.sha256()
-    for path in sorted(model_dir.glob("*.safetensors")):
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def count_parameters(model_dir: Path) -> int | None:

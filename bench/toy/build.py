@@ -13,8 +13,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench.config import json_sha256
-from bench.serve import weights_sha256
+from bench.hashing import json_sha256, weights_sha256
 from bench.toy.tasks import GENERATIVE_TASKS, SUITE_VERSION, Example, train_stream, write_lm_eval_tasks
 
 MODEL_NAMES = ("teacher", "student-kd", "student-label")

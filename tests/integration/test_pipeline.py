@@ -15,11 +15,12 @@ from bench import store
 from bench.compare import compare_results
 from bench.config import parse_config
 from bench.cost import load_price_table
+from bench.hashing import weights_sha256
 from bench.leaderboard import build_leaderboard, write_leaderboard
 from bench.progress import RunProgress
 from bench.report import to_json
 from bench.run import run
-from bench.serve import cpu_list, weights_sha256
+from bench.serve import cpu_list
 
 from .conftest import REPO, TOY_MODELS, TOY_SERVE
 

@@ -7,7 +7,7 @@ import json
 import httpx
 import pytest
 
-from bench.serve import weights_sha256
+from bench.hashing import weights_sha256
 from bench.toy.build import MODEL_NAMES
 
 from .conftest import TOY_MODELS

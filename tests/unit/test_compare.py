@@ -220,7 +220,7 @@ def test_no_results_gives_no_rows(tmp_path):
 
 def test_a_resumed_run_with_a_changed_config_compares_only_its_current_cells(tmp_path: Path) -> None:
     from bench.config import BenchConfig
-    from bench.plan import build_plan, model_key
+    from bench.plan import build_plan, local_fingerprints, model_key
     from bench.run import manifest, model_keys
 
     def config(limit: int) -> BenchConfig:
@@ -240,13 +240,14 @@ def test_a_resumed_run_with_a_changed_config_compares_only_its_current_cells(tmp
     def write(cfg: BenchConfig, value: float) -> None:
         for model in cfg.models:
             record = make_record(ModelRecord, name=model.name, role=model.role, teacher=model.teacher)
-            store.write_cell(run, "models", model_key(model), model.name, [record])
+            store.write_cell(run, "models", model_key(model, None), model.name, [record])  # hub ids: no fingerprint
         for cell in build_plan(cfg):
             sample = make_record(EvalSample, task="toy_add", doc_id=0, metric="acc", filter="none", value=value)
             score = make_record(EvalScore, task="toy_add", metric="acc", filter="none", value=value)
             store.write_cell(run, "eval_samples", cell.key, cell.model, [sample])
             store.write_cell(run, "eval_scores", cell.key, cell.model, [score])
-        store.write_manifest(run, manifest(cfg, build_plan(cfg), model_keys(cfg), address=None))
+        models = model_keys(cfg, local_fingerprints(cfg))
+        store.write_manifest(run, manifest(cfg, build_plan(cfg), models, address=None))
 
     write(config(limit=10), value=0.0)  # an earlier run of the same name
     write(config(limit=20), value=1.0)  # resumed with a changed limit: new cells beside the old ones

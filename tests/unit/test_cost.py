@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from bench import cost
-from bench.config import ConfigError, HardwareConfig
+from bench.config import HardwareConfig
+from bench.configfile import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 

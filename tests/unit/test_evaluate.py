@@ -20,6 +20,7 @@ import pytest
 
 from bench import evaluate
 from bench.evaluate import Endpoint
+from bench.hashing import task_config_hash
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURE = Path(__file__).parent / "fixtures" / "lm_eval_toy_limit8.json"
@@ -48,7 +49,7 @@ def test_scores_keep_stderr_n_fewshot_version_and_config_hash(results):
     score = next(s for s in evaluate.scores_from_results(results) if s.task == "toy_add_mc")
     assert (score.value, score.stderr, score.n, score.num_fewshot) == (0.125, 0.125, 8, 0)
     assert score.lm_eval_version == "0.4.13"
-    assert score.task_config_hash == evaluate.task_config_hash(results["configs"]["toy_add_mc"])
+    assert score.task_config_hash == task_config_hash(results["configs"]["toy_add_mc"])
     assert len(score.task_config_hash) == 16
 
 
@@ -113,8 +114,8 @@ def test_config_hash_follows_content_not_location(results):
     moved["metadata"]["config_source"] = "/elsewhere/toy_add.yaml"
     changed = copy.deepcopy(config)
     changed["generation_kwargs"]["max_gen_toks"] = 32
-    assert evaluate.task_config_hash(moved) == evaluate.task_config_hash(config)
-    assert evaluate.task_config_hash(changed) != evaluate.task_config_hash(config)
+    assert task_config_hash(moved) == task_config_hash(config)
+    assert task_config_hash(changed) != task_config_hash(config)
 
 
 def write_task(directory: Path, data_file: str) -> Path:

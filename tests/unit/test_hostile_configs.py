@@ -22,17 +22,11 @@ import yaml
 from typer.testing import CliRunner
 
 from bench.cli import app
-from bench.config import (
-    MAX_LOCAL_FILES,
-    REDACTED,
-    BenchConfig,
-    load_config,
-    parse_config,
-    read_yaml,
-    redact_args,
-    redacted_dump,
-)
-from bench.plan import local_fingerprint
+from bench.config import BenchConfig, load_config, parse_config, redacted_dump
+from bench.configfile import read_yaml
+from bench.flags import REDACTED, redact_args
+from bench.hashing import local_fingerprint
+from bench.localdir import MAX_LOCAL_FILES
 from tests.unit.test_config import PRICES_YAML, listing, setting, valid_config_data, write_workspace
 
 REPO = Path(__file__).resolve().parents[2]

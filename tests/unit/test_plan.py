@@ -10,16 +10,8 @@ from pathlib import Path
 import pytest
 
 from bench.config import BenchConfig, parse_config
-from bench.plan import (
-    FINGERPRINT_SAMPLE_BYTES,
-    Cell,
-    block_state,
-    build_plan,
-    gpus_per_model,
-    local_fingerprint,
-    pending_cells,
-    select_blocks,
-)
+from bench.hashing import FINGERPRINT_SAMPLE_BYTES, local_fingerprint
+from bench.plan import Cell, block_state, build_plan, gpus_per_model, pending_cells, select_blocks
 from tests.unit.test_config import setting, valid_config_data, write_workspace
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.serve import weights_sha256
+from bench.hashing import weights_sha256
 from bench.toy import tasks
 from bench.toy.build import MODEL_NAMES, build
 from bench.toy.tokenizer import encode
