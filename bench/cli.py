@@ -68,18 +68,24 @@ def _clipped(line: str) -> str:
 
 
 def load_checked(path: Path) -> tuple[BenchConfig, PriceTable]:
-    """Load a config and the price table it names; the device type must be priced. Raises ConfigError."""
+    """Load a config and the price table it names; every device type it names must be priced. Raises ConfigError."""
     from bench.cost import load_price_table  # lazy: contract of the cost stage, not needed for --help
 
     config = load_config(path)
     prices = load_price_table(config.hardware.prices)
-    if prices.price(config.hardware.device_type) is None:
-        raise ConfigError(
-            [
-                f"{path}: hardware.device_type: {config.hardware.device_type!r} is not in the price table "
-                f"{config.hardware.prices!r}; it lists {sorted(prices.prices)}"
-            ]
-        )
+    device_types = {"hardware.device_type": config.hardware.device_type} | {
+        f"models[{index}].distillation.device_type": model.distillation.device_type
+        for index, model in enumerate(config.models)
+        if model.distillation is not None and model.distillation.device_type is not None
+    }
+    unpriced = [
+        f"{path}: {key}: {device_type!r} is not in the price table {config.hardware.prices!r}; "
+        f"it lists {sorted(prices.prices)}"
+        for key, device_type in device_types.items()
+        if prices.price(device_type) is None
+    ]
+    if unpriced:
+        raise ConfigError(unpriced)
     return config, prices
 
 

@@ -110,6 +110,33 @@ class ServeConfig(Section):
         return args
 
 
+class DistillationConfig(Section):
+    """How a student was made, for its total cost of ownership: the compute it took (device-hours of a priced
+    device type, or a dollar figure) and, optionally, the teacher tokens generated for it (costed at the
+    teacher's $/Mtok measured in the run). Nothing here changes a measurement, so none of it is in a cell key.
+    """
+
+    gpu_hours: PositiveFloat | None = Field(
+        None, description="Device-hours of training: GPU-hours, or vCPU-hours for device_type 'cpu-core'."
+    )
+    device_type: str | None = Field(None, description="Price-table key of the training devices, e.g. 'H100-80GB'.")
+    usd: Annotated[float, Field(ge=0)] | None = Field(None, description="The training cost in US dollars, if known.")
+    teacher_tokens_generated: Annotated[int, Field(ge=0)] | None = Field(
+        None, description="Teacher output tokens generated to train the student (costed at the teacher's $/Mtok)."
+    )
+    source: str | None = Field(None, description="Where these numbers come from (a report, a paper, a bill).")
+
+    @model_validator(mode="after")
+    def _one_cost(self) -> DistillationConfig:
+        if self.usd is not None and (self.gpu_hours is not None or self.device_type is not None):
+            raise ValueError("give usd, or gpu_hours with device_type, not both")
+        if (self.gpu_hours is None) != (self.device_type is None):
+            raise ValueError("gpu_hours and device_type go together (the price table prices the hours)")
+        if self.usd is None and self.gpu_hours is None and self.teacher_tokens_generated is None:
+            raise ValueError("give usd, gpu_hours with device_type, or teacher_tokens_generated")
+        return self
+
+
 class ModelConfig(Section):
     """A model under test. A student names its teacher; a model without one is a teacher."""
 
@@ -119,6 +146,7 @@ class ModelConfig(Section):
     teacher: str | None = Field(None, description="Name of this student's teacher model.")
     parameters: PositiveInt | None = Field(None, description="Parameter count; read from the weights if omitted.")
     serve: ServeConfig = ServeConfig()
+    distillation: DistillationConfig | None = Field(None, description="How a student was made (its cost).")
 
     @property
     def role(self) -> Literal["teacher", "student"]:
@@ -340,6 +368,8 @@ class BenchConfig(Section):
                 raise ValueError(f"[{index}].teacher: a model cannot be its own teacher")
             if model.teacher is not None and models[names.index(model.teacher)].teacher is not None:
                 raise ValueError(f"[{index}].teacher: {model.teacher!r} is itself a student")
+            if model.distillation is not None and model.teacher is None:
+                raise ValueError(f"[{index}].distillation: only a student (a model with a teacher) was distilled")
         return models
 
     @field_validator("tasks", "workloads")

@@ -31,6 +31,8 @@ CellKind = Literal["eval", "perf"]
 
 BlockState = Literal["complete", "pending", "partial"]
 TARGET_KEY_EXCLUDES: dict[CellKind, set[str]] = {"eval": set(), "perf": {"repeats"}}
+# Model settings that shape no measurement: left out of every key, so declaring them never re-runs a cell.
+MODEL_KEY_EXCLUDES = {"distillation"}
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,7 @@ def cell_key(
     cells add their `block` (eval keys keep the recipe they had before blocks existed).
     """
     target_json = target.model_dump(mode="json", exclude=TARGET_KEY_EXCLUDES[kind])
-    content = {"kind": kind, "model": model.model_dump(mode="json"), "target": target_json, "seed": seed}
+    content = {"kind": kind, "model": _model_json(model), "target": target_json, "seed": seed}
     content["files"] = files
     if block is not None:
         content["block"] = block
@@ -82,7 +84,11 @@ def local_fingerprints(config: BenchConfig) -> Fingerprints:
 def model_key(model: ModelConfig, weights: str | None) -> str:
     """Key of a model's row in the `models` table: changes whenever the model, its weights (their
     fingerprint, `weights`) or serving change."""
-    return short_hash({"kind": "model", "model": model.model_dump(mode="json"), "weights": weights})
+    return short_hash({"kind": "model", "model": _model_json(model), "weights": weights})
+
+
+def _model_json(model: ModelConfig) -> dict:
+    return model.model_dump(mode="json", exclude=MODEL_KEY_EXCLUDES)
 
 
 def build_plan(
