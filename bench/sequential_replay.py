@@ -7,9 +7,11 @@ per-document values are put in a seeded random order (the order an adaptive run 
 (seeds) give the spread: one order is one possible run. Perf ratios are replayed over blocks in block order,
 the order they were measured in.
 
-The full-data verdict is the product's own (`compare.compare_quality`, the fixed-n interval); a sequential
-verdict that is decisive agrees with it or is one of the rare errors both allow; one that is "inconclusive"
-where the full data decide is the price of looking often (see `bench.sequential`).
+The full-data verdict is the product's own (`compare.compare_quality`, the fixed-n interval). A decisive
+sequential verdict is on the same side, possibly weaker ("non-inferior" where all the data show "better":
+it stopped at the first decisive look), unless one of the two is one of the rare errors both allow
+(`QualityReplay.opposite`); an "inconclusive" where the full data decide is the price of looking often
+(see `bench.sequential`).
 """
 
 from __future__ import annotations
@@ -55,6 +57,17 @@ class QualityReplay:
     @property
     def agrees(self) -> bool:
         return self.sequential_verdict == self.full_verdict
+
+    @property
+    def opposite(self) -> bool:
+        """One verdict says inferior and the other non-inferior or better: an error of one of them.
+
+        A sequential "non-inferior" where all the data say "better" is not one: the run stopped at the first
+        decisive look, where non-inferiority was shown and superiority not yet.
+        """
+        return Verdict.INFERIOR in (self.sequential_verdict, self.full_verdict) and bool(
+            {self.sequential_verdict, self.full_verdict} & {Verdict.NON_INFERIOR, Verdict.BETTER}
+        )
 
 
 @dataclass(frozen=True)
@@ -108,7 +121,11 @@ def replay_pair_quality(
     rows = []
     for quality in full:
         values = paired.get((quality.task, quality.metric, quality.filter))
-        if values is None or quality.verdict == Verdict.NO_DATA or not _bounded(values):
+        if (
+            values is None
+            or quality.verdict == Verdict.NO_DATA
+            or not sequential.in_unit_interval(values.teacher, values.student)
+        ):
             continue  # no documents both answered, or a metric the betting sequence cannot bound
         for seed in seeds:
             order = sequential.document_order(values.teacher.size, seed)
@@ -134,10 +151,6 @@ def replay_pair_quality(
                 )  # fmt: skip
             )
     return rows
-
-
-def _bounded(values: pairing.PairedValues) -> bool:
-    return all(((v >= 0) & (v <= 1)).all() for v in (values.teacher, values.student))
 
 
 def replay_pair_perf(
