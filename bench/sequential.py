@@ -158,15 +158,17 @@ def log_capital(gains: np.ndarray, bets: np.ndarray, null: np.ndarray | float, s
     return np.cumsum(np.log1p(side * capped * (gains - null)), axis=-1)
 
 
-def sequential_verdicts(gains: np.ndarray, looks: np.ndarray, margin: float, confidence: float) -> SequentialVerdicts:
+def sequential_verdicts(
+    gains: np.ndarray, looks: np.ndarray, margin: float, confidence: float, planned_documents: int | None = None
+) -> SequentialVerdicts:
     """The verdict of every row of `gains` (replicates x documents, in evaluation order) at its first
-    decisive look, or at the last look; bets tuned to the row length as the planned number of documents.
+    decisive look, or at the last look; bets tuned to `planned_documents` (default: the row length).
 
     Non-inferior: "gain <= -margin" rejected; better: "gain <= 0" rejected; inferior: "gain >= -margin"
     rejected; each test at alpha / 2, the same as the sides of the interval `compare.verdict` reads.
     """
     gains = np.atleast_2d(np.asarray(gains, dtype=np.float64))
-    bets = bet_fractions(gains, gains.shape[1], confidence)
+    bets = bet_fractions(gains, planned_documents or gains.shape[1], confidence)
     threshold = math.log(2 / (1 - confidence))
     at_looks = np.asarray(looks) - 1
 
@@ -218,22 +220,28 @@ def sequential_quality(
     margin: float,
     confidence: float,
     higher_is_better: bool = True,
+    planned_documents: int | None = None,
 ) -> QualityStop:
     """Replay one paired (task, metric), its documents already in evaluation order, chunk by chunk.
 
-    Per-document values must lie in [0, 1]: the confidence sequence needs bounded differences.
+    The documents given may be the first chunks of `planned_documents` (default: all of them are given), as
+    in a run that is deciding whether to evaluate the next chunk: the bets, and so the verdicts, are those
+    of the whole planned run up to the documents given. Per-document values must lie in [0, 1]: the
+    confidence sequence needs bounded differences.
     """
     teacher, student = np.asarray(teacher, dtype=np.float64), np.asarray(student, dtype=np.float64)
     if teacher.size == 0 or not in_unit_interval(teacher, student):
         raise ValueError("sequential verdicts need at least one document and per-document values in [0, 1]")
     gains = (student - teacher) if higher_is_better else (teacher - student)
-    looks = look_counts(gains.size, chunk_documents)
-    result = sequential_verdicts(gains[np.newaxis], looks, margin, confidence)
+    planned = planned_documents or gains.size
+    looks = look_counts(planned, chunk_documents)
+    looks = np.union1d(looks[looks < gains.size], [gains.size])  # a look at whatever has been evaluated
+    result = sequential_verdicts(gains[np.newaxis], looks, margin, confidence, planned)
     used = int(result.documents_used[0])
-    low, high = confidence_bounds(gains[:used], gains.size, confidence)
+    low, high = confidence_bounds(gains[:used], planned, confidence)
     diff_low, diff_high = (low, high) if higher_is_better else (-high, -low)
     return QualityStop(
-        verdict=result.verdicts[0], documents_used=used, documents_planned=int(gains.size),
+        verdict=result.verdicts[0], documents_used=used, documents_planned=int(planned),
         diff_mean=float((student[:used] - teacher[:used]).mean()), diff_ci_low=diff_low, diff_ci_high=diff_high,
     )  # fmt: skip
 

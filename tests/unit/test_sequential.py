@@ -111,6 +111,24 @@ def test_the_verdict_is_the_one_compare_reads_from_the_interval_at_the_stop():
         assert stop.diff_ci_low <= stop.diff_mean <= stop.diff_ci_high
 
 
+def test_a_run_deciding_after_each_chunk_stops_where_the_replay_of_all_documents_does():
+    # In-run, the gate sees only the chunks evaluated so far; with the planned count it must reach the
+    # replay's verdict at the replay's stopping look, and not stop before it.
+    rng = np.random.default_rng(5)
+    planned, chunk = 400, 50
+    for p_student in (0.9, 0.8, 0.7):
+        teacher = (rng.random(planned) < 0.85).astype(float)
+        student = np.where(rng.random(planned) < 0.9, teacher, (rng.random(planned) < p_student).astype(float))
+        replay = sequential.sequential_quality(teacher, student, chunk, MARGIN, CONFIDENCE)
+        for seen in range(chunk, replay.documents_used + 1, chunk):
+            gate = sequential.sequential_quality(
+                teacher[:seen], student[:seen], chunk, MARGIN, CONFIDENCE, True, planned
+            )
+            stopped = gate.documents_used == seen and gate.verdict != Verdict.INCONCLUSIVE
+            assert stopped == (seen == replay.documents_used and replay.verdict != Verdict.INCONCLUSIVE)
+        assert gate == replay
+
+
 def test_the_capital_falls_as_the_candidate_mean_rises_so_the_sequence_is_an_interval():
     gains = np.random.default_rng(2).choice([-1.0, 0.0, 1.0], p=[0.1, 0.8, 0.1], size=(1, 500))
     bets = sequential.bet_fractions(gains, gains.shape[1], CONFIDENCE)
