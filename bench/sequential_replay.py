@@ -1,0 +1,225 @@
+"""The sequential mode replayed on stored results: at which document (or block) count each comparison would
+have stopped, and whether its verdict agrees with the one from all the data.
+
+This answers "what would adaptive verdicts have saved on this run?" without re-running anything: the stored
+per-document values are put in a seeded random order (the order an adaptive run would evaluate them in,
+`sequential.document_order`), read chunk by chunk, and stopped at the first decisive look. Several orders
+(seeds) give the spread: one order is one possible run. Perf ratios are replayed over blocks in block order,
+the order they were measured in.
+
+The full-data verdict is the product's own (`compare.compare_quality`, the fixed-n interval). A decisive
+sequential verdict is on the same side, possibly weaker ("non-inferior" where all the data show "better":
+it stopped at the first decisive look), unless one of the two is one of the rare errors both allow
+(`QualityReplay.opposite`); an "inconclusive" where the full data decide is the price of looking often
+(see `bench.sequential`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from bench import compare, pairing, sequential, stats
+from bench.compare import Verdict
+from bench.config import CompareConfig
+from bench.pairing import Pair
+
+# The perf ratio replayed: throughput decides how many GPUs serve a load; $/Mtok is its reciprocal on
+# the shared hardware of a pair.
+RATIO_COLUMN = "output_tokens_per_s"
+
+
+@dataclass(frozen=True)
+class QualityReplay:
+    """One (pair, task, metric) under one document order: where the sequential mode stops, against all data."""
+
+    run_id: str
+    teacher: str
+    student: str
+    task: str
+    metric: str
+    filter: str
+    order_seed: int
+    documents_full: int
+    documents_used: int
+    sequential_verdict: Verdict
+    full_verdict: Verdict
+    diff_ci_low: float  # the confidence sequence at the stopping look
+    diff_ci_high: float
+    full_diff_ci_low: float  # the fixed-n interval over all documents
+    full_diff_ci_high: float
+
+    @property
+    def agrees(self) -> bool:
+        return self.sequential_verdict == self.full_verdict
+
+    @property
+    def opposite(self) -> bool:
+        """One verdict says inferior and the other non-inferior or better: an error of one of them.
+
+        A sequential "non-inferior" where all the data say "better" is not one: the run stopped at the first
+        decisive look, where non-inferiority was shown and superiority not yet.
+        """
+        return Verdict.INFERIOR in (self.sequential_verdict, self.full_verdict) and bool(
+            {self.sequential_verdict, self.full_verdict} & {Verdict.NON_INFERIOR, Verdict.BETTER}
+        )
+
+
+@dataclass(frozen=True)
+class RatioReplay:
+    """One (pair, workload) ratio of `RATIO_COLUMN` replayed over its blocks against a target ratio."""
+
+    run_id: str
+    teacher: str
+    student: str
+    workload: str
+    level: float | None
+    target_ratio: float
+    blocks_full: int
+    blocks_used: int
+    decision: sequential.RatioDecision
+    full_decision: sequential.RatioDecision  # from the fixed-n t-interval over all blocks
+    ratio: float  # over the blocks used
+    ci_low: float
+    ci_high: float
+
+
+@dataclass(frozen=True)
+class DocumentSavings:
+    """Document evaluations of one (run, teacher, task, order): all, and those an adaptive run would make.
+
+    A teacher's documents serve every one of its students, so the teacher stops only when the last of its
+    pairs on the task has stopped: its documents used are the largest of its students'.
+    """
+
+    run_id: str
+    teacher: str
+    task: str
+    order_seed: int
+    evaluations_full: int
+    evaluations_used: int
+
+
+def replay_pair_quality(
+    tables: dict[str, pa.Table], pair: Pair, settings: CompareConfig, chunk_documents: int, seeds: Sequence[int]
+) -> list[QualityReplay]:
+    """Every (task, metric) of one pair whose per-document values lie in [0, 1], under each order seed."""
+    paired = pairing.paired_values(tables["eval_samples"], pair)
+    full = compare.compare_quality(
+        pairing.scores(tables["eval_scores"], pair.run_id, pair.teacher),
+        pairing.scores(tables["eval_scores"], pair.run_id, pair.student),
+        paired,
+        pairing.lower_is_better(tables["eval_scores"], pair.run_id, pair.teacher),
+        settings,
+        seed=0,
+    )
+    rows = []
+    for quality in full:
+        values = paired.get((quality.task, quality.metric, quality.filter))
+        if (
+            values is None
+            or quality.verdict == Verdict.NO_DATA
+            or not sequential.in_unit_interval(values.teacher, values.student)
+        ):
+            continue  # no documents both answered, or a metric the betting sequence cannot bound
+        for seed in seeds:
+            order = sequential.document_order(values.teacher.size, seed)
+            stop = sequential.sequential_quality(
+                values.teacher[order], values.student[order], chunk_documents,
+                settings.retention_margin, settings.confidence, quality.higher_is_better,
+            )  # fmt: skip
+            rows.append(
+                QualityReplay(
+                    **dataclasses.asdict(pair),
+                    task=quality.task,
+                    metric=quality.metric,
+                    filter=quality.filter,
+                    order_seed=seed,
+                    documents_full=quality.n_paired,
+                    documents_used=stop.documents_used,
+                    sequential_verdict=stop.verdict,
+                    full_verdict=quality.verdict,
+                    diff_ci_low=stop.diff_ci_low,
+                    diff_ci_high=stop.diff_ci_high,
+                    full_diff_ci_low=quality.diff_ci_low,
+                    full_diff_ci_high=quality.diff_ci_high,
+                )  # fmt: skip
+            )
+    return rows
+
+
+def replay_pair_perf(
+    tables: dict[str, pa.Table], pair: Pair, target_ratio: float, confidence: float
+) -> list[RatioReplay]:
+    """Every workload of one pair with at least one usable block: the ratio of `RATIO_COLUMN` over blocks."""
+    rows = []
+    for workload in pairing.paired_workloads(tables["perf_summary"], pair):
+        student, teacher = workload.values(RATIO_COLUMN)
+        estimate = stats.log_ratio_estimate(student, teacher, confidence)
+        if estimate is None:
+            continue
+        stop = sequential.sequential_ratio(student, teacher, target_ratio, confidence)
+        full_low, full_high = (
+            (np.log(estimate.ci_low), np.log(estimate.ci_high)) if estimate.ci_low is not None else (-np.inf, np.inf)
+        )
+        rows.append(
+            RatioReplay(
+                **dataclasses.asdict(pair),
+                workload=workload.workload,
+                level=workload.level,
+                target_ratio=target_ratio,
+                blocks_full=stop.blocks_planned,
+                blocks_used=stop.blocks_used,
+                decision=stop.decision,
+                full_decision=sequential.ratio_decisions(np.array([full_low]), np.array([full_high]), target_ratio)[0],
+                ratio=stop.ratio,
+                ci_low=stop.ci_low,
+                ci_high=stop.ci_high,
+            )  # fmt: skip
+        )
+    return rows
+
+
+def replay_results(
+    results_dir: Path,
+    chunk_documents: int,
+    seeds: Sequence[int] = (0,),
+    target_ratio: float = 1.0,
+    settings: CompareConfig | None = None,
+) -> tuple[list[QualityReplay], list[RatioReplay]]:
+    """Replay every student/teacher pair under `results_dir`; each run's own compare settings unless given."""
+    tables = pairing.read_tables(results_dir)
+    by_run = pairing.manifest_settings(results_dir)
+    quality, perf = [], []
+    for pair in pairing.pairs(tables["models"]):
+        run_settings = settings or by_run.get(pair.run_id, CompareConfig())
+        quality += replay_pair_quality(tables, pair, run_settings, chunk_documents, seeds)
+        perf += replay_pair_perf(tables, pair, target_ratio, run_settings.confidence)
+    return quality, perf
+
+
+def document_savings(replays: Sequence[QualityReplay]) -> list[DocumentSavings]:
+    """Per (run, teacher, task, order): document evaluations of all models, in full and adaptively.
+
+    A task with several metrics stops when its last metric does, so the documents of a pair are the most any
+    of its metrics used.
+    """
+    pair_used: dict[tuple, int] = {}
+    full: dict[tuple, int] = {}
+    for row in replays:
+        key = (row.run_id, row.teacher, row.task, row.order_seed)
+        student_key = (*key, row.student)
+        pair_used[student_key] = max(pair_used.get(student_key, 0), row.documents_used)
+        full[key] = max(full.get(key, 0), row.documents_full)
+    savings = []
+    for key, documents in sorted(full.items()):
+        students = [used for student_key, used in pair_used.items() if student_key[:4] == key]
+        # The students' own documents, and the teacher's, which serve every student.
+        used = sum(students) + max(students)
+        savings.append(DocumentSavings(*key, evaluations_full=documents * (len(students) + 1), evaluations_used=used))
+    return savings
