@@ -31,6 +31,7 @@ MAX_FLOAT = 1e9  # seconds (31 years), req/s, $/hour: nothing real comes near; t
 MAX_REQUESTS = 10_000_000  # requests of one level: each is planned in memory before the level starts
 MAX_TOKENS = 10_000_000  # tokens of one synthetic prompt or output: above the longest context of any model
 NORMAL_TAIL_SDS = 4  # a normal length without `max` is checked against the context at mean + 4 sd
+MAX_SAMPLES_PER_QUESTION = 1024  # lm-eval holds every sample of every document in memory until it scores them
 FREE_TEXT_FIELDS = frozenset({"note"})  # string fields that may span lines (a price's note)
 
 
@@ -145,12 +146,46 @@ class ModelConfig(Section):
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) for hub ids.")
     teacher: str | None = Field(None, description="Name of this student's teacher model.")
     parameters: PositiveInt | None = Field(None, description="Parameter count; read from the weights if omitted.")
+    active_parameters: PositiveInt | None = Field(
+        None,
+        description="Parameters that take part in each token's forward pass, for a mixture of experts (e.g. "
+        "DeepSeek-R1: 37e9 of 671e9); FLOPs per token are 2 x this. Default: all parameters (a dense model).",
+    )
     serve: ServeConfig = ServeConfig()
     distillation: DistillationConfig | None = Field(None, description="How a student was made (its cost).")
+
+    @model_validator(mode="after")
+    def _active_within_total(self) -> ModelConfig:
+        both = self.parameters is not None and self.active_parameters is not None
+        if both and self.active_parameters > self.parameters:
+            raise ValueError(f"active_parameters: {self.active_parameters} is above parameters ({self.parameters})")
+        return self
 
     @property
     def role(self) -> Literal["teacher", "student"]:
         return "student" if self.teacher else "teacher"
+
+
+class TaskEstimate(Section):
+    """What `distill-bench plan --estimate` needs to know about a task before anything is downloaded or run.
+
+    Only the estimate reads these; they change no measurement, so they are in no cell key.
+    """
+
+    documents: PositiveInt = Field(description="Documents in the evaluated split, e.g. 30 for AIME 2024.")
+    prompt_tokens: PositiveInt = Field(description="Prompt tokens per document (template and few-shot included).")
+    output_tokens: PositiveInt | None = Field(
+        None,
+        description="Expected generated tokens per sample; default: the task's max_gen_toks (an upper bound: "
+        "every answer uses its whole budget).",
+    )
+
+    @field_validator("prompt_tokens", "output_tokens")
+    @classmethod
+    def _within_any_context(cls, tokens: int | None) -> int | None:
+        if tokens is not None and tokens > MAX_TOKENS:
+            raise ValueError(f"must be at most {MAX_TOKENS:,} tokens")
+        return tokens
 
 
 class TaskConfig(Section):
@@ -163,6 +198,15 @@ class TaskConfig(Section):
     max_gen_toks: PositiveInt | None = Field(
         None, description="Generation budget for generate_until tasks; default: the task's own."
     )
+    samples_per_question: PositiveInt = Field(
+        1,
+        description="Samples generated per document (lm-eval's `repeats`), e.g. 64 for pass@1 averaged over 64 "
+        "samples as in the DeepSeek-R1 paper. Above 1 the task must sample and its filters must keep every sample "
+        "(see configs/tasks/r1); requests then carry no per-request seed, so the samples differ.",
+    )
+    estimate: TaskEstimate | None = Field(
+        None, description="Documents and tokens per document, for `plan --estimate`; not used by a run."
+    )
 
     @field_validator("name")
     @classmethod
@@ -170,6 +214,19 @@ class TaskConfig(Section):
         if any(character.isspace() for character in name):
             raise ValueError(f"{name!r} contains whitespace; lm-eval task names never do")
         return name
+
+    @field_validator("samples_per_question")
+    @classmethod
+    def _samples_fit_in_memory(cls, samples: int) -> int:
+        if samples > MAX_SAMPLES_PER_QUESTION:
+            raise ValueError(f"must be at most {MAX_SAMPLES_PER_QUESTION} (lm-eval holds every sample in memory)")
+        return samples
+
+    @model_validator(mode="after")
+    def _estimate_knows_the_output(self) -> TaskConfig:
+        if self.estimate is not None and self.estimate.output_tokens is None and self.max_gen_toks is None:
+            raise ValueError("estimate.output_tokens: give it, or max_gen_toks (each answer is then taken to use it)")
+        return self
 
 
 class LengthDistribution(Section):

@@ -20,6 +20,9 @@ from bench.configfile import ConfigError, error_lines, read_yaml
 
 SECONDS_PER_HOUR = 3600.0
 TOKENS_PER_MTOK = 1e6
+FLOPS_PER_TFLOP = 1e12
+FLOPS_PER_PARAMETER_PER_TOKEN = 2.0  # one multiply and one add per weight a token passes through
+MAX_PEAK_TFLOPS = 1e6  # a million TFLOP/s per device: far above any accelerator; a typo in a unit fails here
 
 
 class DevicePrice(Section):
@@ -43,6 +46,15 @@ class DevicePrice(Section):
     checked: datetime.date | None = Field(
         None, description="Date that page or file shows, else the date it was read, YYYY-MM-DD."
     )
+    peak_tflops: float | None = Field(
+        None,
+        gt=0,
+        le=MAX_PEAK_TFLOPS,
+        allow_inf_nan=False,
+        description="Dense BF16 tensor peak of one device in TFLOP/s (no 2:4 sparsity), e.g. 989.4 for an H100 "
+        "SXM; `plan --estimate` divides compute by it. Absent: compute time is not estimated.",
+    )
+    peak_source: str | None = Field(None, min_length=1, description="Where peak_tflops was read.")
 
     @model_validator(mode="after")
     def _check_verification(self) -> DevicePrice:
@@ -51,6 +63,8 @@ class DevicePrice(Section):
             raise ValueError("checked_against and checked name a check: set verified, or remove them")
         if self.verified != "unverified" and not all(evidence):
             raise ValueError(f"verified is {self.verified!r}: checked_against and checked are both required")
+        if (self.peak_tflops is None) != (self.peak_source is None):
+            raise ValueError("peak_tflops and peak_source go together (a peak needs its source)")
         return self
 
 
@@ -86,10 +100,16 @@ class Billing:
     devices_billed: int
     usd_per_device_hour: float | None  # None when the table does not price device_type
     parameters: int | None
+    active_parameters: int | None = None  # per token, for a mixture of experts; None: all of `parameters`
 
 
 def billing_for(
-    hardware: HardwareConfig, prices: PriceTable, gpu_type: str | None, gpu_count: int, parameters: int | None
+    hardware: HardwareConfig,
+    prices: PriceTable,
+    gpu_type: str | None,
+    gpu_count: int,
+    parameters: int | None,
+    active_parameters: int | None = None,
 ) -> Billing:
     """The billing of a model server: devices_per_model if set, else its GPU count (1 on CPU)."""
     price = prices.price(hardware.device_type)
@@ -97,10 +117,16 @@ def billing_for(
         device_type=hardware.device_type,
         gpu_type=gpu_type,
         gpu_count=gpu_count,
-        devices_billed=hardware.devices_per_model or max(gpu_count, 1),
+        devices_billed=devices_billed(hardware, gpu_count),
         usd_per_device_hour=price.usd_per_hour if price is not None else None,
         parameters=parameters,
+        active_parameters=active_parameters,
     )
+
+
+def devices_billed(hardware: HardwareConfig, gpu_count: int) -> int:
+    """Devices a model server is billed for: hardware.devices_per_model if set, else its GPUs (1 on CPU)."""
+    return hardware.devices_per_model or max(gpu_count, 1)
 
 
 def usd_per_mtok(output_tokens_per_s: float, billing: Billing) -> float | None:
@@ -118,12 +144,15 @@ def j_per_token(energy_j: float | None, output_tokens: int) -> float | None:
     return energy_j / output_tokens
 
 
-def flops_per_token(parameters: int | None) -> float | None:
-    """Forward-pass FLOPs per generated token, estimated as 2 × parameters.
+def flops_per_token(parameters: int | None, active_parameters: int | None = None) -> float | None:
+    """Forward-pass FLOPs per token, estimated as 2 × the parameters the token passes through.
 
-    One multiply and one add per weight per token; it ignores attention over the context and the KV cache,
-    so it is a size-proportional estimate for comparing models, not a measurement. None without a count.
+    One multiply and one add per weight per token. A mixture of experts routes each token through a few
+    experts only, so its count is `active_parameters` (DeepSeek-R1: 37B of 671B); a dense model uses all of
+    `parameters`. It ignores attention over the context and the KV cache, so it is a size-proportional
+    estimate for comparing models (it underestimates long contexts), not a measurement. None without a count.
     """
-    if parameters is None:
+    counted = active_parameters if active_parameters is not None else parameters
+    if counted is None:
         return None
-    return 2.0 * parameters
+    return FLOPS_PER_PARAMETER_PER_TOKEN * counted

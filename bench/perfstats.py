@@ -176,5 +176,5 @@ def summarize(workload: WorkloadConfig, level_run: LevelRun, billing: cost.Billi
         usd_per_mtok_output=cost.usd_per_mtok(per_s(output_tokens), billing),
         energy_j=energy_j,
         j_per_output_token=cost.j_per_token(energy_j, output_tokens),
-        flops_per_output_token=cost.flops_per_token(billing.parameters),
+        flops_per_output_token=cost.flops_per_token(billing.parameters, billing.active_parameters),
     )

@@ -30,9 +30,14 @@ CellKind = Literal["eval", "perf"]
 
 
 BlockState = Literal["complete", "pending", "partial"]
-TARGET_KEY_EXCLUDES: dict[CellKind, set[str]] = {"eval": set(), "perf": {"repeats"}}
+# `estimate` (documents and tokens for `plan --estimate`) shapes no result, like a workload's `repeats`.
+TARGET_KEY_EXCLUDES: dict[CellKind, set[str]] = {"eval": {"estimate"}, "perf": {"repeats"}}
+# Task settings added after results were stored: in the key only when set away from their default, so a
+# config that leaves them alone keeps the keys (and the stored cells) it had.
+TASK_KEY_WHEN_SET = {"samples_per_question"}
 # Model settings that shape no measurement: left out of every key, so declaring them never re-runs a cell.
-MODEL_KEY_EXCLUDES = {"distillation"}
+# `active_parameters` only feeds the FLOPs-per-token estimate, never what the server does.
+MODEL_KEY_EXCLUDES = {"distillation", "active_parameters"}
 
 
 @dataclass(frozen=True)
@@ -56,7 +61,7 @@ def cell_key(
     `files` holds the fingerprints of the local inputs (`weights`, and `task_files` for eval cells); perf
     cells add their `block` (eval keys keep the recipe they had before blocks existed).
     """
-    target_json = target.model_dump(mode="json", exclude=TARGET_KEY_EXCLUDES[kind])
+    target_json = _target_json(kind, target)
     content = {"kind": kind, "model": _model_json(model), "target": target_json, "seed": seed}
     content["files"] = files
     if block is not None:
@@ -89,6 +94,15 @@ def model_key(model: ModelConfig, weights: str | None) -> str:
 
 def _model_json(model: ModelConfig) -> dict:
     return model.model_dump(mode="json", exclude=MODEL_KEY_EXCLUDES)
+
+
+def _target_json(kind: CellKind, target: BaseModel) -> dict:
+    at_default = {
+        name
+        for name in TASK_KEY_WHEN_SET & set(type(target).model_fields)
+        if getattr(target, name) == type(target).model_fields[name].default
+    }
+    return target.model_dump(mode="json", exclude=TARGET_KEY_EXCLUDES[kind] | at_default)
 
 
 def build_plan(

@@ -32,6 +32,7 @@ class ModelRecord:
     engine_args: str  # the server command line, space-joined
     server_cpus: str | None = None  # CPU list the server's processes were pinned to, e.g. "0-14"; None: not pinned
     loadgen_cpus: str | None = None  # CPU list of the load generator while it measured; None: not pinned
+    active_parameters: int | None = None  # per token, for a mixture of experts (config); None: all parameters
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ class PerfSummary:
     usd_per_mtok_output: float | None
     energy_j: float | None  # None without NVML
     j_per_output_token: float | None
-    flops_per_output_token: float | None  # 2 x parameters, the forward-pass estimate
+    flops_per_output_token: float | None  # 2 x active parameters (all, for a dense model): an estimate
     block: int = 0  # the trial's block (see `plan.py`); set by the recorder
     session_id: str = ""  # the driver process that measured it: "hostname:pid:start time"
 

@@ -140,7 +140,10 @@ class _Recorder:
         self.progress.cell_failed(cell, error)
 
     def billing(self, record: ModelRecord) -> Billing:
-        return billing_for(self.config.hardware, self.prices, record.gpu_type, record.gpu_count, record.parameters)
+        return billing_for(
+            self.config.hardware, self.prices, record.gpu_type, record.gpu_count, record.parameters,
+            record.active_parameters,
+        )  # fmt: skip
 
     def events(self) -> cluster.Events:
         return cluster.Events(

@@ -289,6 +289,7 @@ class VllmServer:
             engine_args=" ".join(redact_args(self.command[3:])),  # stored: no --api-key values
             server_cpus=cpu_list(self.cores.server) if self.cores else None,
             loadgen_cpus=cpu_list(self.cores.loadgen) if self.cores else None,
+            active_parameters=self.model.active_parameters,
         )
 
 

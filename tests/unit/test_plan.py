@@ -59,13 +59,17 @@ def test_keys_stable_across_runs(parse) -> None:
 
 
 def test_key_is_the_documented_content_hash(parse) -> None:
-    """Pin the recipe, so stored results stay addressable: sha256 of canonical JSON, first 16 hex chars."""
+    """Pin the recipe, so stored results stay addressable: sha256 of canonical JSON, first 16 hex chars.
+
+    Settings that shape no result are left out (a model's distillation and active_parameters, a task's
+    estimate), and so is samples_per_question while it is 1 (the keys from before it existed).
+    """
     config = parse()
     model, task = config.models[0], config.tasks[0]
     content = {
         "kind": "eval",
-        "model": model.model_dump(mode="json"),
-        "target": task.model_dump(mode="json"),
+        "model": model.model_dump(mode="json", exclude={"distillation", "active_parameters"}),
+        "target": task.model_dump(mode="json", exclude={"estimate", "samples_per_question"}),
         "seed": config.run.seed,
         "files": {"weights": local_fingerprint(model.source), "task_files": local_fingerprint(task.include_path)},
     }
@@ -100,6 +104,7 @@ BOTH = ("teacher", "student")
         ("tasks.0.limit", 20, {"eval"}, BOTH),
         ("workloads.0.levels", [1, 8], {"perf"}, BOTH),
         ("workloads.0.slo", {"ttft_s": 0.5}, {"perf"}, BOTH),
+        ("tasks.0.samples_per_question", 4, {"eval"}, BOTH),
     ],
 )
 def test_result_shaping_settings_change_keys(
@@ -118,6 +123,9 @@ def test_result_shaping_settings_change_keys(
         ("run.results_dir", "elsewhere"),
         ("run.name", "another-run"),
         ("run.cell_retries", 3),
+        ("tasks.0.estimate", {"documents": 30, "prompt_tokens": 200, "output_tokens": 8000}),
+        ("tasks.0.samples_per_question", 1),  # the default, written out
+        ("models.0.active_parameters", 1000),
     ],
 )
 def test_reading_settings_do_not_change_keys(parse, dotted: str, value: object) -> None:
