@@ -74,11 +74,11 @@ def _simple_evaluate(endpoint: Endpoint, task: TaskConfig, seed: int) -> dict[st
     results = lm_eval.simple_evaluate(
         model="local-completions",
         model_args=_model_args(endpoint, seed),
-        tasks=[task.name],
+        tasks=lm_eval_tasks(manager, task),
         num_fewshot=task.num_fewshot,
         limit=task.limit,
         # Applied to generate_until tasks only; None keeps each task's own generation settings.
-        gen_kwargs={"max_gen_toks": task.max_gen_toks} if task.max_gen_toks else None,
+        gen_kwargs=gen_kwargs(task),
         log_samples=True,
         task_manager=manager,
         random_seed=seed,
@@ -89,6 +89,40 @@ def _simple_evaluate(endpoint: Endpoint, task: TaskConfig, seed: int) -> dict[st
     if results is None:  # lm-eval returns None on non-zero distributed ranks; one process here has rank 0
         raise RuntimeError(f"lm-eval returned no results for task {task.name!r}")
     return results
+
+
+def lm_eval_tasks(manager: Any, task: TaskConfig) -> list[Any]:
+    """What lm-eval is asked to run: the task's name, or, with samples_per_question above 1, its loaded leaf
+    tasks with `repeats` set (lm-eval takes no repeats argument; a loaded task's config can still be set).
+
+    Raises ValueError for a task that would score only the first of its samples: lm-eval's default filter
+    (no filter_list) keeps the first response, and a task that does not generate has nothing to sample.
+    """
+    if task.samples_per_question == 1:
+        return [task.name]
+    leaves = manager.load([task.name])["tasks"]
+    for name, leaf in leaves.items():
+        if leaf.get_config("output_type") != "generate_until" or leaf.get_config("filter_list") is None:
+            raise ValueError(
+                f"{task.name}: samples_per_question is {task.samples_per_question}, but {name} would score only "
+                "the first sample: it needs output_type generate_until and a filter_list that keeps every sample "
+                "(configs/tasks/r1 shows one)"
+            )
+        leaf.set_config(key="repeats", value=task.samples_per_question)
+    return list(leaves.values())
+
+
+def gen_kwargs(task: TaskConfig) -> dict[str, Any] | None:
+    """Generation settings laid over the task's own; None keeps them all."""
+    kwargs: dict[str, Any] = {}
+    if task.max_gen_toks:
+        kwargs["max_gen_toks"] = task.max_gen_toks
+    if task.samples_per_question > 1:
+        # lm-eval sends its `seed` with every request and vLLM seeds each request's sampler with it, so the k
+        # requests of one question would come back as one sample k times. A null seed (lm-eval puts these
+        # kwargs after its own in the request body) lets each sample differ; sampled runs are not bit-exact.
+        kwargs["seed"] = None
+    return kwargs or None
 
 
 def _model_args(endpoint: Endpoint, seed: int) -> dict[str, Any]:
