@@ -25,11 +25,13 @@ from rich.text import Text
 
 from bench.config import BenchConfig, load_config, results_root_problem
 from bench.configfile import ConfigError
+from bench.cost import SECONDS_PER_HOUR, PriceTable, load_price_table
+from bench.estimate import DEFAULT_MFU, Estimate, assumption_lines
+from bench.estimate import estimate as estimate_config
 from bench.plan import build_plan, gpus_per_model, pending_cells
 
 if TYPE_CHECKING:
     from bench.compare import ComparisonRow
-    from bench.cost import PriceTable
 
 EXIT_CONFIG_ERROR = 2  # same code click uses for bad usage: the run never started
 
@@ -69,8 +71,6 @@ def _clipped(line: str) -> str:
 
 def load_checked(path: Path) -> tuple[BenchConfig, PriceTable]:
     """Load a config and the price table it names; every device type it names must be priced. Raises ConfigError."""
-    from bench.cost import load_price_table  # lazy: contract of the cost stage, not needed for --help
-
     config = load_config(path)
     prices = load_price_table(config.hardware.prices)
     device_types = {"hardware.device_type": config.hardware.device_type} | {
@@ -137,18 +137,33 @@ def plan(
         Path | None,
         typer.Option("--results-dir", metavar="DIR", help="Results root; default: the config's run.results_dir."),
     ] = None,
+    estimate: Annotated[
+        bool,
+        typer.Option(
+            "--estimate", help="Also estimate GPUs, GPU-hours and $ per model, and print every assumption behind them."
+        ),
+    ] = False,
+    mfu: Annotated[
+        float,
+        typer.Option(help="Model FLOPs utilisation the estimate assumes, in (0, 1]; best taken from a measured run."),
+    ] = DEFAULT_MFU,
 ) -> None:
     """Show the cells a run would execute, and which are already done in results/<run.name>/.
 
     A cell is one model on one task (eval) or one trial of one workload (perf, in a block: each block runs
     every model once; `repeats` blocks per workload).
     Its key hashes the settings that shape its results, so a re-run skips the cells already stored.
+    With --estimate it also prints, per model, the GPUs, the estimated GPU-hours and $, from the tasks'
+    `estimate:` (documents, tokens), 2 x active parameters FLOPs per token, the price table's peak and
+    price, and the assumed MFU; every assumption is printed with it.
 
     Example: distill-bench plan configs/quickstart.yaml --results-dir results
     """
     with config_errors():
-        config, _ = load_checked(config_path)
+        config, prices = load_checked(config_path)
         check_results_option(results_dir)
+        if not 0 < mfu <= 1:
+            raise ConfigError([f"--mfu: must be in (0, 1], got {mfu:g}"])
     run_dir = config.run_dir(results_dir)
     done = _done_keys(run_dir)
     cells = build_plan(config, done)
@@ -171,6 +186,40 @@ def plan(
     console.print(table)
     to_run = len(pending_cells(cells, done))
     console.print(f"{_plural(len(cells), 'cell')}, {len(cells) - to_run} done, {to_run} to run", soft_wrap=True)
+    if estimate:
+        _print_estimate(estimate_config(config, prices, mfu))
+
+
+def _hours(seconds: float | None) -> str:
+    return "?" if seconds is None else f"{seconds / SECONDS_PER_HOUR:,.1f}"
+
+
+def _amount(value: float | None, template: str) -> str:
+    return "?" if value is None else template.format(value)
+
+
+def _print_estimate(result: Estimate) -> None:
+    """The per-model estimate table, its totals, and every assumption behind it ("?" where unknown)."""
+    table = Table(title="estimate (all cells, before resume; see the assumptions below)")
+    table.add_column("model")
+    table.add_column("role")
+    for column in ("GPUs", "FLOPs/token", "eval tokens", "eval wall h", "perf wall h", "GPU-hours", "$"):
+        table.add_column(column, justify="right")
+    for model in result.models:
+        table.add_row(
+            model.model, model.role, str(model.gpus), _amount(model.flops_per_token, "{:.3g}"),
+            f"{model.eval_tokens:,}", _hours(model.eval_wall_s), _hours(model.perf_wall_s),
+            _amount(model.gpu_hours, "{:,.1f}"), _amount(model.usd(result.rates), "{:,.0f}"),
+        )  # fmt: skip
+    table.add_row(
+        "total", "", str(sum(model.gpus for model in result.models)), "", "", "", "",
+        _amount(result.total(lambda model: model.gpu_hours), "{:,.1f}"),
+        _amount(result.total(lambda model: model.usd(result.rates)), "{:,.0f}"),
+    )  # fmt: skip
+    Console(width=_natural_width(table)).print(table)  # every number whole, also off a terminal
+    console.print("assumptions:", soft_wrap=True, highlight=False)
+    for line in assumption_lines(result):
+        console.print(f"  {line}", soft_wrap=True, highlight=False, markup=False)
 
 
 class OutputFormat(StrEnum):

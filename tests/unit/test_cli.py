@@ -119,6 +119,7 @@ COMMANDS = [
     ["plan", "--help"],
     ["validate", "config.yaml"],
     ["plan", "config.yaml"],
+    ["plan", "config.yaml", "--estimate"],
 ]
 
 NO_HEAVY_IMPORTS = f"""

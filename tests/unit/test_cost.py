@@ -128,6 +128,30 @@ def test_energy_and_flops_per_token():
     assert cost.flops_per_token(None) is None
 
 
+def test_a_mixture_of_experts_counts_its_active_parameters():
+    assert cost.flops_per_token(671_000_000_000, 37_000_000_000) == 7.4e10  # DeepSeek-R1: 37B of 671B per token
+    assert cost.flops_per_token(None, 37_000_000_000) == 7.4e10
+    table = cost.PriceTable.model_validate(
+        {"prices": {"H200-141GB": {"usd_per_hour": 6, "source": "s", "date": "2025-01-02"}}}
+    )
+    billing = cost.billing_for(
+        HardwareConfig(device_type="H200-141GB"), table, "NVIDIA H200", 8, 671 * 10**9, 37 * 10**9
+    )
+    assert cost.flops_per_token(billing.parameters, billing.active_parameters) == 7.4e10
+
+
+def test_shipped_gpu_prices_carry_their_peak_and_its_source():
+    table = cost.load_price_table(REPO / "configs" / "prices.yaml")
+    peaks = {device: (price.peak_tflops, bool(price.peak_source)) for device, price in table.prices.items()}
+    assert peaks == {
+        "cpu-core": (None, False),
+        "H100-80GB": (989.4, True),
+        "H200-141GB": (989.4, True),
+        "A100-80GB": (312, True),
+        "L4": (121, True),
+    }
+
+
 def test_billing_for_defaults_to_the_gpu_count(tmp_path):
     table = cost.PriceTable.model_validate(
         {"prices": {"H100-80GB": {"usd_per_hour": 6, "source": "s", "date": "2025-01-02"}}}

@@ -168,6 +168,30 @@ CASES = [
     Case("parameters-1e30", "models[1].parameters", "integer", setting("models.1.parameters", 1e30)),
     Case("startup-timeout-inf", "models[0].serve.startup_timeout_s", "finite", serving(0, startup_timeout_s=1e999)),
     Case(
+        "active-parameters-beyond-int64",
+        "models[0].active_parameters",
+        "64 bits",
+        setting("models.0.active_parameters", INT64_MAX + 1),
+    ),
+    Case(
+        "active-parameters-zero",
+        "models[1].active_parameters",
+        "greater than 0",
+        setting("models.1.active_parameters", 0),
+    ),
+    Case(
+        "active-parameters-above-total",
+        "models[0].active_parameters",
+        "is above parameters (1000)",
+        both(setting("models.0.parameters", 1000), setting("models.0.active_parameters", 1001)),
+    ),
+    Case(
+        "active-parameters-fraction",
+        "models[0].active_parameters",
+        "integer",
+        setting("models.0.active_parameters", 3.7e10 + 0.5),
+    ),
+    Case(
         "gpu-memory-nan",
         "models[0].serve.gpu_memory_utilization",
         "finite",
@@ -263,6 +287,60 @@ CASES = [
     Case("task-max-gen-toks-inf", "tasks[0].max_gen_toks", "finite", setting("tasks.0.max_gen_toks", float("inf"))),
     Case("task-fewshot-2-to-the-70", "tasks[0].num_fewshot", "64 bits", setting("tasks.0.num_fewshot", BIG)),
     Case("include-path-proc", "tasks[0].include_path", "pseudo filesystem", setting("tasks.0.include_path", "/proc")),
+    Case(
+        "samples-per-question-2-to-the-20",
+        "tasks[0].samples_per_question",
+        "at most 1024",
+        setting("tasks.0.samples_per_question", 2**20),
+    ),
+    Case(
+        "samples-per-question-zero",
+        "tasks[0].samples_per_question",
+        "greater than 0",
+        setting("tasks.0.samples_per_question", 0),
+    ),
+    Case(
+        "samples-per-question-2-to-the-70",
+        "tasks[0].samples_per_question",
+        "64 bits",
+        setting("tasks.0.samples_per_question", BIG),
+    ),
+    Case(
+        "estimate-documents-2-to-the-70",
+        "tasks[0].estimate.documents",
+        "64 bits",
+        setting("tasks.0.estimate", {"documents": BIG, "prompt_tokens": 10, "output_tokens": 10}),
+    ),
+    Case(
+        "estimate-prompt-tokens-1e8",
+        "tasks[0].estimate.prompt_tokens",
+        "at most 10,000,000",
+        setting("tasks.0.estimate", {"documents": 30, "prompt_tokens": 10**8, "output_tokens": 10}),
+    ),
+    Case(
+        "estimate-output-tokens-inf",
+        "tasks[0].estimate.output_tokens",
+        "finite",
+        setting("tasks.0.estimate", {"documents": 30, "prompt_tokens": 10, "output_tokens": float("inf")}),
+    ),
+    Case(
+        "estimate-without-output-or-budget",
+        "tasks[0].estimate.output_tokens",
+        "or max_gen_toks",
+        setting("tasks.0.estimate", {"documents": 30, "prompt_tokens": 10}),
+    ),
+    Case(
+        "estimate-unknown-key",
+        "tasks[0].estimate.docs",
+        "Extra inputs",
+        setting("tasks.0.estimate", {"docs": 30, "documents": 30, "prompt_tokens": 10, "output_tokens": 10}),
+    ),
+    Case(
+        "estimate-documents-missing",
+        "tasks[0].estimate.documents",
+        "Field required",
+        setting("tasks.0.estimate", {"prompt_tokens": 10, "output_tokens": 10}),
+    ),
     Case(
         "include-path-huge",
         "tasks[0].include_path",
@@ -376,6 +454,29 @@ CASES = [
         file="prices.yaml",
     ),
     Case("price-not-utf8", "<root>", "not UTF-8", prices=b"prices: {caf\xe9: {}}\n", file="prices.yaml"),
+    Case(
+        "peak-tflops-inf",
+        "prices.cpu-core.peak_tflops",
+        "finite number",
+        prices="prices: {cpu-core: {usd_per_hour: 0.05, source: x, date: '2026-11-01', peak_tflops: .inf, "
+        "peak_source: x}}\n",
+        file="prices.yaml",
+    ),
+    Case(
+        "peak-tflops-in-flops",
+        "prices.cpu-core.peak_tflops",
+        "less than or equal to 1000000",
+        prices="prices: {cpu-core: {usd_per_hour: 0.05, source: x, date: '2026-11-01', peak_tflops: 9.894e14, "
+        "peak_source: x}}\n",
+        file="prices.yaml",
+    ),
+    Case(
+        "peak-tflops-without-source",
+        "prices.cpu-core",
+        "peak_tflops and peak_source go together",
+        prices="prices: {cpu-core: {usd_per_hour: 0.05, source: x, date: '2026-11-01', peak_tflops: 989.4}}\n",
+        file="prices.yaml",
+    ),
     # compare
     Case(
         "bootstrap-1e12",
@@ -422,6 +523,10 @@ CASES = [
         file="",
         command=("plan", "--results-dir", "prices.yaml"),
     ),
+    # the --mfu option of plan --estimate
+    Case("mfu-zero", "--mfu", "must be in (0, 1]", file="", command=("plan", "--estimate", "--mfu", "0")),
+    Case("mfu-above-one", "--mfu", "must be in (0, 1]", file="", command=("plan", "--estimate", "--mfu", "1.5")),
+    Case("mfu-nan", "--mfu", "must be in (0, 1]", file="", command=("plan", "--estimate", "--mfu", "nan")),
 ]
 
 

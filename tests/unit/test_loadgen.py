@@ -9,6 +9,7 @@ client's timeout, a malformed SSE event, a connection dropped mid-stream, or eve
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import socket
 import sys
@@ -172,6 +173,8 @@ def test_concurrency_level_is_consistent_and_never_exceeded(fake_openai_server):
     assert summary.output_tokens_per_s == pytest.approx(summary.output_tokens_total / result.duration_s)
     assert summary.goodput_requests_per_s is None and summary.energy_j is None and summary.j_per_output_token is None
     assert summary.flops_per_output_token == 2_000_000
+    moe = dataclasses.replace(BILLING, active_parameters=250_000)
+    assert loadgen.summarize(work, result, moe).flops_per_output_token == 500_000  # 2 x active, not 2 x total
 
 
 def test_stream_interval_is_asked_for_and_tokens_are_counted_per_chunk(fake_openai_server):

