@@ -102,3 +102,13 @@ def test_a_higher_mfu_gives_proportionally_fewer_eval_hours():
         assert b.eval_wall_s == pytest.approx(a.eval_wall_s / 2)
         assert b.perf_wall_s == a.perf_wall_s  # fixed-length levels: 3 levels x 600 s x 3 repeats
         assert a.perf_wall_s == pytest.approx(3 * 600 * 3)
+
+
+def test_the_readme_shows_the_estimate_this_config_gives():
+    """README.md quotes the estimate's rows; a change of config, prices or model must update the quote."""
+    result = invoke("plan", CONFIG, "--estimate")
+    rows = [
+        line for line in result.stdout.splitlines() if line.startswith(("│ deepseek-r1", "│ r1-distill", "│ total"))
+    ]
+    readme = (REPO / "README.md").read_text().split("## Reproducing the R1 distillation table")[1]
+    assert len(rows) == 8 and all(row in readme for row in rows), rows
