@@ -26,7 +26,11 @@ take arrays (one bisection, one binomial call for all rows), `bootstrap_cis` dra
 once for every group of the same size (the draws depend only on the seed, the count and the size, so every
 group gets exactly the indices a call of its own would draw), and quantiles are computed once per
 (confidence, degrees of freedom). Each value is the one the per-row call gives, bit for bit (tested).
-scipy.stats is imported on first use: reading stored comparisons needs none of this module's numbers.
+
+scipy: the quantiles and the binomial tail come from the `scipy.special` functions that `scipy.stats`'
+`norm.ppf`, `t.ppf` and `binom.cdf` evaluate (`ndtri`, `stdtrit`, the boost binomial cdf), so the values are
+theirs (tested) without importing `scipy.stats`, a second of start-up; and only on first use, since reading
+stored comparisons needs none of this module's numbers.
 """
 
 from __future__ import annotations
@@ -109,14 +113,23 @@ def mcnemar_exact_p(b: np.ndarray | int, c: np.ndarray | int) -> np.ndarray | fl
 
     Vectorised over b and c; a float for scalar arguments.
     """
-    from scipy import stats as scipy_stats
-
     b_arr, c_arr = np.broadcast_arrays(np.asarray(b, dtype=np.int64), np.asarray(c, dtype=np.int64))
     total = b_arr + c_arr
     p = np.ones(total.shape)
     some = total > 0
-    p[some] = np.minimum(1.0, 2 * scipy_stats.binom.cdf(np.minimum(b_arr, c_arr)[some], total[some], 0.5))
+    p[some] = np.minimum(1.0, 2 * _binomial_cdf()(np.minimum(b_arr, c_arr)[some], total[some], 0.5))
     return float(p) if p.ndim == 0 else p
+
+
+def _binomial_cdf():
+    """The ufunc behind `scipy.stats.binom.cdf` at integer k (same values), without importing scipy.stats."""
+    try:
+        from scipy.special._ufuncs import _binom_cdf
+    except ImportError:  # a scipy that moved it: the public route, slower to import
+        from scipy.stats import binom
+
+        return binom.cdf
+    return _binom_cdf
 
 
 def _tango_statistic(b: np.ndarray, c: np.ndarray, n: np.ndarray, delta: np.ndarray, continuity: float) -> np.ndarray:
@@ -174,16 +187,18 @@ def tango_interval(
 
 @cache
 def _normal_quantile(q: float) -> float:
-    from scipy import stats as scipy_stats
+    """`scipy.stats.norm.ppf(q)`: the function it evaluates."""
+    from scipy.special import ndtri
 
-    return float(scipy_stats.norm.ppf(q))
+    return float(ndtri(q))
 
 
 @cache
 def _t_quantile(q: float, df: int) -> float:
-    from scipy import stats as scipy_stats
+    """`scipy.stats.t.ppf(q, df)`: the function it evaluates."""
+    from scipy.special import stdtrit
 
-    return float(scipy_stats.t.ppf(q, df))
+    return float(stdtrit(df, q))
 
 
 def t_interval(values: np.ndarray, confidence: float) -> tuple[float, float] | None:

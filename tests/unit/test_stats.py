@@ -87,6 +87,18 @@ def test_interval_is_vectorised_and_mirrors_when_student_and_teacher_swap():
     assert low[1] < (10 - 3) / N < high[1]
 
 
+def test_quantiles_and_binomial_tails_are_scipy_stats_own():
+    """stats evaluates the scipy.special functions behind scipy.stats' norm, t and binom: the same floats."""
+    from scipy.stats import binom, t
+
+    for confidence in (0.8, 0.9, 0.95, 0.99):
+        q = (1 + confidence) / 2
+        assert stats._normal_quantile(q) == float(norm.ppf(q))
+        assert all(stats._t_quantile(q, df) == float(t.ppf(q, df)) for df in (1, 2, 4, 9, 30))
+    for b, c in ((4, 0), (7, 30), (13, 9), (100, 3), (250, 251)):
+        assert stats.mcnemar_exact_p(b, c) == float(min(1.0, 2 * binom.cdf(min(b, c), b + c, 0.5)))
+
+
 def test_discordant_counts():
     teacher = np.array([1, 1, 0, 0, 1, 0])
     student = np.array([1, 0, 1, 1, 1, 0])
