@@ -82,32 +82,46 @@ def fingerprint(run: Path, tables: Collection[str]) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
+_GLOB = set("*?[{")  # DuckDB reads each path of a list as a glob pattern
+
+
 def load_fresh(expected: Mapping[Path, str]) -> tuple[set[Path], list[dict]]:
     """The runs (keys of `expected`) whose stored fingerprint is their value, and all their stored rows.
 
-    Runs without a file or with a stale or unreadable one are left out. All files are read by one DuckDB
-    query (a few hundred small files in a fraction of a second); if that fails on a damaged file, each file
-    is read on its own so that only the damaged one counts as stale.
+    Runs without a file or with a stale or unreadable one are left out. The files are read by one DuckDB
+    query (a few hundred small files in a fraction of a second); if that fails on a damaged file, each file is
+    read on its own so that only the damaged one counts as stale, as is a path DuckDB would take for a glob.
     """
-    paths = {run / NAME: run for run in expected if (run / NAME).is_file()}
-    if not paths:
-        return set(), []
+    paths = {run / NAME: expected[run] for run in expected if (run / NAME).is_file()}
+    batch = {path: key for path, key in paths.items() if not _GLOB & set(str(path))}
+    read = _read_batch(batch) if batch else ([], [])
+    if read is None:  # a damaged file failed the batch: every file on its own
+        read, batch = ([], []), {}
+    fresh, rows = read
+    for path, key in paths.items():
+        if path not in batch and (table := _read_one(path, key)) is not None:
+            fresh.append(path)
+            rows += table.to_pylist()
+    return {path.parent for path in fresh}, rows
+
+
+def _read_batch(paths: Mapping[Path, str]) -> tuple[list[Path], list[dict]] | None:
+    """The files whose stored key matches, and their rows, through DuckDB; None when DuckDB fails on one."""
     import duckdb  # lazy: only reading stored comparisons needs it
 
     connection = duckdb.connect()
     try:
-        stored = connection.execute(
-            "select file_name, value from parquet_kv_metadata(?) where key = ?", [list(map(str, paths)), KEY_METADATA]
-        ).fetchall()
-        fresh = [path for path in paths if (str(path), expected[paths[path]].encode()) in set(stored)]
-        query = "select * from read_parquet(?)"
-        found = connection.sql(query, params=[list(map(str, fresh))]).to_arrow_table().to_pylist() if fresh else []
+        query = "select file_name, value from parquet_kv_metadata(?) where key = ?"
+        stored = set(connection.execute(query, [list(map(str, paths)), KEY_METADATA]).fetchall())
+        fresh = [path for path, key in paths.items() if (str(path), key.encode()) in stored]
+        if not fresh:
+            return [], []
+        rows = connection.sql("select * from read_parquet(?)", params=[list(map(str, fresh))]).to_arrow_table()
     except duckdb.Error:
-        tables = {path: table for path in paths if (table := _read_one(path, expected[paths[path]])) is not None}
-        fresh, found = list(tables), [row for table in tables.values() for row in table.to_pylist()]
+        return None
     finally:
         connection.close()
-    return {paths[path] for path in fresh}, found
+    return fresh, rows.to_pylist()
 
 
 def _read_one(path: Path, key: str) -> pa.Table | None:

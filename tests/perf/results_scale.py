@@ -17,11 +17,12 @@ new `compare --format json` outputs must be equal row for row and value for valu
 `leaderboard.parquet` files; the new code is also checked on a compacted copy and from its
 `comparison.parquet` files. A mismatch ends the script with exit code 1 before any timing.
 
-Timing protocol: each variant is run `--repeats` times in a fresh process (the old code at full scale
-`--baseline-repeats` times: minutes each); the figures are the median and range of wall seconds and peak
-RSS (the child's `ru_maxrss`). Variants of the new code: "cold" (no comparison.parquet: every run compared
-from its cell files, and the files written), "warm" (every run's comparison.parquet fresh), and the same
-two on a compacted copy of the tree. Run it under the machine's lock:
+Timing protocol: each variant runs each command (`compare --format json`, `compare` with its table,
+`leaderboard`) `--repeats` times in a fresh process (the old code at full scale `--baseline-repeats` times:
+tens of minutes each, so `--only new` skips it); the figures are the median and range of wall seconds and
+peak RSS (the child's `ru_maxrss`). Variants of the new code: "cold" (no comparison.parquet: every run
+compared from its cell files, and the files written), "warm" (every run's comparison.parquet current), and
+the same two on a compacted copy of the tree. Run it under the machine's lock:
 
     flock /tmp/heavy.lock .venv/bin/python tests/perf/results_scale.py --source results/quickstart --runs 670
 """
@@ -171,6 +172,7 @@ def run_cli(code: Path, args: list[str], stdout: Path) -> tuple[float, float, in
 def commands(tree: Path, out: Path) -> dict[str, list[str]]:
     return {
         "compare": ["compare", str(tree), "--format", "json"],
+        "compare-table": ["compare", str(tree)],
         "leaderboard": ["leaderboard", str(tree), "--out", str(out / "board")],
     }
 
@@ -276,16 +278,13 @@ def print_table(rows: list[dict]) -> None:
 
 
 def compact_tree(root: Path) -> None:
-    """`distill-bench compact` on every run of the tree (new code)."""
+    """`distill-bench compact` on every run of the tree (new code, in this process: one start-up, not 670)."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from bench.compact import compact_run
+
     for run in sorted(path for path in root.iterdir() if path.is_dir()):
-        done = subprocess.run(
-            [sys.executable, "-c", CLI, "compact", str(run)],
-            capture_output=True,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-            check=False,
-        )
-        if done.returncode:
-            raise SystemExit(f"compact {run} exited {done.returncode}: {done.stderr.decode()[-500:]}")
+        compact_run(run)
 
 
 def main() -> int:
