@@ -358,6 +358,33 @@ def leaderboard(
 
 
 @app.command()
+def compact(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="One run's directory (results/<run>).")],
+) -> None:
+    """Merge a finished run's cell files into one file per table (<table>/compacted.parquet).
+
+    compare, leaderboard, resumed runs and DuckDB globs read both layouts. Crash-safe: the merged file is
+    written before any cell file is removed; running it again finishes an interrupted compaction. Files that
+    fail the store's checks are left as they are, with a warning.
+
+    Example: distill-bench compact results/quickstart
+    """
+    from bench.compact import compact_run
+    from bench.store import StoreError
+
+    try:
+        tables = compact_run(run_dir)
+    except StoreError as error:
+        err_console.print(Text(str(error), style="red"), soft_wrap=True)
+        raise typer.Exit(EXIT_CONFIG_ERROR) from None
+    for table in tables:
+        for kept in table.kept:
+            err_console.print(Text(f"warning: {kept}", style="yellow"), soft_wrap=True)
+        line = f"{table.table}: {_plural(table.merged, 'cell file')} merged, {_plural(table.cells, 'cell')} compacted"
+        console.print(line, soft_wrap=True, highlight=False)
+
+
+@app.command()
 def slurm(
     config_path: ConfigArg,
     nodes: Annotated[int, typer.Option(help="Nodes to allocate.")] = 1,

@@ -23,15 +23,16 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
-from bench import pairing, report, stats, store
+from bench import comparison_file, pairing, report, stats, store
 from bench.config import CompareConfig
 from bench.pairing import Pair, PairedValues, PairedWorkload, ScoreKey
 
@@ -192,42 +193,88 @@ def _retention_ci_pct(teacher: float, low: float, high: float, higher_is_better:
     return tuple(None if teacher + d <= 0 else teacher / (teacher + d) * 100 for d in (high, low))
 
 
-def _interval(paired: PairedValues, settings: CompareConfig, seed: int) -> dict[str, Any]:
-    """The interval of mean(student - teacher), with the discordant counts and McNemar p for 0/1 values."""
-    if stats.is_binary(paired.teacher, paired.student):
-        b, c = stats.discordant_counts(paired.teacher, paired.student)
-        low, high = stats.paired_binary_ci(paired.teacher, paired.student, settings.confidence)
-        return dict(
-            diff_ci_low=low, diff_ci_high=high, discordant_student_only=b, discordant_teacher_only=c,
-            mcnemar_p=stats.mcnemar_exact_p(b, c), interval_method=IntervalMethod.TANGO_CC,
-        )  # fmt: skip
-    diffs = paired.student - paired.teacher
-    low, high = stats.bootstrap_ci(diffs, settings.confidence, settings.bootstrap_samples, seed)
-    return dict(diff_ci_low=low, diff_ci_high=high, interval_method=IntervalMethod.BOOTSTRAP)
+@dataclass(frozen=True)
+class _QualityInput:
+    """One (task, metric) of one pair to compare: its scored key, both scores, direction and documents."""
+
+    key: ScoreKey
+    scores: tuple[float, float]  # teacher, student
+    higher_is_better: bool
+    paired: PairedValues  # empty when no document was answered by both
+    settings: CompareConfig
 
 
-def _quality(
-    key: ScoreKey,
-    scores: tuple[float, float],
-    higher_is_better: bool,
-    paired: PairedValues,
+_NO_DOCUMENTS = PairedValues(np.empty(0), np.empty(0))
+
+
+def _quality_inputs(
+    teacher: dict[ScoreKey, float],
+    student: dict[ScoreKey, float],
+    paired: Callable[[ScoreKey], PairedValues | None],
+    lower_is_better: set[ScoreKey],
     settings: CompareConfig,
-    seed: int,
-) -> QualityComparison:
-    teacher_score, student_score = scores
+) -> list[_QualityInput]:
+    """Every (task, metric) both models scored, at its preferred filter, with its paired documents."""
+    inputs = []
+    for task, metric in sorted({(t, m) for (t, m, f) in teacher if (t, m, f) in student}):
+        key = (task, metric, _pick_filter(teacher, student, task, metric))
+        documents = paired(key) or _NO_DOCUMENTS
+        inputs.append(_QualityInput(key, (teacher[key], student[key]), key not in lower_is_better, documents, settings))
+    return inputs
+
+
+def _intervals(inputs: list[_QualityInput], seed: int) -> list[dict[str, Any] | None]:
+    """Per input, the interval of mean(student - teacher) (None without paired documents), in batches.
+
+    0/1 values: Tango's interval from the discordant counts, with the exact McNemar p, for all inputs of one
+    confidence in one call; others: the seeded bootstrap, for all inputs of one resample count in one call.
+    """
+    found: list[dict[str, Any] | None] = [None] * len(inputs)
+    with_documents = [i for i, item in enumerate(inputs) if item.paired.teacher.size]
+    binary = [i for i in with_documents if stats.is_binary(inputs[i].paired.teacher, inputs[i].paired.student)]
+    if binary:
+        counts = np.array([stats.discordant_counts(inputs[i].paired.teacher, inputs[i].paired.student) for i in binary])
+        sizes = np.array([inputs[i].paired.teacher.size for i in binary])
+        p_values = stats.mcnemar_exact_p(counts[:, 0], counts[:, 1])
+        confidences = np.array([inputs[i].settings.confidence for i in binary])
+        lows, highs = np.empty(len(binary)), np.empty(len(binary))
+        for confidence in sorted(set(confidences.tolist())):
+            rows = confidences == confidence
+            lows[rows], highs[rows] = stats.tango_interval(counts[rows, 0], counts[rows, 1], sizes[rows], confidence)
+        for row, i in enumerate(binary):
+            found[i] = dict(
+                diff_ci_low=float(lows[row]), diff_ci_high=float(highs[row]),
+                discordant_student_only=int(counts[row, 0]), discordant_teacher_only=int(counts[row, 1]),
+                mcnemar_p=float(p_values[row]), interval_method=IntervalMethod.TANGO_CC,
+            )  # fmt: skip
+    continuous = sorted(set(with_documents) - set(binary))
+    for samples in sorted({inputs[i].settings.bootstrap_samples for i in continuous}):
+        members = [i for i in continuous if inputs[i].settings.bootstrap_samples == samples]
+        diffs = [inputs[i].paired.student - inputs[i].paired.teacher for i in members]
+        confidences = [inputs[i].settings.confidence for i in members]
+        for i, (low, high) in zip(members, stats.bootstrap_cis(diffs, confidences, samples, seed), strict=True):
+            found[i] = dict(diff_ci_low=low, diff_ci_high=high, interval_method=IntervalMethod.BOOTSTRAP)
+    return found
+
+
+def _quality(item: _QualityInput, interval: dict[str, Any] | None) -> QualityComparison:
+    (teacher_score, student_score), higher_is_better, paired = item.scores, item.higher_is_better, item.paired
     fields: dict[str, Any] = dict.fromkeys(f.name for f in dataclasses.fields(QualityComparison))
-    fields.update(task=key[0], metric=key[1], filter=key[2], teacher_score=teacher_score)
+    fields.update(task=item.key[0], metric=item.key[1], filter=item.key[2], teacher_score=teacher_score)
     fields.update(student_score=student_score, higher_is_better=higher_is_better, n_paired=int(paired.teacher.size))
     fields.update(retention_pct=_retention_pct(teacher_score, student_score, higher_is_better))
     fields.update(verdict=Verdict.NO_DATA)
-    if paired.teacher.size:
-        interval = _interval(paired, settings, seed)
+    if interval is not None:
         low, high = interval["diff_ci_low"], interval["diff_ci_high"]
         fields.update(interval, diff_mean=float((paired.student - paired.teacher).mean()))
-        fields.update(verdict=verdict(low, high, settings.retention_margin, higher_is_better))
+        fields.update(verdict=verdict(low, high, item.settings.retention_margin, higher_is_better))
         retention = _retention_ci_pct(teacher_score, low, high, higher_is_better)
         fields.update(retention_ci_low_pct=retention[0], retention_ci_high_pct=retention[1])
     return QualityComparison(**fields)
+
+
+def _qualities(inputs: list[_QualityInput], seed: int) -> list[QualityComparison]:
+    return [_quality(item, interval) for item, interval in zip(inputs, _intervals(inputs, seed), strict=True)]
 
 
 def compare_quality(
@@ -239,21 +286,12 @@ def compare_quality(
     seed: int,
 ) -> list[QualityComparison]:
     """Every (task, metric) both models scored, with the paired per-document values."""
-    empty = PairedValues(np.empty(0), np.empty(0))
-    results = []
-    for task, metric in sorted({(t, m) for (t, m, f) in teacher if (t, m, f) in student}):
-        key = (task, metric, _pick_filter(teacher, student, task, metric))
-        scores = (teacher[key], student[key])
-        results.append(_quality(key, scores, key not in lower_is_better, paired.get(key, empty), settings, seed))
-    return results
+    return _qualities(_quality_inputs(teacher, student, paired.get, lower_is_better, settings), seed)
 
 
-_RATIO_COLUMNS = {
-    "throughput_ratio": "output_tokens_per_s",
-    "usd_per_mtok_ratio": "usd_per_mtok_output",
-    "j_per_token_ratio": "j_per_output_token",
-    "capacity_ratio": "capacity_requests_per_s",
-}
+# Ratio field -> the perf_summary column it divides: output tokens/s, $/Mtok, J/token, capacity (sweeps).
+_RATIOS = ("throughput_ratio", "usd_per_mtok_ratio", "j_per_token_ratio", "capacity_ratio")
+_RATIO_COLUMNS = dict(zip(_RATIOS, pairing.PERF_VALUES, strict=True))
 
 
 def compare_workload(workload: PairedWorkload, confidence: float) -> PerfComparison:
@@ -268,6 +306,10 @@ def compare_workload(workload: PairedWorkload, confidence: float) -> PerfCompari
     return PerfComparison(**fields)
 
 
+def _fields(record: Any) -> dict[str, Any]:
+    return {field.name: getattr(record, field.name) for field in dataclasses.fields(record)}
+
+
 def _row(
     pair: Pair,
     quality: QualityComparison | None,
@@ -277,38 +319,70 @@ def _row(
 ) -> ComparisonRow:
     # The parts' field names are ComparisonRow's own; fields a row lacks (no eval, no perf) stay None.
     fields: dict[str, Any] = dict.fromkeys(f.name for f in dataclasses.fields(ComparisonRow))
-    fields.update(dataclasses.asdict(pair), n_paired=0, verdict=Verdict.NO_DATA, n_blocks=0, blocks_cross_session=0)
+    fields.update(_fields(pair), n_paired=0, verdict=Verdict.NO_DATA, n_blocks=0, blocks_cross_session=0)
     fields.update(retention_margin=settings.retention_margin, confidence=settings.confidence, control=control)
-    fields.update(dataclasses.asdict(quality) if quality else {})
-    fields.update(dataclasses.asdict(perf) if perf else {})
+    fields.update(_fields(quality) if quality else {})
+    fields.update(_fields(perf) if perf else {})
     row = ComparisonRow(**{**fields, "summary": ""})
     row = dataclasses.replace(row, cost_verdict=report.cost_verdict(row))
     return dataclasses.replace(row, summary=report.summary(row))
 
 
-def compare_pair(tables: dict[str, pa.Table], pair: Pair, settings: CompareConfig, seed: int) -> list[ComparisonRow]:
-    """Rows for one pair: every compared task metric crossed with every compared workload."""
-    scores, samples = tables["eval_scores"], tables["eval_samples"]
-    qualities = compare_quality(
-        pairing.scores(scores, pair.run_id, pair.teacher),
-        pairing.scores(scores, pair.run_id, pair.student),
-        pairing.paired_values(samples, pair),
-        pairing.lower_is_better(scores, pair.run_id, pair.teacher),
-        settings,
-        seed,
-    )
-    perfs = [compare_workload(w, settings.confidence) for w in pairing.paired_workloads(tables["perf_summary"], pair)]
-    # A pair with nothing comparable still gets a "no-data" row, so a missing student is visible.
-    return [
-        _row(pair, quality, perf, settings) for quality, perf in itertools.product(qualities or [None], perfs or [None])
-    ]
+def _perfs(perf: dict[tuple[str, str], list[dict[str, Any]]], pair: Pair, confidence: float) -> list[PerfComparison]:
+    teacher, student = perf.get((pair.run_id, pair.teacher), []), perf.get((pair.run_id, pair.student), [])
+    return [compare_workload(workload, confidence) for workload in pairing.paired_workloads(teacher, student)]
 
 
-def compare_control(tables: dict[str, pa.Table], pair: Pair, settings: CompareConfig) -> list[ComparisonRow]:
-    """Perf-only rows for a control: `pair.teacher` and `pair.student` are two models of the same architecture."""
-    workloads = pairing.paired_workloads(tables["perf_summary"], pair)
-    perfs = [compare_workload(w, settings.confidence) for w in workloads]
-    return [_row(pair, None, perf, settings, control=True) for perf in perfs or [None]]
+def compare_runs(
+    inputs: pairing.RunInputs, settings: CompareConfig | None = None, seed: int = 0
+) -> list[ComparisonRow]:
+    """Every student against its teacher, and every configured control, in the runs read into `inputs`.
+
+    Each student pair gets its rows for every compared task metric crossed with every compared workload (a
+    pair with nothing comparable still gets a "no-data" row, so a missing student is visible); a control
+    (`pair.teacher` and `pair.student` are two models of the same architecture) gets perf-only rows. The
+    documents of every pair are paired in one pass and the intervals computed in batches.
+    """
+    tables = inputs.tables
+    models = pairing.run_models(tables["models"])
+    settings_of = {run_id: settings or inputs.settings.get(run_id, CompareConfig()) for run_id in models}
+    students = pairing.pairs(tables["models"])
+    scores = pairing.scores_by_model(tables["eval_scores"])
+    documents = pairing.paired_documents(tables["eval_samples"], students)
+    perf = pairing.perf_rows_by_model(tables["perf_summary"])
+    none = pairing.ModelScores({}, set())
+    quality_inputs = {
+        pair: _quality_inputs(
+            scores.get((pair.run_id, pair.teacher), none).values, scores.get((pair.run_id, pair.student), none).values,
+            partial(documents.get, pair), scores.get((pair.run_id, pair.teacher), none).lower_is_better,
+            settings_of[pair.run_id],
+        )
+        for pair in students
+    }  # fmt: skip
+    flat = [item for items in quality_inputs.values() for item in items]
+    computed = iter(_qualities(flat, seed))
+    qualities = {pair: [next(computed) for _ in items] for pair, items in quality_inputs.items()}
+    by_run: dict[str, list[Pair]] = {}
+    for pair in students:
+        by_run.setdefault(pair.run_id, []).append(pair)
+    rows = []
+    for run_id in sorted(models):
+        run_settings = settings_of[run_id]
+        for pair in by_run.get(run_id, []):
+            perfs = _perfs(perf, pair, run_settings.confidence)
+            rows += [
+                _row(pair, quality, perf_row, run_settings)
+                for quality, perf_row in itertools.product(qualities[pair] or [None], perfs or [None])
+            ]
+        for first, second in run_settings.controls:
+            if {first, second} <= models[run_id]:
+                control = Pair(run_id, first, second)
+                perfs = _perfs(perf, control, run_settings.confidence)
+                rows += [_row(control, None, perf_row, run_settings, control=True) for perf_row in perfs or [None]]
+    return rows
+
+
+RUNS_PER_BATCH = 32  # runs read and compared together: bounded memory, and few enough batches to stay cheap
 
 
 def compare_results(
@@ -322,19 +396,42 @@ def compare_results(
     `settings` overrides the compare settings that each run's manifest recorded. Rows are sorted and the
     bootstrap is seeded, so the same results always give the same rows. Damaged or foreign files are left
     out and listed in `skipped`; without a list, or for a damaged manifest, `store.StoreError` is raised.
+
+    With the run's own settings and seed 0 (what the commands use), a run whose `comparison.parquet` is
+    current gives its stored rows, and a run compared from its files stores them (`bench.comparison_file`).
     """
-    tables = pairing.read_tables(results_dir, skipped)
-    by_run = pairing.manifest_settings(results_dir, skipped)
-    models = pairing.run_models(tables["models"])
-    rows = []
-    for run_id in sorted(models):
-        run_settings = settings or by_run.get(run_id, CompareConfig())
-        for pair in (p for p in pairing.pairs(tables["models"]) if p.run_id == run_id):
-            rows += compare_pair(tables, pair, run_settings, seed)
-        for first, second in run_settings.controls:
-            if {first, second} <= models[run_id]:
-                rows += compare_control(tables, Pair(run_id, first, second), run_settings)
+    runs = store.readable_runs(results_dir, skipped)
+    stored = settings is None and seed == 0
+    keys = {run: comparison_file.fingerprint(run, pairing.TABLES) for run in runs} if stored else {}
+    fresh, found = comparison_file.load_fresh(keys) if stored else (set(), [])
+    rows = [_stored_row(row) for row in found]
+    pending = [run for run in runs if run not in fresh]
+    for start in range(0, len(pending), RUNS_PER_BATCH):
+        batch = pending[start : start + RUNS_PER_BATCH]
+        inputs = pairing.read_runs(batch, skipped)
+        computed = compare_runs(inputs, settings, seed)
+        rows += computed
+        if stored:
+            _store(batch, inputs, computed, keys)
     return sorted(rows, key=_sort_key)
+
+
+def _store(runs: list[Path], inputs: pairing.RunInputs, rows: list[ComparisonRow], keys: dict[Path, str]) -> None:
+    """Write each cleanly read run's rows to its comparison.parquet, unless the run changed while it was read."""
+    by_run: dict[str, list[ComparisonRow]] = {}
+    for row in rows:
+        by_run.setdefault(row.run_id, []).append(row)
+    for run in runs:
+        if run.name in inputs.clean and comparison_file.fingerprint(run, pairing.TABLES) == keys[run]:
+            table = store.records_table(ComparisonRow, by_run.get(run.name, []))
+            comparison_file.save(run, table, keys[run], inputs.cells[run.name])
+
+
+def _stored_row(row: dict[str, Any]) -> ComparisonRow:
+    method = row["interval_method"]
+    return ComparisonRow(
+        **{**row, "verdict": Verdict(row["verdict"]), "interval_method": method and IntervalMethod(method)}
+    )
 
 
 def _sort_key(row: ComparisonRow) -> tuple:

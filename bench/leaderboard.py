@@ -304,5 +304,5 @@ def write_leaderboard(board: Leaderboard, out_dir: Path, source: str) -> list[Pa
     plot = plot_pareto(board.entries)
     svg.write_text(plot)
     page = out_dir / "index.html"
-    page.write_text(to_html(board, plot[plot.index("<svg") :], source))  # inline: no XML prolog
+    page.write_text(to_html(board, plot, source))
     return [parquet, controls, markdown, svg, page]

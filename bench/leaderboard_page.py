@@ -1,16 +1,17 @@
 """The leaderboard's pictures: the Pareto plot (SVG) and the static, self-contained HTML page.
 
-The plot puts each entry's throughput ratio (x) against its quality kept (y), with both intervals drawn as
-error bars. Every error bar is its own SVG group with a stable id, `errorbar-cost-<rank>` (horizontal) and
-`errorbar-quality-<rank>` (vertical), and every point `point-<rank>`, so a test (or a reader's script) can
-find them in the DOM. The page holds the plot inline, the ranked table, under each entry a drill-down
-(`<details>`) with the evidence per task and per cost ratio, and the controls. Every name is HTML-escaped.
+The plot (SVG written directly) puts each entry's throughput ratio (x) against its quality kept (y), with both
+intervals drawn as error bars. Every error bar is its own SVG group with a stable id, `errorbar-cost-<rank>`
+(horizontal) and `errorbar-quality-<rank>` (vertical), and every point `point-<rank>`, so a test (or a
+reader's script) can find them in the DOM. The page holds the plot inline, the ranked table, under each entry
+a drill-down (`<details>`) with the evidence per task and per cost ratio, and the controls. Every name is
+HTML-escaped.
 """
 
 from __future__ import annotations
 
 import html
-import io
+import math
 from collections.abc import Callable, Sequence
 
 from bench.compare import ComparisonRow
@@ -28,76 +29,178 @@ from bench.leaderboard import (
 )
 from bench.report import format_value
 
-_PASSING_COLOR, _FAILING_COLOR = "tab:green", "tab:red"
+_PASSING_COLOR, _FAILING_COLOR = "#2ca02c", "#d62728"
+_LABELLED = 30  # entries named, with error bars, on the plot: the best-ranked (and those on the front)
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The points no other point beats on both axes (higher is better on both), by increasing x."""
-    front = [p for p in points if not any(q[0] >= p[0] and q[1] >= p[1] and q != p for q in points)]
-    return sorted(set(front))
+    """The points no other point beats on both axes (higher is better on both), by increasing x.
+
+    One sweep from the highest x down: a point is on the front when its y is above every y seen so far.
+    """
+    front, best = [], -math.inf
+    for x, y in sorted(set(points), key=lambda point: (-point[0], -point[1])):
+        if y > best:
+            front.append((x, y))
+            best = y
+    return sorted(front)
 
 
-def _error_bar(axes, entry: LeaderboardEntry, axis: str, color: str) -> None:
-    """One interval of an entry as an error bar whose SVG group has the id errorbar-<axis>-<rank>."""
-    x, y = entry.throughput_ratio, entry.mean_retention_pct
-    low, high, what = (
-        (entry.throughput_ratio_ci_low, entry.throughput_ratio_ci_high, "cost")
+def _ticks(low: float, high: float, count: int = 6) -> list[float]:
+    """Round tick values (steps of 1, 2, 2.5 or 5 times a power of ten) covering [low, high]."""
+    raw = (high - low) / count
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(power * f for f in (1, 2, 2.5, 5, 10) if power * f >= raw)
+    first = math.ceil(low / step)
+    return [round(i * step, 10) for i in range(first, math.floor(high / step) + 1)]
+
+
+class _Canvas:
+    """Data coordinates to SVG pixels inside the plot area; the axes' ranges padded like matplotlib's margins."""
+
+    WIDTH, HEIGHT = 800, 500
+    LEFT, RIGHT, TOP, BOTTOM = 75, 20, 40, 60
+
+    def __init__(self, xs: Sequence[float], ys: Sequence[float]):
+        (self.x0, self.x1), (self.y0, self.y1) = (self._padded(values) for values in (xs, ys))
+
+    @staticmethod
+    def _padded(values: Sequence[float]) -> tuple[float, float]:
+        low, high = min(values), max(values)
+        pad = (high - low) * 0.2 or 1.0
+        return low - pad, high + pad
+
+    def x(self, value: float) -> float:
+        span = self.WIDTH - self.LEFT - self.RIGHT
+        return round(self.LEFT + (value - self.x0) / (self.x1 - self.x0) * span, 2)
+
+    def y(self, value: float) -> float:
+        span = self.HEIGHT - self.TOP - self.BOTTOM
+        return round(self.TOP + (self.y1 - value) / (self.y1 - self.y0) * span, 2)
+
+
+def _interval(entry: LeaderboardEntry, axis: str) -> tuple[float, float] | None:
+    low, high = (
+        (entry.throughput_ratio_ci_low, entry.throughput_ratio_ci_high)
         if axis == "x"
-        else (entry.retention_ci_low_pct, entry.retention_ci_high_pct, "quality")
+        else (entry.retention_ci_low_pct, entry.retention_ci_high_pct)
     )
-    if low is None or high is None:
-        return
-    centre = x if axis == "x" else y
-    # max(0, ...): a point estimate a hair outside its interval (rounding) must not make a negative bar.
-    error = [[max(0.0, centre - low)], [max(0.0, high - centre)]]
-    bars = axes.errorbar([x], [y], **{f"{axis}err": error}, fmt="none", ecolor=color, elinewidth=1.3,
-                         capsize=3, alpha=0.75, zorder=2)  # fmt: skip
-    _, caps, (lines,) = bars.lines
-    lines.set_gid(f"errorbar-{what}-{entry.rank}")
-    for index, cap in enumerate(caps):
-        cap.set_gid(f"errorbar-{what}-{entry.rank}-cap{index}")
+    return None if low is None or high is None else (low, high)
+
+
+def _error_bar(canvas: _Canvas, entry: LeaderboardEntry, axis: str, color: str) -> str:
+    """One interval of an entry as a path with caps, in a group whose id is errorbar-<cost|quality>-<rank>."""
+    interval = _interval(entry, axis)
+    if interval is None:
+        return ""
+    x, y = canvas.x(entry.throughput_ratio), canvas.y(entry.mean_retention_pct)
+    cap = 3
+    if axis == "x":
+        low, high = canvas.x(interval[0]), canvas.x(interval[1])
+        path, what = f"M{low},{y}H{high}M{low},{y - cap}V{y + cap}M{high},{y - cap}V{y + cap}", "cost"
+    else:
+        low, high = canvas.y(interval[0]), canvas.y(interval[1])
+        path, what = f"M{x},{low}V{high}M{x - cap},{low}H{x + cap}M{x - cap},{high}H{x + cap}", "quality"
+    return (
+        f'<g id="errorbar-{what}-{entry.rank}"><path d="{path}" stroke="{color}" stroke-width="1.3" '
+        f'stroke-opacity="0.75" fill="none"/></g>'
+    )
+
+
+def _star(x: float, y: float, radius: float) -> str:
+    corners = [
+        (x + r * math.sin(math.pi * i / 5), y - r * math.cos(math.pi * i / 5))
+        for i, r in zip(range(10), [radius, radius * 0.4] * 5, strict=True)
+    ]
+    return " ".join(f"{cx:.2f},{cy:.2f}" for cx, cy in corners)
+
+
+def _axes(canvas: _Canvas) -> list[str]:
+    """The frame, grid, ticks, axis labels and title."""
+    left, right = canvas.LEFT, canvas.WIDTH - canvas.RIGHT
+    top, bottom = canvas.TOP, canvas.HEIGHT - canvas.BOTTOM
+    parts = [f'<rect x="{left}" y="{top}" width="{right - left}" height="{bottom - top}" fill="none" stroke="#333"/>']
+    for value in _ticks(canvas.x0, canvas.x1):
+        x = canvas.x(value)
+        parts.append(f'<path d="M{x},{top}V{bottom}" stroke="#000" stroke-opacity="0.1"/>')
+        parts.append(f'<text x="{x}" y="{bottom + 16}" text-anchor="middle">{value:g}</text>')
+    for value in _ticks(canvas.y0, canvas.y1):
+        y = canvas.y(value)
+        parts.append(f'<path d="M{left},{y}H{right}" stroke="#000" stroke-opacity="0.1"/>')
+        parts.append(f'<text x="{left - 6}" y="{y + 4}" text-anchor="end">{value:g}</text>')
+    middle_x, middle_y = (left + right) / 2, (top + bottom) / 2
+    parts += [
+        f'<text x="{middle_x}" y="{bottom + 38}" text-anchor="middle">throughput, student / teacher (x), '
+        "with its interval over blocks</text>",
+        f'<text x="20" y="{middle_y}" text-anchor="middle" transform="rotate(-90 20 {middle_y})">quality kept, '
+        "mean over tasks (%), with its interval</text>",
+        f'<text x="{middle_x}" y="24" text-anchor="middle" font-size="15">distilled students: speed against '
+        "quality kept</text>",
+    ]
+    return parts
+
+
+def _legend(canvas: _Canvas, shown: list[str]) -> str:
+    markers = {
+        "teacher": lambda x, y: f'<polygon points="{_star(x, y, 7)}" fill="#000"/>',
+        "non-inferior on every task": lambda x, y: f'<circle cx="{x}" cy="{y}" r="4" fill="{_PASSING_COLOR}"/>',
+        "inferior or inconclusive somewhere": lambda x, y: f'<circle cx="{x}" cy="{y}" r="4" fill="{_FAILING_COLOR}"/>',
+        "Pareto front": lambda x, y: f'<path d="M{x - 9},{y}H{x + 9}" stroke="grey" stroke-dasharray="5,3"/>',
+    }
+    right, top = canvas.WIDTH - canvas.RIGHT - 8, canvas.TOP + 8
+    width, height = 255, 16 * len(shown) + 8
+    parts = [f'<rect x="{right - width}" y="{top}" width="{width}" height="{height}" fill="#fff" stroke="#ccc"/>']
+    for index, label in enumerate(shown):
+        y = top + 12 + 16 * index
+        parts.append(markers[label](right - width + 16, y))
+        parts.append(f'<text x="{right - width + 32}" y="{y + 4}">{html.escape(label)}</text>')
+    return "".join(parts)
 
 
 def plot_pareto(entries: Sequence[LeaderboardEntry]) -> str:
-    """Throughput ratio against quality kept, with both intervals, the teacher at (1, 100); SVG text."""
-    import matplotlib
+    """Throughput ratio against quality kept, with both intervals, the teacher at (1, 100); SVG text.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    Written directly (no plotting library): a leaderboard of a thousand entries draws in milliseconds. Every
+    entry is a point; the best-ranked `_LABELLED` and those on the Pareto front are named and carry their
+    error bars (a thousand bars would hide the points they belong to).
+    """
     plotted = [e for e in entries if e.throughput_ratio is not None and e.mean_retention_pct is not None]
-    figure, axes = plt.subplots(figsize=(8, 5))
-    axes.scatter([1.0], [100.0], marker="*", s=180, color="black", label="teacher", zorder=3)
-    axes.axhline(100.0, color="black", linewidth=0.8, alpha=0.4)
-    axes.axvline(1.0, color="black", linewidth=0.8, alpha=0.4)
-    labelled = set()
-    for entry in plotted:
+    xs = [1.0] + [v for e in plotted for v in (e.throughput_ratio, *(_interval(e, "x") or ()))]
+    ys = [100.0] + [v for e in plotted for v in (e.mean_retention_pct, *(_interval(e, "y") or ()))]
+    canvas = _Canvas(xs, ys)
+    front = pareto_front([(1.0, 100.0)] + [(e.throughput_ratio, e.mean_retention_pct) for e in plotted])
+    on_front = set(front)
+    parts = _axes(canvas)
+    reference = 'stroke="#000" stroke-opacity="0.4"'  # the teacher's speed and quality
+    parts.append(f'<path d="M{canvas.x(1.0)},{canvas.TOP}V{canvas.HEIGHT - canvas.BOTTOM}" {reference}/>')
+    parts.append(f'<path d="M{canvas.LEFT},{canvas.y(100.0)}H{canvas.WIDTH - canvas.RIGHT}" {reference}/>')
+    if len(front) > 1:  # one undominated point is no front to draw
+        points = " ".join(f"{canvas.x(x)},{canvas.y(y)}" for x, y in front)
+        dashed = 'fill="none" stroke="grey" stroke-width="1.5" stroke-dasharray="6,4"'
+        parts.append(f'<polyline points="{points}" {dashed}/>')
+    shown = ["teacher"]
+    named = {e.rank for e in plotted if e.rank <= _LABELLED or (e.throughput_ratio, e.mean_retention_pct) in on_front}
+    # The named entries last, on top of the rest.
+    for entry in sorted(plotted, key=lambda e: (e.rank in named, -e.rank)):
         passing = entry.worst_verdict in PASSING
         color = _PASSING_COLOR if passing else _FAILING_COLOR
-        _error_bar(axes, entry, "x", color)
-        _error_bar(axes, entry, "y", color)
         label = "non-inferior on every task" if passing else "inferior or inconclusive somewhere"
-        point = axes.scatter([entry.throughput_ratio], [entry.mean_retention_pct], s=50, color=color, zorder=3,
-                             label=None if label in labelled else label)  # fmt: skip
-        point.set_gid(f"point-{entry.rank}")
-        labelled.add(label)
-        name = f"#{entry.rank} {entry.student} ({format_load(entry.workload, entry.level)})"
-        axes.annotate(name, (entry.throughput_ratio, entry.mean_retention_pct), fontsize=8,
-                      xytext=(6, 5), textcoords="offset points", parse_math=False)  # fmt: skip
-    front = pareto_front([(1.0, 100.0)] + [(e.throughput_ratio, e.mean_retention_pct) for e in plotted])
-    if len(front) > 1:  # one undominated point is no front to draw
-        axes.plot([x for x, _ in front], [y for _, y in front], linestyle="--", color="grey", label="Pareto front")
-    axes.set_xlabel("throughput, student / teacher (x), with its interval over blocks")
-    axes.set_ylabel("quality kept, mean over tasks (%), with its interval")
-    axes.set_title("distilled students: speed against quality kept")
-    axes.grid(alpha=0.3)
-    axes.margins(0.2)
-    axes.legend(fontsize=8, loc="best")
-    figure.tight_layout()
-    svg = io.StringIO()
-    figure.savefig(svg, format="svg")
-    plt.close(figure)
-    return svg.getvalue()
+        shown += [label] if label not in shown else []
+        x, y = canvas.x(entry.throughput_ratio), canvas.y(entry.mean_retention_pct)
+        if entry.rank in named:
+            parts += [_error_bar(canvas, entry, "x", color), _error_bar(canvas, entry, "y", color)]
+        parts.append(f'<circle id="point-{entry.rank}" cx="{x}" cy="{y}" r="4.5" fill="{color}"/>')
+        if entry.rank in named:
+            name = f"#{entry.rank} {entry.student} ({format_load(entry.workload, entry.level)})"
+            parts.append(f'<text x="{x + 6}" y="{y - 5}" font-size="11">{html.escape(name)}</text>')
+    parts.append(f'<polygon points="{_star(canvas.x(1.0), canvas.y(100.0), 10)}" fill="#000"/>')
+    parts.append(_legend(canvas, shown + (["Pareto front"] if len(front) > 1 else [])))
+    body = "".join(parts)
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{canvas.WIDTH}" height="{canvas.HEIGHT}" '
+        f'viewBox="0 0 {canvas.WIDTH} {canvas.HEIGHT}" font-family="DejaVu Sans, sans-serif" font-size="12">'
+        f'<rect width="100%" height="100%" fill="#fff"/>{body}</svg>\n'
+    )
 
 
 # -- the page -----------------------------------------------------------------------------------------

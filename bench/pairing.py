@@ -1,7 +1,12 @@
 """Reading stored results and pairing them: a student's documents with its teacher's, its trials by block.
 
-Works from stored results alone (`store.read_table`), so a comparison re-renders without re-running. Each
+Works from stored results alone (`store.read_run_table`), so a comparison re-renders without re-running. Each
 student is paired with its teacher within the same run, so both were measured on the same hardware.
+
+Everything here works on many runs at once: the tables of a batch of runs are read once, only the columns
+a comparison uses; every pair's documents are paired by one group-by (repeated rows of a document averaged)
+and one join over all pairs, sorted so that each (pair, task, metric, filter) is one contiguous slice; scores
+and perf rows are grouped by (run, model) in one pass. Nothing filters a whole table per pair.
 
 Performance trials come in blocks (block b runs every model once, in a seeded random order): a student's
 trial is paired with its teacher's trial of the same block, at the same (workload, level); for a sweep,
@@ -12,7 +17,7 @@ written before blocks existed (schema 2) have no `block` column: every row count
 from __future__ import annotations
 
 import dataclasses
-import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,8 +31,17 @@ from bench import store
 from bench.config import CompareConfig
 
 _DOC_KEYS = ("task", "metric", "filter", "doc_id")
-TABLES = ("models", "eval_scores", "eval_samples", "perf_summary")
 SWEEP_MODE = "sweep"
+# The perf_summary values a comparison turns into student/teacher ratios.
+PERF_VALUES = ("output_tokens_per_s", "usd_per_mtok_output", "j_per_output_token", "capacity_requests_per_s")
+# The tables a comparison reads, and of each the columns it uses (the store checks every column of a file).
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "models": ("run_id", "cell_key", "name", "role", "teacher"),
+    "eval_scores": ("run_id", "cell_key", "model", "task", "metric", "filter", "value", "higher_is_better"),
+    "eval_samples": ("run_id", "cell_key", "model", "task", "metric", "filter", "doc_id", "value"),
+    "perf_summary": ("run_id", "cell_key", "model", "workload", "mode", "level", "block", "session_id", *PERF_VALUES),
+}
+TABLES = tuple(COLUMNS)
 
 ScoreKey = tuple[str, str, str]  # task, metric, filter
 
@@ -88,67 +102,76 @@ class PairedWorkload:
 # -- reading ------------------------------------------------------------------------------------------
 
 
-def read_tables(results_dir: Path, skipped: list[store.SkippedFile] | None = None) -> dict[str, pa.Table]:
-    """The tables a comparison reads, keeping only each run's current cells.
+@dataclass(frozen=True)
+class RunInputs:
+    """What a comparison of some runs reads: their tables (current cells, `COLUMNS` only) and settings."""
 
-    Damaged or foreign files are left out and reported in `skipped` (`store.read_table`); without a list,
-    they raise `store.StoreError`.
+    tables: dict[str, pa.Table]
+    settings: dict[str, CompareConfig]  # per run, from its manifest (defaults where it has none)
+    cells: dict[str, frozenset[str]]  # per run, the cells whose rows were read
+    clean: frozenset[str]  # runs read without a skipped file: their comparison may be stored
+
+
+def read_runs(runs: Sequence[Path], skipped: list[store.SkippedFile] | None = None) -> RunInputs:
+    """The tables and compare settings of `runs`, keeping only each run's current cells.
+
+    Damaged or foreign files are left out and reported in `skipped` (`store.read_run_table`); without a
+    list, they raise `store.StoreError`, as does a manifest whose compare section does not validate.
     """
-    current = _current_cell_keys(results_dir, skipped)
-    return {name: _only_current(store.read_table(results_dir, name, skipped), current) for name in TABLES}
+    parts: dict[str, list[pa.Table]] = {table: [] for table in TABLES}
+    settings, cells, clean = {}, {}, set()
+    for run in runs:
+        manifest = _manifest(run)
+        settings[run.name] = _settings(run, manifest)
+        current = _current_cell_keys(manifest)
+        found: list[store.SkippedFile] | None = None if skipped is None else []
+        read = {table: store.read_run_table(run, table, found, COLUMNS[table], current) for table in TABLES}
+        cells[run.name] = frozenset(key for rows in read.values() for key in pc.unique(rows["cell_key"]).to_pylist())
+        for table, rows in read.items():
+            parts[table].append(rows)
+        if found is not None:
+            skipped += found
+        if not found:
+            clean.add(run.name)
+    tables = {
+        table: pa.concat_tables(pieces) if pieces else store.schema(table).empty_table().select(list(COLUMNS[table]))
+        for table, pieces in parts.items()
+    }
+    return RunInputs(tables, settings, cells, frozenset(clean))
 
 
-def manifest_settings(results_dir: Path, skipped: list[store.SkippedFile] | None = None) -> dict[str, CompareConfig]:
-    """Each run's compare settings from its manifest's config dump (defaults where it has none).
+def _manifest(run: Path) -> dict[str, Any]:
+    try:
+        return store.read_manifest(run)
+    except FileNotFoundError:
+        return {}
 
-    A manifest whose compare section does not validate raises `store.StoreError` naming it and the key: a
+
+def _settings(run: Path, manifest: dict[str, Any]) -> CompareConfig:
+    """The run's compare settings from its manifest's config dump (defaults where it has none).
+
+    A compare section that does not validate raises `store.StoreError` naming the manifest and the key: a
     run's margin and confidence decide its verdicts, so defaults must not silently stand in for them.
     """
-    settings = {}
-    for run_dir in store.readable_runs(results_dir, skipped):
-        try:
-            config = store.read_manifest(run_dir).get("config", {})
-        except FileNotFoundError:
-            config = {}
-        # Only the compare section: an older manifest's other sections need not validate today.
-        try:
-            settings[run_dir.name] = CompareConfig.model_validate(config.get("compare", {}))
-        except ValidationError as error:
-            first = error.errors()[0]
-            key = ".".join(str(part) for part in ("config", "compare", *first["loc"]))
-            raise store.StoreError(run_dir / store.MANIFEST_NAME, f"{key}: {first['msg']}") from None
-    return settings
+    # Only the compare section: an older manifest's other sections need not validate today.
+    try:
+        return CompareConfig.model_validate(manifest.get("config", {}).get("compare", {}))
+    except ValidationError as error:
+        first = error.errors()[0]
+        key = ".".join(str(part) for part in ("config", "compare", *first["loc"]))
+        raise store.StoreError(run / store.MANIFEST_NAME, f"{key}: {first['msg']}") from None
 
 
-def _current_cell_keys(results_dir: Path, skipped: list[store.SkippedFile] | None) -> dict[str, set[str]]:
-    """Per run, the cell and model keys its manifest lists: those of its latest config and input files.
+def _current_cell_keys(manifest: dict[str, Any]) -> frozenset[str] | None:
+    """The cell and model keys the manifest lists: those of the run's latest config and input files.
 
     A run directory resumed with a changed config or rebuilt weights keeps the old cells on disk; only the
     current ones are compared, so old and new results never mix. The keys are read, not recomputed, so a
-    comparison needs neither the config's model directories nor the harness version that ran it. Runs whose
-    manifest lists no keys are compared whole.
+    comparison needs neither the config's model directories nor the harness version that ran it. A run
+    whose manifest lists no keys is compared whole (None).
     """
-    current = {}
-    for run_dir in store.readable_runs(results_dir, skipped):
-        try:
-            current[run_dir.name] = set(store.read_manifest(run_dir)["cell_keys"])
-        except (FileNotFoundError, KeyError):
-            continue
-    return current
-
-
-def _only_current(table: pa.Table, current: dict[str, set[str]]) -> pa.Table:
-    if not current or table.num_rows == 0:
-        return table
-    keep = [
-        run_id not in current or cell_key in current[run_id]
-        for run_id, cell_key in zip(table["run_id"].to_pylist(), table["cell_key"].to_pylist(), strict=True)
-    ]
-    return table.filter(pa.array(keep, type=pa.bool_()))
-
-
-def _select(table: pa.Table, run_id: str, model: str) -> pa.Table:
-    return table.filter(pc.and_(pc.equal(table["run_id"], run_id), pc.equal(table["model"], model)))
+    keys = manifest.get("cell_keys")
+    return frozenset(keys) if keys else None
 
 
 # -- pairing ------------------------------------------------------------------------------------------
@@ -158,7 +181,7 @@ def pairs(models: pa.Table) -> list[Pair]:
     """Every student with its teacher, per run, sorted."""
     found = {
         Pair(row["run_id"], row["teacher"], row["name"])
-        for row in models.to_pylist()
+        for row in models.select(["run_id", "name", "role", "teacher"]).to_pylist()
         if row["role"] == "student" and row["teacher"]
     }
     return sorted(found, key=dataclasses.astuple)
@@ -172,74 +195,128 @@ def run_models(models: pa.Table) -> dict[str, set[str]]:
     return found
 
 
-def scores(eval_scores: pa.Table, run_id: str, model: str) -> dict[ScoreKey, float]:
-    """A model's aggregate score of every (task, metric, filter)."""
-    return {
-        (row["task"], row["metric"], row["filter"]): row["value"]
-        for row in _select(eval_scores, run_id, model).to_pylist()
-    }
+@dataclass(frozen=True)
+class ModelScores:
+    """A model's aggregate score of every (task, metric, filter), and the keys whose metric is lower-is-better."""
+
+    values: dict[ScoreKey, float]
+    lower_is_better: set[ScoreKey]
 
 
-def lower_is_better(eval_scores: pa.Table, run_id: str, model: str) -> set[ScoreKey]:
-    """The (task, metric, filter) keys whose metric is lower-is-better for this model's rows."""
-    # A null direction (older results, tasks that give none) counts as higher is better.
-    return {
-        (row["task"], row["metric"], row["filter"])
-        for row in _select(eval_scores, run_id, model).to_pylist()
-        if row["higher_is_better"] is False
-    }
+def scores_by_model(eval_scores: pa.Table) -> dict[tuple[str, str], ModelScores]:
+    """Per (run, model), its scores; a repeated key keeps the last row's value (in table order)."""
+    found: dict[tuple[str, str], ModelScores] = {}
+    columns = ["run_id", "model", "task", "metric", "filter", "value", "higher_is_better"]
+    for row in eval_scores.select(columns).to_pylist():
+        scores = found.setdefault((row["run_id"], row["model"]), ModelScores({}, set()))
+        key = (row["task"], row["metric"], row["filter"])
+        scores.values[key] = row["value"]
+        # A null direction (older results, tasks that give none) counts as higher is better.
+        if row["higher_is_better"] is False:
+            scores.lower_is_better.add(key)
+    return found
 
 
-def _doc_values(eval_samples: pa.Table, run_id: str, model: str) -> pa.Table:
-    # Averaging repeated rows of a document keeps the join one-to-one.
-    return _select(eval_samples, run_id, model).group_by(list(_DOC_KEYS)).aggregate([("value", "mean")])
+@dataclass(frozen=True)
+class PairedDocuments:
+    """Every pair's paired per-document values: group i is rows `bounds[i]:bounds[i + 1]` of both arrays."""
+
+    groups: dict[tuple[Pair, ScoreKey], int]
+    bounds: np.ndarray
+    teacher: np.ndarray
+    student: np.ndarray
+
+    def get(self, pair: Pair, key: ScoreKey) -> PairedValues | None:
+        """The documents both models of `pair` answered for `key`, by doc_id; None when there are none."""
+        index = self.groups.get((pair, key))
+        if index is None:
+            return None
+        start, stop = self.bounds[index], self.bounds[index + 1]
+        return PairedValues(self.teacher[start:stop], self.student[start:stop])
 
 
-def paired_values(eval_samples: pa.Table, pair: Pair) -> dict[ScoreKey, PairedValues]:
-    """Both models' per-document values of every (task, metric, filter), on the documents both answered."""
-    teacher = _doc_values(eval_samples, pair.run_id, pair.teacher)
-    student = _doc_values(eval_samples, pair.run_id, pair.student)
-    # Inner: pyarrow's default (left outer) would pair a document only the teacher answered with a null.
-    joined = teacher.join(
-        student, keys=list(_DOC_KEYS), join_type="inner", left_suffix="_teacher", right_suffix="_student"
+def paired_documents(eval_samples: pa.Table, pairs: Sequence[Pair]) -> PairedDocuments:
+    """Both models' per-document values of every pair and (task, metric, filter), on the documents both answered.
+
+    One group-by averages repeated rows of a document (keeping the join one-to-one); one join per side
+    attaches the pairs a model is the teacher or the student of; an inner join on (pair, task, metric, filter,
+    doc_id) keeps the documents both answered (pyarrow's default, left outer, would pair a document only the
+    teacher answered with a null); a sort by those keys makes each group a slice ordered by doc_id.
+    """
+    keys = ["run_id", "model", *_DOC_KEYS]
+    docs = eval_samples.select([*keys, "value"]).group_by(keys, use_threads=False).aggregate([("value", "mean")])
+    listing = pa.table(
+        {
+            "pair": pa.array(range(len(pairs)), pa.int64()),
+            "run_id": pa.array([pair.run_id for pair in pairs], pa.string()),
+            "teacher": pa.array([pair.teacher for pair in pairs], pa.string()),
+            "student": pa.array([pair.student for pair in pairs], pa.string()),
+        }
     )
+    sides = [
+        docs.join(
+            listing.select(["pair", "run_id", side]), keys=["run_id", "model"], right_keys=["run_id", side],
+            join_type="inner",
+        )  # fmt: skip
+        .select(["pair", *_DOC_KEYS, "value_mean"])
+        .rename_columns(["pair", *_DOC_KEYS, f"value_{side}"])
+        for side in ("teacher", "student")
+    ]
+    joined = sides[0].join(sides[1], keys=["pair", *_DOC_KEYS], join_type="inner")
     # Join output order is unspecified; sort so the seeded bootstrap sees the same vectors every time.
-    joined = joined.sort_by([(key, "ascending") for key in _DOC_KEYS])
-    teacher_values = joined["value_mean_teacher"].to_numpy(zero_copy_only=False)
-    student_values = joined["value_mean_student"].to_numpy(zero_copy_only=False)
-    keys = zip(*(joined[key].to_pylist() for key in _DOC_KEYS[:3]), strict=True)
-    grouped: dict[ScoreKey, PairedValues] = {}
-    position = 0
-    for key, group in itertools.groupby(keys):
-        end = position + sum(1 for _ in group)
-        grouped[key] = PairedValues(teacher_values[position:end], student_values[position:end])
-        position = end
-    return grouped
+    joined = joined.sort_by([(key, "ascending") for key in ("pair", *_DOC_KEYS)])
+    group_columns = ["pair", *_DOC_KEYS[:3]]
+    starts = _group_starts(joined, group_columns)
+    firsts = joined.select(group_columns).take(pa.array(starts, pa.int64())).to_pylist()
+    groups = {
+        (pairs[row["pair"]], (row["task"], row["metric"], row["filter"])): index for index, row in enumerate(firsts)
+    }
+    return PairedDocuments(
+        groups,
+        np.append(starts, joined.num_rows),
+        joined["value_teacher"].to_numpy(),
+        joined["value_student"].to_numpy(),
+    )
 
 
-def _perf_rows(perf_summary: pa.Table, run_id: str, model: str) -> list[dict[str, Any]]:
-    rows = _select(perf_summary, run_id, model).to_pylist()
-    for row in rows:
+def _group_starts(table: pa.Table, columns: Sequence[str]) -> np.ndarray:
+    """Row indices where a run of equal values of `columns` starts, in a table sorted by them."""
+    if table.num_rows == 0:
+        return np.empty(0, dtype=np.int64)
+    changed = np.zeros(table.num_rows, dtype=bool)
+    changed[0] = True
+    for name in columns:
+        column = table[name].combine_chunks()
+        changed[1:] |= pc.not_equal(column.slice(1), column.slice(0, len(column) - 1)).to_numpy(zero_copy_only=False)
+    return np.flatnonzero(changed)
+
+
+def perf_rows_by_model(perf_summary: pa.Table) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """Per (run, model), its perf_summary rows as dicts, sorted by (workload, block, level, session_id)."""
+    found: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in perf_summary.to_pylist():
         # Schema 2 rows have neither column: one block, one session.
         row["block"] = row.get("block") or 0
         row["session_id"] = row.get("session_id") or ""
-    return sorted(rows, key=lambda row: (row["workload"], row["block"], row["level"], row["session_id"]))
+        found.setdefault((row["run_id"], row["model"]), []).append(row)
+    for rows in found.values():
+        rows.sort(key=lambda row: (row["workload"], row["block"], row["level"], row["session_id"]))
+    return found
 
 
 def _is_sweep(rows: list[dict[str, Any]]) -> bool:
     return any(row.get("mode") == SWEEP_MODE for row in rows)
 
 
-def paired_workloads(perf_summary: pa.Table, pair: Pair) -> list[PairedWorkload]:
+def paired_workloads(teacher_rows: list[dict[str, Any]], student_rows: list[dict[str, Any]]) -> list[PairedWorkload]:
     """Per workload both models ran, the blocks both ran at one level, sorted by workload and block.
 
-    Fixed levels: the highest level that both models ran in at least one common block, where throughput is
-    closest to the server's capacity; the blocks are those where both have a row at that level. Sweeps: every
-    block both ran, each model at its own capacity (level None). A block with several rows of one model at
-    the same key (which the store's cell keys should prevent) keeps the last in sorted order.
+    The rows are one model's each (`perf_rows_by_model`). Fixed levels: the highest level that both models
+    ran in at least one common block, where throughput is closest to the server's capacity; the blocks are
+    those where both have a row at that level. Sweeps: every block both ran, each model at its own capacity
+    (level None). A block with several rows of one model at the same key (which the store's cell keys should
+    prevent) keeps the last in sorted order.
     """
-    teacher_rows = _perf_rows(perf_summary, pair.run_id, pair.teacher)
-    student_rows = _perf_rows(perf_summary, pair.run_id, pair.student)
     results = []
     for workload in sorted({row["workload"] for row in teacher_rows}):
         teacher = [row for row in teacher_rows if row["workload"] == workload]

@@ -20,15 +20,27 @@ simulated), because it uses the plug-in variance and ignores the uncertainty of 
 blocks it has only 10 distinct resamples. The t-interval is exact for normal log-ratios at any n ≥ 2, and
 the log makes it symmetric under swapping student and teacher (the interval of teacher/student is the
 reciprocal of that of student/teacher).
+
+Batches: a comparison of many runs asks for thousands of intervals. `tango_interval` and `mcnemar_exact_p`
+take arrays (one bisection, one binomial call for all rows), `bootstrap_cis` draws each resampling matrix
+once for every group of the same size (the draws depend only on the seed, the count and the size, so every
+group gets exactly the indices a call of its own would draw), and quantiles are computed once per
+(confidence, degrees of freedom). Each value is the one the per-row call gives, bit for bit (tested).
+
+scipy: the quantiles and the binomial tail come from the `scipy.special` functions that `scipy.stats`'
+`norm.ppf`, `t.ppf` and `binom.cdf` evaluate (`ndtri`, `stdtrit`, the boost binomial cdf), so the values are
+theirs (tested) without importing `scipy.stats`, a second of start-up; and only on first use, since reading
+stored comparisons needs none of this module's numbers.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
-from scipy import stats as scipy_stats
 
 # Bound the bootstrap's index matrix (draws x documents) so big tasks do not need gigabytes.
 _MAX_DRAWS_PER_CHUNK = 2_000_000
@@ -48,18 +60,40 @@ class RatioEstimate:
 
 def bootstrap_ci(diffs: np.ndarray, confidence: float, samples: int, seed: int) -> tuple[float, float]:
     """Percentile bootstrap CI of the mean of paired differences, resampling documents with a seeded RNG."""
-    diffs = np.asarray(diffs, dtype=np.float64)
-    if diffs.size == 0:
+    ((low, high),) = bootstrap_cis([diffs], [confidence], samples, seed)
+    return low, high
+
+
+def bootstrap_cis(
+    diffs: Sequence[np.ndarray], confidences: Sequence[float], samples: int, seed: int
+) -> list[tuple[float, float]]:
+    """`bootstrap_ci` of every group of paired differences (with its own confidence), in order.
+
+    Groups of one size share the resampling indices: `bootstrap_ci` seeds a fresh generator per call, so its
+    draws depend only on (seed, samples, size), and drawing them once per size gives each group the same
+    indices, the same means and the same interval as a call of its own.
+    """
+    groups = [np.asarray(values, dtype=np.float64) for values in diffs]
+    if any(group.size == 0 for group in groups):
         raise ValueError("bootstrap_ci needs at least one paired difference")
-    rng = np.random.default_rng(seed)
-    means = np.empty(samples)
-    chunk = max(1, _MAX_DRAWS_PER_CHUNK // diffs.size)
-    for start in range(0, samples, chunk):
-        stop = min(samples, start + chunk)
-        means[start:stop] = diffs[rng.integers(0, diffs.size, size=(stop - start, diffs.size))].mean(axis=1)
-    tail = (1 - confidence) / 2
-    low, high = np.quantile(means, [tail, 1 - tail])
-    return float(low), float(high)
+    by_size: dict[int, list[int]] = {}
+    for index, group in enumerate(groups):
+        by_size.setdefault(group.size, []).append(index)
+    intervals: list[tuple[float, float]] = [(math.nan, math.nan)] * len(groups)
+    for size, members in by_size.items():
+        rng = np.random.default_rng(seed)
+        means = np.empty((len(members), samples))
+        chunk = max(1, _MAX_DRAWS_PER_CHUNK // size)
+        for start in range(0, samples, chunk):
+            stop = min(samples, start + chunk)
+            draws = rng.integers(0, size, size=(stop - start, size))
+            for row, index in enumerate(members):
+                means[row, start:stop] = groups[index][draws].mean(axis=1)
+        for row, index in enumerate(members):
+            tail = (1 - confidences[index]) / 2
+            low, high = np.quantile(means[row], [tail, 1 - tail])
+            intervals[index] = (float(low), float(high))
+    return intervals
 
 
 def is_binary(*values: np.ndarray) -> bool:
@@ -74,14 +108,31 @@ def discordant_counts(teacher: np.ndarray, student: np.ndarray) -> tuple[int, in
     return int((student & ~teacher).sum()), int((teacher & ~student).sum())
 
 
-def mcnemar_exact_p(b: int, c: int) -> float:
-    """Exact two-sided McNemar p-value: twice the smaller binomial tail of b in b + c at 1/2 (1 when b = c = 0)."""
-    if b + c == 0:
-        return 1.0
-    return float(min(1.0, 2 * scipy_stats.binom.cdf(min(b, c), b + c, 0.5)))
+def mcnemar_exact_p(b: np.ndarray | int, c: np.ndarray | int) -> np.ndarray | float:
+    """Exact two-sided McNemar p-value: twice the smaller binomial tail of b in b + c at 1/2 (1 when b = c = 0).
+
+    Vectorised over b and c; a float for scalar arguments.
+    """
+    b_arr, c_arr = np.broadcast_arrays(np.asarray(b, dtype=np.int64), np.asarray(c, dtype=np.int64))
+    total = b_arr + c_arr
+    p = np.ones(total.shape)
+    some = total > 0
+    p[some] = np.minimum(1.0, 2 * _binomial_cdf()(np.minimum(b_arr, c_arr)[some], total[some], 0.5))
+    return float(p) if p.ndim == 0 else p
 
 
-def _tango_statistic(b: np.ndarray, c: np.ndarray, n: int, delta: np.ndarray, continuity: float) -> np.ndarray:
+def _binomial_cdf():
+    """The ufunc behind `scipy.stats.binom.cdf` at integer k (same values), without importing scipy.stats."""
+    try:
+        from scipy.special._ufuncs import _binom_cdf
+    except ImportError:  # a scipy that moved it: the public route, slower to import
+        from scipy.stats import binom
+
+        return binom.cdf
+    return _binom_cdf
+
+
+def _tango_statistic(b: np.ndarray, c: np.ndarray, n: np.ndarray, delta: np.ndarray, continuity: float) -> np.ndarray:
     # Tango (1998), eq. 3: the score statistic for H0: p10 - p01 = delta, with the constrained maximum
     # likelihood estimate of p01 (the root of A q^2 + B q + C = 0 in [0, 1]).
     a = 2.0 * n
@@ -96,9 +147,13 @@ def _tango_statistic(b: np.ndarray, c: np.ndarray, n: int, delta: np.ndarray, co
 
 
 def tango_interval(
-    b: np.ndarray | int, c: np.ndarray | int, n: int, confidence: float, continuity: float = TANGO_CONTINUITY
+    b: np.ndarray | int,
+    c: np.ndarray | int,
+    n: np.ndarray | int,
+    confidence: float,
+    continuity: float = TANGO_CONTINUITY,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Score CI of p10 - p01 = (student - teacher) for paired 0/1 data, from b, c and n; vectorised over b, c.
+    """Score CI of p10 - p01 = (student - teacher) for paired 0/1 data, from b, c and n; vectorised over all three.
 
     Tango, T. (1998). Equivalence test and confidence interval for the difference in proportions for the
     paired-sample design. Statistics in Medicine 17(8), 891-908. The limits are the deltas where the score
@@ -114,27 +169,36 @@ def tango_interval(
     b + c <= 200). Half a count was not enough for that: it keeps 0 out at b = 5, c = 0 where the exact p is
     0.0625. The price is about 1/n of width on each side, and coverage above nominal (0.975 on average).
     """
-    b_arr = np.atleast_1d(np.asarray(b, dtype=np.float64))
-    c_arr = np.atleast_1d(np.asarray(c, dtype=np.float64))
-    b_arr, c_arr = np.broadcast_arrays(b_arr, c_arr)
-    z = float(scipy_stats.norm.ppf((1 + confidence) / 2))
+    b_arr, c_arr, n_arr = np.broadcast_arrays(
+        *(np.atleast_1d(np.asarray(value, dtype=np.float64)) for value in (b, c, n))
+    )
+    z = _normal_quantile((1 + confidence) / 2)
 
     def solve(target: float) -> np.ndarray:
         low, high = np.full(b_arr.shape, -1.0), np.full(b_arr.shape, 1.0)
         for _ in range(_BISECTION_STEPS):
             mid = (low + high) / 2
-            right = _tango_statistic(b_arr, c_arr, n, mid, continuity) > target
+            right = _tango_statistic(b_arr, c_arr, n_arr, mid, continuity) > target
             low, high = np.where(right, mid, low), np.where(right, high, mid)
         return (low + high) / 2
 
     return solve(z), solve(-z)
 
 
-def paired_binary_ci(teacher: np.ndarray, student: np.ndarray, confidence: float) -> tuple[float, float]:
-    """Tango's interval (continuity-corrected) of mean(student - teacher) for paired 0/1 values."""
-    b, c = discordant_counts(teacher, student)
-    low, high = tango_interval(b, c, len(teacher), confidence)
-    return float(low[0]), float(high[0])
+@cache
+def _normal_quantile(q: float) -> float:
+    """`scipy.stats.norm.ppf(q)`: the function it evaluates."""
+    from scipy.special import ndtri
+
+    return float(ndtri(q))
+
+
+@cache
+def _t_quantile(q: float, df: int) -> float:
+    """`scipy.stats.t.ppf(q, df)`: the function it evaluates."""
+    from scipy.special import stdtrit
+
+    return float(stdtrit(df, q))
 
 
 def t_interval(values: np.ndarray, confidence: float) -> tuple[float, float] | None:
@@ -143,7 +207,7 @@ def t_interval(values: np.ndarray, confidence: float) -> tuple[float, float] | N
     if values.size < 2:
         return None
     mean = float(values.mean())
-    half = float(scipy_stats.t.ppf((1 + confidence) / 2, values.size - 1)) * float(values.std(ddof=1))
+    half = _t_quantile((1 + confidence) / 2, values.size - 1) * float(values.std(ddof=1))
     half /= math.sqrt(values.size)
     return mean - half, mean + half
 

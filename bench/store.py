@@ -4,6 +4,13 @@ Layout (one directory per run, one file per finished cell and table):
 
     results/<run_id>/run.json                      run manifest
     results/<run_id>/<table>/<cell_key>.parquet    one cell's rows of one table
+    results/<run_id>/<table>/compacted.parquet     many cells' rows of one table (`bench.compact`)
+    results/<run_id>/comparison.parquet            the run's comparison rows (`bench.comparison_file`)
+
+Readers accept both layouts, and a mix: a table's rows are those of its compacted file, except that a cell
+file beside it replaces the compacted rows of its cell (a compaction interrupted before it removed the cell
+files it merged, or a cell written again after it), and the rows come back in cell-key order as the cell
+files would give them.
 
 The Arrow schema of each table is derived here, and only here, from the record dataclasses in
 `bench.records`. Every write goes to a hidden temp file in the target directory, is fsynced, renamed over
@@ -32,7 +39,8 @@ traceback; each problem is either an error or a reported skip:
   are reported too; hidden names are the store's own temp files and are ignored. A run whose manifest has
   a newer schema version is left out whole, reported once.
 - `read_table` without a `skipped` list raises StoreError at the first problem instead: no caller gets a
-  skip it did not ask to hear about. The file is the unit of trust: one bad row leaves out its whole file.
+  skip it did not ask to hear about. The file is the unit of trust: one bad row leaves out its whole file
+  (for a compacted file, the rows of every cell it holds; `bench.compact` merges only files that pass).
   The checks themselves are in `bench.store_check`.
 """
 
@@ -45,17 +53,19 @@ import os
 import tempfile
 import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
+from enum import StrEnum
 from functools import cache, partial
 from pathlib import Path
 from typing import IO, Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bench import store_check
 from bench.records import CellFailure, EvalSample, EvalScore, ModelRecord, PerfProbe, PerfRequest, PerfSummary
-from bench.store_check import Damaged, SkipKind, SkippedFile, StoreError
+from bench.store_check import CELL_KEYS_METADATA, Damaged, SkipKind, SkippedFile, StoreError
 
 SCHEMA_VERSION = 4  # 2: eval_scores.higher_is_better; 3: perf blocks/session_id, coalesced requests, SLO
 # attainment, sweeps (perf_probes), models server/loadgen cpus; 4: models.active_parameters
@@ -95,6 +105,7 @@ KEY_COLUMNS: tuple[pa.Field, ...] = (
 )
 _ARROW_TYPES: dict[type, pa.DataType] = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}
 _TEMP_SUFFIX = ".tmp"  # temp names end in .tmp so no `*.parquet` glob (ours, DuckDB's) can match them
+COMPACTED_STEM = "compacted"  # <table>/compacted.parquet holds many cells' rows; no cell key may be this
 
 
 def _arrow_field(name: str, hint: Any) -> pa.Field:
@@ -108,17 +119,20 @@ def _arrow_field(name: str, hint: Any) -> pa.Field:
 
 
 def _arrow_type(name: str, hint: Any) -> pa.DataType:
+    if isinstance(hint, type) and issubclass(hint, StrEnum):  # a vocabulary is stored as its value
+        return pa.string()
     try:
         return _ARROW_TYPES[hint]
     except (KeyError, TypeError):
         raise TypeError(f"{name}: no Arrow type for {hint!r}; records use str, int, float, bool or X | None") from None
 
 
-def _metadata() -> dict[bytes, bytes]:
+def _metadata(extra: dict[bytes, bytes] | None = None) -> dict[bytes, bytes]:
     return {
         b"schema_version": str(SCHEMA_VERSION).encode(),
         b"tool": TOOL_NAME.encode(),
         b"tool_version": _tool_version().encode(),
+        **(extra or {}),
     }
 
 
@@ -155,8 +169,9 @@ def _record_class(table: str) -> type:
 
 
 def _check_cell_key(cell_key: str) -> None:
-    # Cell keys become file names; refuse anything that could escape the table directory or hide in it.
-    if not cell_key or cell_key.startswith(".") or "/" in cell_key or os.sep in cell_key:
+    # Cell keys become file names; refuse anything that could escape the table directory or hide in it, and
+    # the compacted file's name.
+    if not cell_key or cell_key.startswith(".") or "/" in cell_key or os.sep in cell_key or cell_key == COMPACTED_STEM:
         raise ValueError(f"cell key {cell_key!r} is not a usable file name")
 
 
@@ -196,10 +211,15 @@ def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     _fsync_dir(path.parent)
 
 
-def _remove_durably(path: Path) -> None:
-    if path.exists():
-        path.unlink()
-        _fsync_dir(path.parent)
+def remove_files(paths: Sequence[Path]) -> None:
+    """Remove files (those already gone are fine) and make each removal durable."""
+    directories = set()
+    for path in paths:
+        if path.exists():
+            path.unlink()
+            directories.add(path.parent)
+    for directory in sorted(directories):
+        _fsync_dir(directory)
 
 
 # -- writing ------------------------------------------------------------------------------------------
@@ -230,11 +250,22 @@ def _records_table(
     return arrow
 
 
+def records_table(record: type, rows: Sequence[Any], metadata: dict[bytes, bytes] | None = None) -> pa.Table:
+    """Rows of one record dataclass as an Arrow table of `record_schema(record)`, `metadata` added to the file's."""
+    target = record_schema(record)
+    target = target.with_metadata({**target.metadata, **(metadata or {})})
+    return _records_table(record.__name__, target, record, rows, {})
+
+
+def write_table(path: Path, table: pa.Table) -> Path:
+    """Atomically write an Arrow table as a standalone Parquet file (its schema metadata kept)."""
+    _atomic_write(path, lambda handle: pq.write_table(table, handle))
+    return path
+
+
 def write_records(path: Path, record: type, rows: Sequence[Any]) -> Path:
     """Atomically write rows of one record dataclass as a standalone Parquet file (e.g. the leaderboard)."""
-    arrow = _records_table(path.name, record_schema(record), record, rows, {})
-    _atomic_write(path, lambda handle: pq.write_table(arrow, handle))
-    return path
+    return write_table(path, records_table(record, rows))
 
 
 def cell_path(run_dir: Path, table: str, cell_key: str) -> Path:
@@ -256,13 +287,34 @@ def write_cell(run_dir: Path, table: str, cell_key: str, model: str, rows: Seque
     if table in COMMIT_TABLES:
         # After the commit, not before: a crash in between leaves a stale failure next to a done cell,
         # which is harmless, rather than a failed cell with no record of its failure.
-        _remove_durably(cell_path(run_dir, FAILURES_TABLE, cell_key))
+        remove_files([cell_path(run_dir, FAILURES_TABLE, cell_key)])
     return path
 
 
 def done_cell_keys(run_dir: Path) -> set[str]:
-    """Cell keys whose commit table is written; a failures file alone does not make a cell done."""
-    return {path.stem for table in COMMIT_TABLES for path in _cell_files(Path(run_dir) / table)}
+    """Cell keys whose commit table is written; a failures file alone does not make a cell done.
+
+    A compacted commit table counts its cells; one whose list cannot be read counts none, so a resume runs
+    those cells again and their new files take the place of the compacted rows.
+    """
+    keys = set()
+    for table in COMMIT_TABLES:
+        for path in _cell_files(Path(run_dir) / table):
+            keys |= compacted_keys(path) if path.stem == COMPACTED_STEM else {path.stem}
+    return keys
+
+
+def compacted_keys(path: Path) -> frozenset[str]:
+    """The cells a compacted file lists in its metadata; none when it cannot be read."""
+    try:
+        return store_check.compacted_cell_keys(pq.read_schema(path).metadata)
+    except (Damaged, OSError, pa.ArrowException):
+        return frozenset()
+
+
+def compacted_metadata(cell_keys: Collection[str]) -> dict[bytes, bytes]:
+    """The file metadata of a compacted file holding `cell_keys`, beside the usual schema version and tool."""
+    return _metadata({CELL_KEYS_METADATA: json.dumps(sorted(cell_keys)).encode()})
 
 
 def _cell_files(directory: Path) -> list[Path]:
@@ -357,16 +409,52 @@ def read_table(results_dir: Path, table: str, skipped: list[SkippedFile] | None 
     With a `skipped` list, a damaged or foreign file is left out and reported there; without one, the first
     such file raises StoreError. No files gives an empty table with the schema.
     """
-    expected = schema(table)
-    parts = []
-    for run in readable_runs(results_dir, skipped):
-        for path in _table_entries(run, table, skipped):
-            try:
-                added = partial(columns_added_after, table)
-                parts.append(store_check.read_cell_file(path, table, expected, SCHEMA_VERSION, added, run.name))
-            except Damaged as damage:
-                _skip(skipped, path, damage.kind, damage.reason)
-    return pa.concat_tables(parts) if parts else expected.empty_table()
+    parts = [read_run_table(run, table, skipped) for run in readable_runs(results_dir, skipped)]
+    return pa.concat_tables(parts) if parts else schema(table).empty_table()
+
+
+def read_run_table(
+    run: Path,
+    table: str,
+    skipped: list[SkippedFile] | None = None,
+    columns: Sequence[str] | None = None,
+    cells: Collection[str] | None = None,
+) -> pa.Table:
+    """One run's rows of `table`, in either layout (see the module docstring), each file checked first.
+
+    `cells`: only these cells' rows (None: all; a cell file of another cell is not even read); `columns`:
+    only these columns (the checks still cover every column of a file). Skips as in `read_table`.
+    """
+    entries = _table_entries(run, table, skipped)
+    compacted = [path for path in entries if path.stem == COMPACTED_STEM]
+    wanted = [path for path in entries if path.stem != COMPACTED_STEM and (cells is None or path.stem in cells)]
+    parts, read = [], set()
+    for path, is_compacted in [*((path, False) for path in wanted), *((path, True) for path in compacted)]:
+        try:
+            rows = read_file(path, table, is_compacted)
+        except Damaged as damage:
+            _skip(skipped, path, damage.kind, damage.reason)
+            continue
+        if is_compacted:
+            keep = pc.invert(pc.is_in(rows["cell_key"], pa.array(sorted(read), pa.string())))
+            if cells is not None:
+                keep = pc.and_(keep, pc.is_in(rows["cell_key"], pa.array(sorted(cells), pa.string())))
+            rows = rows.filter(keep)
+        else:
+            read.add(path.stem)
+        parts.append(rows)
+    found = pa.concat_tables(parts) if parts else schema(table).empty_table()
+    if compacted:  # cell-key order, stable: as the cell files alone would give the rows
+        found = found.sort_by([("cell_key", "ascending")])
+    return found.select(list(columns)) if columns is not None else found
+
+
+def read_file(path: Path, table: str, compacted: bool = False) -> pa.Table:
+    """One file of `table` (a cell file, or a `compacted` one) in the run folder that holds it, checked;
+    `store_check.Damaged` when it must be left out."""
+    run_id = path.absolute().parent.parent.name  # absolute: the run of `./eval_scores/x.parquet` has a name
+    added = partial(columns_added_after, table)
+    return store_check.read_cell_file(path, table, schema(table), SCHEMA_VERSION, added, run_id, compacted)
 
 
 def _run_of(path: Path) -> Path:

@@ -18,6 +18,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+CELL_KEYS_METADATA = b"cell_keys"  # a compacted file's metadata: the JSON array of the cells it holds
+
 
 class SkipKind(StrEnum):
     """Why a file of a results tree was left out of a read."""
@@ -178,37 +180,60 @@ def _check_missing(what: str, expected: pa.Schema, present: list[str], optional:
         raise Damaged(SkipKind.SCHEMA, f"missing {len(missing)} {noun}: {names}{hint}")
 
 
-def _check_values(expected: pa.Schema, data: pa.Table, owners: dict[str, tuple[str, str]]) -> None:
+def _check_values(expected: pa.Schema, data: pa.Table, owners: dict[str, tuple[frozenset[str], str]]) -> None:
     """Nulls only where the schema allows them, finite floats, and rows that belong where the file lies.
 
-    `owners` maps a column to the value every row must have and where that value comes from.
+    `owners` maps a column to the values its rows may have, and how a message names them. Each check is one
+    vectorised test over the file (all float columns at once); only a file that fails it is looked at column
+    by column, for the message.
     """
     rows = data.num_rows
     for field in expected:
-        if field.name not in data.column_names:
-            continue
-        column = data[field.name]
-        if not field.nullable and column.null_count:
-            raise Damaged(SkipKind.VALUES, f"{column.null_count} of {rows} rows have no {field.name!r} (required)")
-        if pa.types.is_floating(field.type):
-            bad = pc.sum(pc.invert(pc.is_finite(column))).as_py() or 0
+        if field.name in data.column_names and not field.nullable and data[field.name].null_count:
+            count = data[field.name].null_count
+            raise Damaged(SkipKind.VALUES, f"{count} of {rows} rows have no {field.name!r} (required)")
+    floats = [f.name for f in expected if pa.types.is_floating(f.type) and f.name in data.column_names]
+    chunks = [chunk for name in floats for chunk in data[name].chunks]  # every float column is float64
+    if chunks and rows and pc.all(pc.is_finite(pa.concat_arrays(chunks))).as_py() is False:
+        for name in floats:
+            bad = pc.sum(pc.invert(pc.is_finite(data[name]))).as_py() or 0
             if bad:
-                reason = f"{bad} of {rows} rows have NaN or infinity in {field.name!r} (a missing value is null)"
+                reason = f"{bad} of {rows} rows have NaN or infinity in {name!r} (a missing value is null)"
                 raise Damaged(SkipKind.VALUES, reason)
-    for column, (owner, where) in owners.items():
-        others = pc.filter(data[column], pc.not_equal(data[column], owner))
-        if len(others):
+    for column, (allowed, named) in owners.items():
+        values = pa.array(sorted(allowed), pa.string())
+        if rows and not pc.all(pc.is_in(data[column], values)).as_py():
+            others = pc.filter(data[column], pc.invert(pc.is_in(data[column], values)))
             share = "rows say" if len(others) == rows else f"{len(others)} of {rows} rows say"
-            raise Damaged(SkipKind.FOREIGN, f"{share} {column} {others[0].as_py()!r}, not {owner!r} ({where})")
+            raise Damaged(SkipKind.FOREIGN, f"{share} {column} {others[0].as_py()!r}, not {named}")
+
+
+def compacted_cell_keys(metadata: dict[bytes, bytes] | None) -> frozenset[str]:
+    """The cells a compacted file holds, from its `cell_keys` metadata (a JSON array of strings)."""
+    raw = (metadata or {}).get(CELL_KEYS_METADATA)
+    try:
+        keys = json.loads(raw) if raw is not None else None
+    except (UnicodeDecodeError, ValueError):
+        keys = None
+    if not isinstance(keys, list) or not all(isinstance(key, str) for key in keys):
+        raise Damaged(SkipKind.SCHEMA, "a compacted file without the list of its cells (metadata cell_keys)")
+    return frozenset(keys)
 
 
 def read_cell_file(
-    path: Path, table: str, expected: pa.Schema, current: int, added_after: Callable[[int], set[str]], run_id: str
+    path: Path,
+    table: str,
+    expected: pa.Schema,
+    current: int,
+    added_after: Callable[[int], set[str]],
+    run_id: str,
+    compacted: bool = False,
 ) -> pa.Table:
-    """One cell file of `table` in run `run_id`, checked, as a table of `expected`; Damaged when it is not usable.
+    """One file of `table` in run `run_id`, checked, as a table of `expected`; Damaged when it is not usable.
 
-    `current` is the schema version this code writes; `added_after(v)` names the columns a file of version
-    v may lack, which come back as nulls.
+    A cell file's rows must all say its name as their cell_key; a `compacted` file's rows (many cells') a key
+    that its metadata lists. `current` is the schema version this code writes; `added_after(v)` names the
+    columns a file of version v may lack, which come back as nulls.
     """
     if not path.is_file():
         raise Damaged(SkipKind.UNREADABLE, "not a regular file")
@@ -217,16 +242,19 @@ def read_cell_file(
         found = parquet.schema_arrow
     except Exception as error:  # noqa: BLE001 - pyarrow raises many types for one cause: the file is damaged
         raise Damaged(SkipKind.UNREADABLE, f"not a readable Parquet file ({one_line(error)})") from None
+    if compacted:
+        keys = compacted_cell_keys(found.metadata)
+        cells = (keys, f"one of the {len(keys)} cells the compacted file lists")
+    else:
+        cells = (frozenset({path.stem}), f"{path.stem!r} (the file's name)")
     present = _check_types(expected, found)
     try:
         data = parquet.read(columns=present)
     except Exception as error:  # noqa: BLE001 - as above: a torn page, a bad encoding, a short read
         raise Damaged(SkipKind.UNREADABLE, f"not a readable Parquet file ({one_line(error)})") from None
     _check_missing(table, expected, present, added_after(_file_version(found.metadata, data, current)))
-    owners = {
-        "run_id": (run_id, "the folder's name; a copied or renamed run folder?"),
-        "cell_key": (path.stem, "the file's name"),
-    }
+    folder = f"{run_id!r} (the folder's name; a copied or renamed run folder?)"
+    owners = {"run_id": (frozenset({run_id}), folder), "cell_key": cells}
     _check_values(expected, data, owners)
     columns = [
         data[f.name] if f.name in present else pa.chunked_array([pa.nulls(data.num_rows, f.type)]) for f in expected

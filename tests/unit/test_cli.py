@@ -105,7 +105,7 @@ def test_plan_rejects_a_bad_config_like_validate(workspace: Path) -> None:
     assert "config.yaml: models[1].teacher: " in result.stderr
 
 
-@pytest.mark.parametrize("command", ["validate", "plan", "run", "compare", "leaderboard", "slurm"])
+@pytest.mark.parametrize("command", ["validate", "plan", "run", "compare", "leaderboard", "compact", "slurm"])
 def test_help_has_an_example(command: str) -> None:
     result = invoke(command, "--help")
     assert result.exit_code == 0

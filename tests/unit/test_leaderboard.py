@@ -177,6 +177,28 @@ def test_svg_has_an_error_bar_per_interval(tmp_path):
     assert not {"errorbar-cost-3", "errorbar-quality-3", "point-3"} & ids  # tiny has nothing to plot
 
 
+def test_a_plot_of_many_entries_names_the_best_ranked_and_the_front_with_their_error_bars():
+    """At leaderboard scale every entry is a point; the best-ranked and those on the Pareto front are named and
+    carry error bars (a thousand bars would hide the points)."""
+    fields = dict.fromkeys(f.name for f in dataclasses.fields(leaderboard.LeaderboardEntry))
+    fields |= {"student": "s", "worst_verdict": "inconclusive", "workload": "chat", "level": 8.0}
+    entries = [
+        leaderboard.LeaderboardEntry(**fields | {
+            "rank": rank, "throughput_ratio": 2.0 - rank / 1000, "throughput_ratio_ci_low": 1.5,
+            "throughput_ratio_ci_high": 2.5, "mean_retention_pct": 90.0 - rank / 100 + (rank == 300) * 20,
+            "retention_ci_low_pct": 80.0, "retention_ci_high_pct": 99.0,
+        })
+        for rank in range(1, 301)
+    ]  # fmt: skip
+    svg = ET.fromstring(leaderboard_page.plot_pareto(entries))
+    ids = {element.get("id") for element in svg.iter()}
+    texts = [text.text for text in svg.iter("{http://www.w3.org/2000/svg}text")]
+    named = [int(text.split()[0][1:]) for text in texts if text.startswith("#")]
+    assert sorted(named) == [*range(1, leaderboard_page._LABELLED + 1), 300]  # 300 is on the front: 110 % kept
+    assert {f"point-{rank}" for rank in range(1, 301)} <= ids
+    assert {f"errorbar-cost-{rank}" for rank in named} <= ids and "errorbar-cost-200" not in ids
+
+
 def test_page_escapes_names_and_has_a_drill_down_per_entry(tmp_path):
     write_board(tmp_path)
     page = (tmp_path / "index.html").read_text()

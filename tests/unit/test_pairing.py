@@ -21,8 +21,11 @@ def perf_row(model: str, workload: str, level: float, block: int | None, session
     return {**row, **more}
 
 
-def perf_table(rows: list[dict[str, Any]]) -> pa.Table:
-    return pa.Table.from_pylist(rows)
+def paired_workloads(rows: list[dict[str, Any]], pair: Pair = PAIR) -> list[pairing.PairedWorkload]:
+    """The pair's workloads from perf rows of any runs and models, as the comparison groups them."""
+    by_model = pairing.perf_rows_by_model(pa.Table.from_pylist(rows))
+    teacher, student = by_model.get((pair.run_id, pair.teacher), []), by_model.get((pair.run_id, pair.student), [])
+    return pairing.paired_workloads(teacher, student)
 
 
 def test_fixed_levels_pair_by_block_at_the_highest_common_level():
@@ -30,7 +33,7 @@ def test_fixed_levels_pair_by_block_at_the_highest_common_level():
     rows += [perf_row("small", "chat", level, block, "s1", 200 + block) for block in (0, 2) for level in (1, 4, 8)]
     rows += [perf_row("small", "chat", 4, 5, "s1", 999)]  # a block the teacher never ran
     rows += [perf_row("big", "other-run", 1, 0, "s1", 1, run_id="r2"), perf_row("tiny", "chat", 4, 0, "s1", 1)]
-    (workload,) = pairing.paired_workloads(perf_table(rows), PAIR)
+    (workload,) = paired_workloads(rows)
     assert (workload.workload, workload.level) == ("chat", 4)
     assert [pair.block for pair in workload.blocks] == [0, 2]
     student, teacher = workload.values("output_tokens_per_s")
@@ -42,13 +45,13 @@ def test_fixed_levels_pair_by_block_at_the_highest_common_level():
 def test_a_workload_only_one_model_ran_is_left_out():
     rows = [perf_row("big", "chat", 1, 0, "s", 1.0), perf_row("big", "batch", 1, 0, "s", 1.0)]
     rows += [perf_row("small", "chat", 1, 0, "s", 2.0)]
-    assert [w.workload for w in pairing.paired_workloads(perf_table(rows), PAIR)] == ["chat"]
+    assert [w.workload for w in paired_workloads(rows)] == ["chat"]
 
 
 def test_blocks_measured_by_different_sessions_are_counted():
     rows = [perf_row("big", "chat", 8, block, "host:1", 100) for block in range(4)]
     rows += [perf_row("small", "chat", 8, block, "host:1" if block < 2 else "host:2", 150) for block in range(4)]
-    (workload,) = pairing.paired_workloads(perf_table(rows), PAIR)
+    (workload,) = paired_workloads(rows)
     assert [pair.cross_session for pair in workload.blocks] == [False, False, True, True]
     assert workload.blocks_cross_session == 2
 
@@ -60,7 +63,7 @@ def test_sweeps_pair_by_block_whatever_the_level():
 
     rows = [sweep("big", block, 2.0 + block / 10) for block in range(3)]
     rows += [sweep("small", 0, 4.0), sweep("small", 1, None), sweep("small", 2, 4.4)]
-    (workload,) = pairing.paired_workloads(perf_table(rows), PAIR)
+    (workload,) = paired_workloads(rows)
     assert workload.level is None
     assert [pair.block for pair in workload.blocks] == [0, 1, 2]
     student, teacher = workload.values("capacity_requests_per_s")
@@ -70,22 +73,46 @@ def test_sweeps_pair_by_block_whatever_the_level():
 def test_schema_2_rows_without_block_columns_are_one_block():
     rows = [perf_row("big", "chat", level, None, None, 100 * level) for level in (1, 4)]
     rows += [perf_row("small", "chat", level, None, None, 250 * level) for level in (1, 4)]
-    (workload,) = pairing.paired_workloads(perf_table(rows), PAIR)
+    (workload,) = paired_workloads(rows)
     assert (workload.level, [pair.block for pair in workload.blocks], workload.blocks_cross_session) == (4, [0], 0)
 
 
-def test_documents_pair_by_doc_id_and_keep_both_values():
-    def samples(model: str, values: dict[int, float], task: str = "toy_add") -> list[dict[str, Any]]:
-        base = dict(run_id="r1", model=model, task=task, metric="acc", filter="none")
-        return [{**base, "doc_id": doc, "value": value} for doc, value in values.items()]
+def samples(model: str, values: dict[int, float], task: str = "toy_add", run: str = "r1") -> list[dict[str, Any]]:
+    base = dict(run_id=run, model=model, task=task, metric="acc", filter="none")
+    return [{**base, "doc_id": doc, "value": value} for doc, value in values.items()]
 
+
+def test_documents_pair_by_doc_id_and_keep_both_values():
     rows = samples("big", {2: 1.0, 0: 0.0, 1: 1.0}) + samples("small", {1: 0.0, 0: 1.0, 3: 1.0})
     rows += samples("small", {1: 1.0})  # a repeated row of a document is averaged
     rows += samples("big", {0: 1.0}, task="toy_sort")  # the student never ran toy_sort
-    paired = pairing.paired_values(pa.Table.from_pylist(rows), PAIR)
-    assert list(paired) == [("toy_add", "acc", "none")]
-    values = paired[("toy_add", "acc", "none")]
+    documents = pairing.paired_documents(pa.Table.from_pylist(rows), [PAIR])
+    assert list(documents.groups) == [(PAIR, ("toy_add", "acc", "none"))]
+    values = documents.get(PAIR, ("toy_add", "acc", "none"))
     assert values.teacher.tolist() == [0.0, 1.0] and values.student.tolist() == [1.0, 0.5]
+    assert documents.get(PAIR, ("toy_sort", "acc", "none")) is None
+
+
+def test_every_pair_of_every_run_is_paired_in_one_pass():
+    """One teacher with two students, and the same model names in another run: each pair sees only its own."""
+    rows = samples("big", {0: 1.0, 1: 0.0}) + samples("small", {0: 0.0, 1: 1.0}) + samples("tiny", {1: 1.0})
+    rows += samples("big", {0: 0.0, 1: 0.0, 2: 1.0}, run="r2") + samples("small", {2: 0.0, 0: 1.0}, run="r2")
+    other_run, tiny = Pair("r2", "big", "small"), Pair("r1", "big", "tiny")
+    documents = pairing.paired_documents(pa.Table.from_pylist(rows), [PAIR, tiny, other_run])
+    key = ("toy_add", "acc", "none")
+    assert (documents.get(PAIR, key).teacher.tolist(), documents.get(PAIR, key).student.tolist()) == ([1, 0], [0, 1])
+    assert (documents.get(tiny, key).teacher.tolist(), documents.get(tiny, key).student.tolist()) == ([0], [1])
+    paired = documents.get(other_run, key)
+    assert (paired.teacher.tolist(), paired.student.tolist()) == ([0, 1], [1, 0])  # docs 0 and 2, by doc_id
+
+
+def test_scores_by_model_keep_the_last_value_and_any_lower_is_better():
+    rows = [
+        dict(run_id="r1", model="big", task="t", metric="ppl", filter="none", value=v, higher_is_better=h)
+        for v, h in ((3.0, None), (2.0, False), (1.0, None))
+    ]
+    (scores,) = pairing.scores_by_model(pa.Table.from_pylist(rows)).values()
+    assert scores.values == {("t", "ppl", "none"): 1.0} and scores.lower_is_better == {("t", "ppl", "none")}
 
 
 def test_pairs_and_run_models():

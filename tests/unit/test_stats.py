@@ -87,13 +87,34 @@ def test_interval_is_vectorised_and_mirrors_when_student_and_teacher_swap():
     assert low[1] < (10 - 3) / N < high[1]
 
 
-def test_paired_binary_ci_and_discordant_counts():
+def test_quantiles_and_binomial_tails_are_scipy_stats_own():
+    """stats evaluates the scipy.special functions behind scipy.stats' norm, t and binom: the same floats."""
+    from scipy.stats import binom, t
+
+    for confidence in (0.8, 0.9, 0.95, 0.99):
+        q = (1 + confidence) / 2
+        assert stats._normal_quantile(q) == float(norm.ppf(q))
+        assert all(stats._t_quantile(q, df) == float(t.ppf(q, df)) for df in (1, 2, 4, 9, 30))
+    for b, c in ((4, 0), (7, 30), (13, 9), (100, 3), (250, 251)):
+        assert stats.mcnemar_exact_p(b, c) == float(min(1.0, 2 * binom.cdf(min(b, c), b + c, 0.5)))
+
+
+def test_discordant_counts():
     teacher = np.array([1, 1, 0, 0, 1, 0])
     student = np.array([1, 0, 1, 1, 1, 0])
     assert stats.discordant_counts(teacher, student) == (2, 1)
-    low, high = stats.paired_binary_ci(teacher, student, 0.95)
-    (expected_low,), (expected_high,) = stats.tango_interval(2, 1, 6, 0.95)
-    assert (low, high) == (expected_low, expected_high)
+
+
+def test_one_batched_interval_call_gives_each_rows_own_interval_bit_for_bit():
+    """A comparison computes every row's interval in one call, with n varying by row: the same floats as one
+    call per row (which is what the comparison made before batching)."""
+    b, c, n = np.array([0, 4, 7, 30, 2]), np.array([0, 0, 30, 7, 9]), np.array([200, 200, 150, 150, 40])
+    low, high = stats.tango_interval(b, c, n, 0.95)
+    for row in range(len(b)):
+        (one_low,), (one_high,) = stats.tango_interval(int(b[row]), int(c[row]), int(n[row]), 0.95)
+        assert (low[row], high[row]) == (one_low, one_high)
+    p = stats.mcnemar_exact_p(b, c)
+    assert [float(value) for value in p] == [stats.mcnemar_exact_p(int(x), int(y)) for x, y in zip(b, c, strict=True)]
 
 
 @pytest.mark.parametrize(
@@ -130,6 +151,32 @@ def test_bootstrap_ci_covers_the_true_difference():
         low, high = stats.bootstrap_ci(student.astype(float) - teacher, confidence=0.95, samples=500, seed=0)
         covered += low <= -0.04 <= high
     assert covered >= 34  # ~95% nominal; the bound leaves room for sampling noise
+
+
+def per_call_bootstrap_ci(diffs: np.ndarray, confidence: float, samples: int, seed: int) -> tuple[float, float]:
+    """The bootstrap as the comparison computed it one row at a time before batching (kept as the reference)."""
+    rng = np.random.default_rng(seed)
+    means = np.empty(samples)
+    chunk = max(1, stats._MAX_DRAWS_PER_CHUNK // diffs.size)
+    for start in range(0, samples, chunk):
+        stop = min(samples, start + chunk)
+        means[start:stop] = diffs[rng.integers(0, diffs.size, size=(stop - start, diffs.size))].mean(axis=1)
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    return float(low), float(high)
+
+
+def test_batched_bootstraps_give_each_group_its_own_per_call_interval_bit_for_bit():
+    """Groups of one size share their resampling indices, as separate seeded calls would draw them; sizes
+    above the chunk bound (several chunks of draws) included."""
+    rng = np.random.default_rng(5)
+    sizes = (80, 120, 80, 1500, 120, 80)
+    groups = [rng.normal(0.0, 1.0, size).round(3) for size in sizes]
+    confidences = [0.95, 0.9, 0.9, 0.95, 0.95, 0.8]
+    assert stats._MAX_DRAWS_PER_CHUNK // 1500 < 2000  # the 1500-document group is drawn in chunks
+    batched = stats.bootstrap_cis(groups, confidences, 2000, seed=0)
+    expected = [per_call_bootstrap_ci(g, conf, 2000, 0) for g, conf in zip(groups, confidences, strict=True)]
+    assert batched == expected
 
 
 def test_bootstrap_ci_is_seeded():
