@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from bench import compare, pairing, sequential, stats
+from bench import compare, pairing, sequential, stats, store
 from bench.compare import Verdict
 from bench.config import CompareConfig
 from bench.pairing import Pair
@@ -109,15 +109,12 @@ def replay_pair_quality(
     tables: dict[str, pa.Table], pair: Pair, settings: CompareConfig, chunk_documents: int, seeds: Sequence[int]
 ) -> list[QualityReplay]:
     """Every (task, metric) of one pair whose per-document values lie in [0, 1], under each order seed."""
-    paired = pairing.paired_values(tables["eval_samples"], pair)
-    full = compare.compare_quality(
-        pairing.scores(tables["eval_scores"], pair.run_id, pair.teacher),
-        pairing.scores(tables["eval_scores"], pair.run_id, pair.student),
-        paired,
-        pairing.lower_is_better(tables["eval_scores"], pair.run_id, pair.teacher),
-        settings,
-        seed=0,
-    )
+    documents = pairing.paired_documents(tables["eval_samples"], [pair])
+    scores = pairing.scores_by_model(tables["eval_scores"])
+    none = pairing.ModelScores({}, set())
+    teacher, student = scores.get((pair.run_id, pair.teacher), none), scores.get((pair.run_id, pair.student), none)
+    paired = {key: documents.get(pair, key) for _, key in documents.groups}
+    full = compare.compare_quality(teacher.values, student.values, paired, teacher.lower_is_better, settings, seed=0)
     rows = []
     for quality in full:
         values = paired.get((quality.task, quality.metric, quality.filter))
@@ -158,7 +155,9 @@ def replay_pair_perf(
 ) -> list[RatioReplay]:
     """Every workload of one pair with at least one usable block: the ratio of `RATIO_COLUMN` over blocks."""
     rows = []
-    for workload in pairing.paired_workloads(tables["perf_summary"], pair):
+    perf = pairing.perf_rows_by_model(tables["perf_summary"])
+    teacher, student = perf.get((pair.run_id, pair.teacher), []), perf.get((pair.run_id, pair.student), [])
+    for workload in pairing.paired_workloads(teacher, student):
         student, teacher = workload.values(RATIO_COLUMN)
         estimate = stats.log_ratio_estimate(student, teacher, confidence)
         if estimate is None:
@@ -193,11 +192,11 @@ def replay_results(
     settings: CompareConfig | None = None,
 ) -> tuple[list[QualityReplay], list[RatioReplay]]:
     """Replay every student/teacher pair under `results_dir`; each run's own compare settings unless given."""
-    tables = pairing.read_tables(results_dir)
-    by_run = pairing.manifest_settings(results_dir)
+    inputs = pairing.read_runs(store.readable_runs(results_dir))
+    tables = inputs.tables
     quality, perf = [], []
     for pair in pairing.pairs(tables["models"]):
-        run_settings = settings or by_run.get(pair.run_id, CompareConfig())
+        run_settings = settings or inputs.settings.get(pair.run_id, CompareConfig())
         quality += replay_pair_quality(tables, pair, run_settings, chunk_documents, seeds)
         perf += replay_pair_perf(tables, pair, target_ratio, run_settings.confidence)
     return quality, perf
