@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from bench import comparison_file, pairing, report, stats, store
+from bench import comparison_file, pairing, report, stats, store, tco
 from bench.config import CompareConfig
 from bench.pairing import Pair, PairedValues, PairedWorkload, ScoreKey
 
@@ -100,6 +100,13 @@ class PerfComparison:
     capacity_ratio_ci_high: float | None
     n_blocks: int  # blocks both models ran at this workload (and level)
     blocks_cross_session: int  # of those, blocks whose two trials come from different driver processes
+    distillation_usd: float | None = None  # training + teacher tokens at the teacher's $/Mtok (bench.tco)
+    saving_usd_per_mtok: float | None = None  # teacher − student $/Mtok, mean over blocks
+    saving_usd_per_mtok_ci_low: float | None = None
+    saving_usd_per_mtok_ci_high: float | None = None
+    break_even_mtok: float | None = None  # output tokens (millions) that repay distillation_usd; None: never
+    break_even_ci_low_mtok: float | None = None
+    break_even_ci_high_mtok: float | None = None  # None with a saving whose interval reaches 0: unbounded
 
 
 @dataclass(frozen=True)
@@ -145,6 +152,13 @@ class ComparisonRow:
     capacity_ratio_ci_high: float | None
     n_blocks: int
     blocks_cross_session: int
+    distillation_usd: float | None
+    saving_usd_per_mtok: float | None
+    saving_usd_per_mtok_ci_low: float | None
+    saving_usd_per_mtok_ci_high: float | None
+    break_even_mtok: float | None
+    break_even_ci_low_mtok: float | None
+    break_even_ci_high_mtok: float | None
     cost_verdict: str | None  # e.g. "≥ 2.1x cheaper", or the $/Mtok ratio with its interval
     control: bool  # a control row: two models of the same architecture, perf only
     summary: str
@@ -294,8 +308,11 @@ _RATIOS = ("throughput_ratio", "usd_per_mtok_ratio", "j_per_token_ratio", "capac
 _RATIO_COLUMNS = dict(zip(_RATIOS, pairing.PERF_VALUES, strict=True))
 
 
-def compare_workload(workload: PairedWorkload, confidence: float) -> PerfComparison:
-    """Student / teacher ratios of one workload over its paired blocks, each with its t-interval."""
+def compare_workload(
+    workload: PairedWorkload, confidence: float, distillation: pairing.Distillation | None = None
+) -> PerfComparison:
+    """Student / teacher ratios of one workload over its paired blocks, each with its t-interval, and, for a
+    student whose distillation cost is known, the break-even volume at this workload's $/Mtok."""
     fields: dict[str, Any] = dict(workload=workload.workload, level=workload.level, n_blocks=len(workload.blocks))
     fields["blocks_cross_session"] = workload.blocks_cross_session
     for name, column in _RATIO_COLUMNS.items():
@@ -303,7 +320,29 @@ def compare_workload(workload: PairedWorkload, confidence: float) -> PerfCompari
         fields[name] = None if estimate is None else estimate.ratio
         fields[f"{name}_ci_low"] = None if estimate is None else estimate.ci_low
         fields[f"{name}_ci_high"] = None if estimate is None else estimate.ci_high
-    return PerfComparison(**fields)
+    return PerfComparison(**fields, **_break_even(workload, confidence, distillation))
+
+
+def _break_even(
+    workload: PairedWorkload, confidence: float, distillation: pairing.Distillation | None
+) -> dict[str, float | None]:
+    if distillation is None:
+        return {}
+    student, teacher = workload.values("usd_per_mtok_output")
+    teacher_rate = float(np.nanmean(teacher)) if np.isfinite(teacher).any() else None
+    cost = tco.distillation_usd(distillation.training_usd, distillation.teacher_tokens, teacher_rate)
+    result = tco.break_even(cost, teacher, student, confidence) if cost is not None else None
+    if result is None:
+        return {"distillation_usd": cost}
+    return {
+        "distillation_usd": cost,
+        "saving_usd_per_mtok": result.saving_usd_per_mtok,
+        "saving_usd_per_mtok_ci_low": result.saving_ci_low,
+        "saving_usd_per_mtok_ci_high": result.saving_ci_high,
+        "break_even_mtok": result.mtok,
+        "break_even_ci_low_mtok": result.ci_low_mtok,
+        "break_even_ci_high_mtok": result.ci_high_mtok,
+    }
 
 
 def _fields(record: Any) -> dict[str, Any]:
@@ -328,9 +367,16 @@ def _row(
     return dataclasses.replace(row, summary=report.summary(row))
 
 
-def _perfs(perf: dict[tuple[str, str], list[dict[str, Any]]], pair: Pair, confidence: float) -> list[PerfComparison]:
+def _perfs(
+    perf: dict[tuple[str, str], list[dict[str, Any]]],
+    pair: Pair,
+    confidence: float,
+    distillation: pairing.Distillation | None = None,
+) -> list[PerfComparison]:
     teacher, student = perf.get((pair.run_id, pair.teacher), []), perf.get((pair.run_id, pair.student), [])
-    return [compare_workload(workload, confidence) for workload in pairing.paired_workloads(teacher, student)]
+    return [
+        compare_workload(workload, confidence, distillation) for workload in pairing.paired_workloads(teacher, student)
+    ]
 
 
 def compare_runs(
@@ -350,6 +396,7 @@ def compare_runs(
     scores = pairing.scores_by_model(tables["eval_scores"])
     documents = pairing.paired_documents(tables["eval_samples"], students)
     perf = pairing.perf_rows_by_model(tables["perf_summary"])
+    distilled = pairing.distillations(tables["models"])
     none = pairing.ModelScores({}, set())
     quality_inputs = {
         pair: _quality_inputs(
@@ -369,7 +416,7 @@ def compare_runs(
     for run_id in sorted(models):
         run_settings = settings_of[run_id]
         for pair in by_run.get(run_id, []):
-            perfs = _perfs(perf, pair, run_settings.confidence)
+            perfs = _perfs(perf, pair, run_settings.confidence, distilled.get((run_id, pair.student)))
             rows += [
                 _row(pair, quality, perf_row, run_settings)
                 for quality, perf_row in itertools.product(qualities[pair] or [None], perfs or [None])

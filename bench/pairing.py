@@ -36,7 +36,7 @@ SWEEP_MODE = "sweep"
 PERF_VALUES = ("output_tokens_per_s", "usd_per_mtok_output", "j_per_output_token", "capacity_requests_per_s")
 # The tables a comparison reads, and of each the columns it uses (the store checks every column of a file).
 COLUMNS: dict[str, tuple[str, ...]] = {
-    "models": ("run_id", "cell_key", "name", "role", "teacher"),
+    "models": ("run_id", "cell_key", "name", "role", "teacher", "distillation_usd", "distillation_teacher_tokens"),
     "eval_scores": ("run_id", "cell_key", "model", "task", "metric", "filter", "value", "higher_is_better"),
     "eval_samples": ("run_id", "cell_key", "model", "task", "metric", "filter", "doc_id", "value"),
     "perf_summary": ("run_id", "cell_key", "model", "workload", "mode", "level", "block", "session_id", *PERF_VALUES),
@@ -187,6 +187,24 @@ def pairs(models: pa.Table) -> list[Pair]:
     return sorted(found, key=dataclasses.astuple)
 
 
+@dataclass(frozen=True)
+class Distillation:
+    """What making a student cost, as its `models` row recorded it (`bench.tco`)."""
+
+    training_usd: float | None
+    teacher_tokens: int | None
+
+
+def distillations(models: pa.Table) -> dict[tuple[str, str], Distillation]:
+    """Per (run, student), the distillation cost its config declared; students without one are absent."""
+    columns = ["run_id", "name", "distillation_usd", "distillation_teacher_tokens"]
+    return {
+        (row["run_id"], row["name"]): Distillation(row["distillation_usd"], row["distillation_teacher_tokens"])
+        for row in models.select(columns).to_pylist()
+        if row["distillation_usd"] is not None or row["distillation_teacher_tokens"] is not None
+    }
+
+
 def run_models(models: pa.Table) -> dict[str, set[str]]:
     """The model names of each run."""
     found: dict[str, set[str]] = {}
@@ -255,7 +273,9 @@ def paired_documents(eval_samples: pa.Table, pairs: Sequence[Pair]) -> PairedDoc
     )
     sides = [
         docs.join(
-            listing.select(["pair", "run_id", side]), keys=["run_id", "model"], right_keys=["run_id", side],
+            listing.select(["pair", "run_id", side]),
+            keys=["run_id", "model"],
+            right_keys=["run_id", side],
             join_type="inner",
         )  # fmt: skip
         .select(["pair", *_DOC_KEYS, "value_mean"])

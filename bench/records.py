@@ -33,6 +33,8 @@ class ModelRecord:
     server_cpus: str | None = None  # CPU list the server's processes were pinned to, e.g. "0-14"; None: not pinned
     loadgen_cpus: str | None = None  # CPU list of the load generator while it measured; None: not pinned
     active_parameters: int | None = None  # per token, for a mixture of experts (config); None: all parameters
+    distillation_usd: float | None = None  # what training this student cost, priced at the run's start (config)
+    distillation_teacher_tokens: int | None = None  # teacher tokens generated to train it (config)
 
 
 @dataclass(frozen=True)

@@ -155,7 +155,22 @@ def summary(row: ComparisonRow) -> str:
         text += f": {row.verdict} at margin {row.retention_margin:g}"
     if row.cost_verdict is not None and row.n_blocks > 1:  # one block is no evidence: the ratios say so
         text += f"; cost: {row.cost_verdict}"
+    if row.distillation_usd is not None and row.workload is not None:
+        text += f"; {break_even_text(row)}"
     return text
+
+
+def break_even_text(row: ComparisonRow) -> str:
+    """When the student's distillation cost is repaid by its saving per token at this workload's $/Mtok."""
+    made = f"distilling cost ${row.distillation_usd:.4g}"
+    if row.saving_usd_per_mtok is None:
+        return f"{made}; no $/Mtok to repay it from"
+    if row.break_even_mtok is None:
+        return f"{made}; never repaid: it saves nothing per token ({row.saving_usd_per_mtok:+.3g} $/Mtok)"
+    if row.break_even_ci_low_mtok is None:
+        return f"{made}; repaid after {row.break_even_mtok:.3g}M output tokens (no interval: one block)"
+    high = "unbounded" if row.break_even_ci_high_mtok is None else f"{row.break_even_ci_high_mtok:.3g}"
+    return f"{made}; repaid after {row.break_even_mtok:.3g}M output tokens [{row.break_even_ci_low_mtok:.3g}, {high}]"
 
 
 # -- tables -----------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import cluster, store
+from bench import cluster, store, tco
 from bench.config import BenchConfig, redacted_dump
 from bench.cost import Billing, PriceTable, billing_for
 from bench.plan import Cell, Fingerprints, build_plan, local_fingerprints, model_key, pending_cells
@@ -108,6 +108,13 @@ class _Recorder:
         self.succeeded = self.failed = 0
 
     def started(self, record: ModelRecord) -> None:
+        distillation = self.config.model(record.name).distillation
+        if distillation is not None:  # priced now, so that a comparison never needs the price table
+            record = dataclasses.replace(
+                record,
+                distillation_usd=tco.training_usd(distillation, self.prices),
+                distillation_teacher_tokens=distillation.teacher_tokens_generated,
+            )
         store.write_cell(self.run_dir, "models", self.model_keys[record.name], record.name, [record])
         self.progress.stage(record.name, f"server up ({record.engine} {record.engine_version})")
 

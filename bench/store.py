@@ -89,7 +89,10 @@ FAILURES_TABLE = "failures"
 # here when adding it to a record. Names that no record has yet are ignored (version 3 is on its way).
 COLUMNS_ADDED: dict[str, dict[str, int]] = {
     "eval_scores": {"higher_is_better": 2},
-    "models": {"server_cpus": 3, "loadgen_cpus": 3, "active_parameters": 4},
+    "models": {
+        "server_cpus": 3, "loadgen_cpus": 3, "active_parameters": 4, "distillation_usd": 4,
+        "distillation_teacher_tokens": 4,
+    },
     "perf_requests": {"coalesced": 3, "block": 3, "session_id": 3},
     "perf_summary": {
         "coalesced_requests": 3, "slo_attainment": 3, "capacity_requests_per_s": 3, "block": 3, "session_id": 3,

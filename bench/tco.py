@@ -38,22 +38,28 @@ class BreakEven:
     blocks: int
 
 
+def training_usd(distillation: DistillationConfig, prices: PriceTable) -> float | None:
+    """What training the student cost in US dollars (`usd`, or `gpu_hours` at the price table's rate); 0 when
+    only teacher tokens are declared; None for a device type the table lacks. Priced when the run starts and
+    stored in the `models` table, so a comparison never needs the price table."""
+    if distillation.gpu_hours is None:
+        return distillation.usd or 0.0
+    price = prices.price(distillation.device_type or "")
+    return None if price is None else distillation.gpu_hours * price.usd_per_hour
+
+
 def distillation_usd(
-    distillation: DistillationConfig, prices: PriceTable, teacher_usd_per_mtok: float | None
+    training: float | None, teacher_tokens: int | None, teacher_usd_per_mtok: float | None
 ) -> float | None:
-    """What making the student cost in US dollars; None when a part of it cannot be priced (a device type the
-    table lacks, or teacher tokens without a measured teacher $/Mtok)."""
-    total = distillation.usd or 0.0
-    if distillation.gpu_hours is not None:
-        price = prices.price(distillation.device_type or "")
-        if price is None:
-            return None
-        total += distillation.gpu_hours * price.usd_per_hour
-    if distillation.teacher_tokens_generated:
-        if teacher_usd_per_mtok is None:
-            return None
-        total += distillation.teacher_tokens_generated / TOKENS_PER_MTOK * teacher_usd_per_mtok
-    return total
+    """Training plus the teacher tokens generated for the student at the teacher's measured $/Mtok; None when a
+    part cannot be priced (no training price, or teacher tokens without a measured teacher $/Mtok)."""
+    if training is None:
+        return None
+    if not teacher_tokens:
+        return training
+    if teacher_usd_per_mtok is None:
+        return None
+    return training + teacher_tokens / TOKENS_PER_MTOK * teacher_usd_per_mtok
 
 
 def break_even(

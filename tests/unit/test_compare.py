@@ -33,11 +33,13 @@ PERF = {
 }
 
 
-def write_model(run: Path, name: str, teacher: str | None) -> None:
+def write_model(run: Path, name: str, teacher: str | None, distillation_usd: float | None = None) -> None:
     role = "student" if teacher else "teacher"
-    store.write_cell(
-        run, "models", f"{name}-server", name, [make_record(ModelRecord, name=name, role=role, teacher=teacher)]
-    )
+    record = make_record(
+        ModelRecord, name=name, role=role, teacher=teacher, distillation_usd=distillation_usd,
+        distillation_teacher_tokens=None,
+    )  # fmt: skip
+    store.write_cell(run, "models", f"{name}-server", name, [record])
 
 
 def write_eval(run: Path, model: str) -> None:
@@ -239,7 +241,10 @@ def test_a_resumed_run_with_a_changed_config_compares_only_its_current_cells(tmp
 
     def write(cfg: BenchConfig, value: float) -> None:
         for model in cfg.models:
-            record = make_record(ModelRecord, name=model.name, role=model.role, teacher=model.teacher)
+            record = make_record(
+                ModelRecord, name=model.name, role=model.role, teacher=model.teacher, distillation_usd=None,
+                distillation_teacher_tokens=None,
+            )  # fmt: skip
             store.write_cell(run, "models", model_key(model, None), model.name, [record])  # hub ids: no fingerprint
         for cell in build_plan(cfg):
             sample = make_record(EvalSample, task="toy_add", doc_id=0, metric="acc", filter="none", value=value)
@@ -394,3 +399,13 @@ def test_controls_from_the_settings_give_perf_only_rows(results):
     assert (control.workload, control.level, control.throughput_ratio) == ("chat", 4.0, pytest.approx(260 / 250))
     assert control.summary.endswith("no throughput interval to check")
     store.cell_path(run, "perf_summary", "tiny-chat").unlink()
+
+
+def test_a_student_with_a_distillation_cost_gets_its_break_even_volume(tmp_path):
+    run = build_results(tmp_path) / "r1"
+    write_model(run, "small", "big", distillation_usd=3.0)  # replaces the student's models row
+    row = row_for(compare.compare_results(run))
+    # One block at chat@4: teacher 2.0 $/Mtok, student 0.5 -> saves 1.5 $/Mtok -> repaid after 2M tokens.
+    assert (row.distillation_usd, row.saving_usd_per_mtok, row.break_even_mtok) == (3.0, 1.5, pytest.approx(2.0))
+    assert row.break_even_ci_low_mtok is None  # one block: no interval
+    assert row.summary.endswith("distilling cost $3; repaid after 2M output tokens (no interval: one block)")

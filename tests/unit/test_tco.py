@@ -11,7 +11,7 @@ import pytest
 
 from bench.config import DistillationConfig, load_config
 from bench.cost import load_price_table
-from bench.tco import break_even, distillation_usd
+from bench.tco import break_even, distillation_usd, training_usd
 from bench.toy.build import BUILD_THREADS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -21,11 +21,15 @@ CPU_HOUR_USD = PRICES.price("cpu-core").usd_per_hour
 
 def test_distillation_cost_adds_training_hours_and_teacher_tokens_at_the_teacher_rate() -> None:
     made = DistillationConfig(gpu_hours=10, device_type="cpu-core", teacher_tokens_generated=2_000_000)
-    assert distillation_usd(made, PRICES, teacher_usd_per_mtok=3.0) == pytest.approx(10 * CPU_HOUR_USD + 2 * 3.0)
-    assert distillation_usd(DistillationConfig(usd=600), PRICES, None) == 600
+    training = training_usd(made, PRICES)
+    assert training == pytest.approx(10 * CPU_HOUR_USD)
+    assert distillation_usd(training, 2_000_000, teacher_usd_per_mtok=3.0) == pytest.approx(10 * CPU_HOUR_USD + 6.0)
+    assert training_usd(DistillationConfig(usd=600), PRICES) == 600
+    assert training_usd(DistillationConfig(teacher_tokens_generated=5), PRICES) == 0
     # Teacher tokens cannot be priced without a measured teacher $/Mtok; an unknown device type neither.
-    assert distillation_usd(made, PRICES, teacher_usd_per_mtok=None) is None
-    assert distillation_usd(DistillationConfig(gpu_hours=1, device_type="TPU-v9"), PRICES, 1.0) is None
+    assert distillation_usd(training, 2_000_000, teacher_usd_per_mtok=None) is None
+    assert training_usd(DistillationConfig(gpu_hours=1, device_type="TPU-v9"), PRICES) is None
+    assert distillation_usd(None, None, 1.0) is None
 
 
 @pytest.mark.parametrize(
