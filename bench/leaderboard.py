@@ -81,6 +81,10 @@ class LeaderboardEntry:
     n_blocks: int  # blocks behind the cost ratios
     blocks_cross_session: int  # of those, blocks whose two trials ran in different processes
     cost_verdict: str | None
+    distillation_usd: float | None = None  # what making the student cost (bench.tco); None: not declared
+    break_even_mtok: float | None = None  # output tokens (millions) that repay it; None: never, or no cost
+    break_even_ci_low_mtok: float | None = None
+    break_even_ci_high_mtok: float | None = None  # None with a saving whose interval reaches 0: unbounded
 
     @property
     def key(self) -> GroupKey:
@@ -135,7 +139,8 @@ def _group(rows: Sequence[ComparisonRow]) -> dict[GroupKey, list[ComparisonRow]]
 
 RATIOS = ("throughput_ratio", "usd_per_mtok_ratio", "j_per_token_ratio", "capacity_ratio")
 _INTERVALS = tuple(f"{ratio}{end}" for ratio in RATIOS for end in ("", "_ci_low", "_ci_high"))
-_PERF_FIELDS = ("workload", "level", *_INTERVALS, "cost_verdict")
+_BREAK_EVEN = ("distillation_usd", "break_even_mtok", "break_even_ci_low_mtok", "break_even_ci_high_mtok")
+_PERF_FIELDS = ("workload", "level", *_INTERVALS, "cost_verdict", *_BREAK_EVEN)
 
 
 def _perf_fields(row: ComparisonRow, record: type) -> dict:
@@ -257,6 +262,7 @@ _COLUMNS: tuple[tuple[str, Callable[[LeaderboardEntry], str]], ...] = (
     _ratio_column("capacity", "capacity_ratio"),
     ("blocks", lambda e: str(e.n_blocks)),
     ("cost verdict", lambda e: markdown_text(e.cost_verdict or "-")),
+    ("break-even Mtok [CI]", lambda e: break_even_text(e)),
 )
 
 _CONTROL_COLUMNS: tuple[tuple[str, Callable[[ControlEntry], str]], ...] = (
@@ -269,6 +275,18 @@ _CONTROL_COLUMNS: tuple[tuple[str, Callable[[ControlEntry], str]], ...] = (
     ("blocks", lambda c: str(c.n_blocks)),
     ("CI contains 1", lambda c: contains_one_text(c.throughput_ci_contains_1)),
 )
+
+
+def break_even_text(entry: LeaderboardEntry) -> str:
+    """Millions of output tokens after which the student has repaid its distillation, with the interval."""
+    if entry.distillation_usd is None:
+        return "-"
+    if entry.break_even_mtok is None:
+        return "never"
+    if entry.break_even_ci_low_mtok is None:
+        return f"{entry.break_even_mtok:.3g}"
+    high = "∞" if entry.break_even_ci_high_mtok is None else f"{entry.break_even_ci_high_mtok:.3g}"
+    return f"{entry.break_even_mtok:.3g} [{entry.break_even_ci_low_mtok:.3g}, {high}]"
 
 
 def contains_one_text(contains: bool | None) -> str:
