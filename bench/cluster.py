@@ -101,6 +101,8 @@ class Events:
     on_eval: Callable[[Cell, list[EvalScore], list[EvalSample]], None]
     on_perf: Callable[[Cell, list[PerfRequest], list[PerfSummary], list[PerfProbe]], None]
     on_failed: Callable[[Cell, int, str], None]
+    on_retry: Callable[[Cell, int, str], None]  # (cell, attempts failed so far, error): it goes back in the queue
+    on_replaced: Callable[[str, str], None]  # (model, why): it gets a fresh worker and server
     on_stage: Callable[[str, str], None]  # (model, what it is doing now)
     billing_for: Callable[[ModelRecord], Billing]
 
@@ -289,6 +291,7 @@ class Dispatch:
                 self.events.on_failed(cell, attempts, message)
             else:
                 self.queue.insert(0, cell)
+                self.events.on_retry(cell, attempts, message)
             if server_alive is None:
                 server_alive = _server_alive(run)
             if server_alive:
@@ -299,6 +302,7 @@ class Dispatch:
         if run.restarts_left > 0 and self._queued(run):
             run.restarts_left -= 1
             log.warning("%s: replacing its worker and server after: %s", run.model.name, message)
+            self.events.on_replaced(run.model.name, message)
             _release(run)
             self._start(run)
         else:
