@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from bench.cost import Billing
 from bench.plan import Cell
 from bench.records import EvalSample, EvalScore, ModelRecord, PerfProbe, PerfRequest, PerfSummary
 from bench.schedule import WorkerState
+from bench.supervise import cluster_watch_command
 from bench.worker import ModelWorker
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,8 @@ def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: i
         log_to_driver=False,
         configure_logging=False,
     )
+    if address is None:  # a cluster we started: none of it may outlive this process (bench/supervise.py)
+        subprocess.run(cluster_watch_command(os.getpid()), stdin=subprocess.DEVNULL, start_new_session=True, check=True)
 
 
 def shutdown() -> None:

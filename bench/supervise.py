@@ -16,8 +16,14 @@ So the server is not the Ray worker's child but this supervisor's (`bench/superv
 - runs in a session of its own, so a kill of the driver's or the worker's process group leaves it standing
   long enough to clean up; the API server gets SIGTERM should the supervisor itself die (PR_SET_PDEATHSIG).
 
+The embedded Ray cluster (`ray.init()` in the driver, no `--address`) needs a watcher of its own: Ray
+starts its GCS, raylet and monitors with a parent-death signal, so they die with the driver, but not the
+raylet's `ray::DashboardAgent` and `ray::RuntimeEnvAgent`: after a SIGKILL of the driver alone (the OOM
+killer's way) they waited about 60 s on the dead GCS before exiting. `watch_cluster` runs beside the driver
+from `ray.init()` on and kills whatever of the cluster outlives the driver.
+
 It imports only the standard library: it starts in a fraction of a second and holds a few MB. Linux only
-(pidfds, prctl), like the vLLM builds it serves. What it did goes to stderr, the server log.
+(pidfds, prctl), like the vLLM builds it serves. What it did goes to stderr (for a server: its log).
 """
 
 from __future__ import annotations
@@ -185,9 +191,12 @@ def stop_tree(server: subprocess.Popen, grace_s: float) -> None:
     segments = shm_segments(descendants(me))  # before any process that maps them is gone
     if server.poll() is None:
         server.terminate()
+        asked = time.monotonic()
         try:
             server.wait(timeout=grace_s)
+            _say(f"the server exited {time.monotonic() - asked:.1f} s after SIGTERM")
         except subprocess.TimeoutExpired:
+            _say(f"the server did not exit within {grace_s:g} s of SIGTERM: killing it")
             segments |= shm_segments(descendants(me))
             server.kill()
             server.wait()  # reaped here, so its status is kept: kill_descendants reaps any child
@@ -198,20 +207,71 @@ def stop_tree(server: subprocess.Popen, grace_s: float) -> None:
         _say(f"removed {removed}")
 
 
-def supervised_command(command: Sequence[str], parent: int, grace_s: float) -> list[str]:
-    """The command line that runs `command` under a supervisor watching `parent`."""
+def watch_cluster(driver: int) -> int:
+    """Wait for `driver` to exit, then SIGKILL those of its descendants at the time this started (the
+    embedded Ray cluster, just started) that still run. Returns at once when they have all exited first
+    (`ray.shutdown()`). Pidfds taken at the start: a pid reused later is never signalled. It detaches (the
+    process the driver started exits at once), so the driver has no child to wait for."""
+    if os.fork():
+        return 0
+    driver_fd = os.pidfd_open(driver)
+    watched: dict[int, int] = {}  # pidfd -> pid
+    for pid in descendants(driver):
+        if pid != os.getpid():
+            with contextlib.suppress(ProcessLookupError):
+                watched[os.pidfd_open(pid)] = pid
+    poller = select.poll()
+    for fd in (driver_fd, *watched):
+        poller.register(fd, select.POLLIN)
+    while watched:
+        for fd, _ in poller.poll():
+            if fd == driver_fd:
+                killed = [pid for pidfd, pid in watched.items() if _kill(pidfd)]
+                if killed:
+                    _say(f"the driver (pid {driver}) exited: killed what it had left of its Ray cluster: {killed}")
+                return 0
+            poller.unregister(fd)
+            os.close(fd)
+            del watched[fd]
+    return 0
+
+
+def _kill(pidfd: int) -> bool:
+    try:
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        return True
+    except ProcessLookupError:  # exited already (a zombie not yet reaped included)
+        return False
+
+
+def _script() -> list[str]:
     # Run as a file, not `-m bench.supervise`: the worker's environment need not have the package on its
     # path. `-P`: the script's own folder (bench/, next to names like `stats`) does not go on sys.path.
-    script = str(Path(__file__).resolve())
-    return [sys.executable, "-P", script, "--parent", str(parent), "--grace-s", f"{grace_s:g}", "--", *command]
+    return [sys.executable, "-P", str(Path(__file__).resolve())]
+
+
+def supervised_command(command: Sequence[str], parent: int, grace_s: float) -> list[str]:
+    """The command line that runs `command` under a supervisor watching `parent`."""
+    return [*_script(), "server", "--parent", str(parent), "--grace-s", f"{grace_s:g}", "--", *command]
+
+
+def cluster_watch_command(driver: int) -> list[str]:
+    """The command line of `watch_cluster` for `driver`: run it (it returns at once) right after `ray.init()`."""
+    return [*_script(), "cluster", "--driver", str(driver)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/supervise.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--parent", type=int, required=True, help="Stop the tree when this process exits.")
-    parser.add_argument("--grace-s", type=float, required=True, help="SIGTERM-to-SIGKILL grace for the server.")
-    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the server command.")
+    roles = parser.add_subparsers(dest="role", required=True)
+    server = roles.add_parser("server", help="Run a model server and own its process tree.")
+    server.add_argument("--parent", type=int, required=True, help="Stop the tree when this process exits.")
+    server.add_argument("--grace-s", type=float, required=True, help="SIGTERM-to-SIGKILL grace for the server.")
+    server.add_argument("command", nargs=argparse.REMAINDER, help="-- then the server command.")
+    cluster = roles.add_parser("cluster", help="Kill what an embedded Ray cluster leaves after its driver.")
+    cluster.add_argument("--driver", type=int, required=True, help="The process that ran ray.init().")
     args = parser.parse_args(argv)
+    if args.role == "cluster":
+        return watch_cluster(args.driver)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("no command to run")

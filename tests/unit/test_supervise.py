@@ -163,3 +163,69 @@ def test_a_supervisor_whose_parent_is_already_gone_starts_nothing(tmp_path: Path
     ready = tmp_path / "ready"
     orphan = subprocess.run(supervised_command(_server_command(ready), parent=1, grace_s=2), timeout=BOUND_S)
     assert orphan.returncode == 1 and not ready.exists()
+
+
+DRIVER = """
+import os, subprocess, sys, time
+from bench.supervise import cluster_watch_command
+sleeper = [sys.executable, "-c", "import time; time.sleep(600)"]
+agent = subprocess.Popen(sleeper)  # a Ray agent: it outlives its driver unless killed
+subprocess.run(cluster_watch_command(os.getpid()), check=True)
+later = subprocess.Popen(sleeper)  # started after ray.init: not the cluster's, never the watcher's business
+if sys.argv[1] == "shutdown":  # ray.shutdown(): the cluster goes first, the driver lives on
+    agent.kill()
+    agent.wait()
+print(agent.pid, later.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def _watcher(driver: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        with contextlib.suppress(OSError):
+            command = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            if entry.isdigit() and command[-3:-1] == [b"--driver", str(driver).encode()] and _alive(int(entry)):
+                found.append(int(entry))
+    return found
+
+
+@pytest.fixture
+def driver() -> Iterator[Callable[[str], tuple[subprocess.Popen, int, int]]]:
+    """A stand-in driver with one process of its 'cluster' and one started after the watcher."""
+    started: list[tuple[subprocess.Popen, int, int]] = []
+
+    def start(mode: str) -> tuple[subprocess.Popen, int, int]:
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        process = subprocess.Popen(
+            [sys.executable, "-c", DRIVER, mode], env=env, stdout=subprocess.PIPE, start_new_session=True
+        )
+        agent, later = (int(pid) for pid in process.stdout.readline().split())
+        started.append((process, agent, later))
+        return started[-1]
+
+    yield start
+    for process, *pids in started:
+        for pid in (process.pid, *pids, *_watcher(process.pid)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        process.wait()
+
+
+def test_the_cluster_watcher_kills_what_outlives_the_driver_and_nothing_newer(driver) -> None:
+    process, agent, later = driver("kill")
+    assert _alive(agent) and _watcher(process.pid)
+
+    os.kill(process.pid, signal.SIGKILL)  # the driver alone, as the OOM killer does
+    process.wait()
+
+    assert _wait_for(lambda: not _alive(agent))
+    assert _wait_for(lambda: not _watcher(process.pid))
+    assert _alive(later)
+
+
+def test_the_cluster_watcher_leaves_when_the_cluster_shuts_down_first(driver) -> None:
+    process, _, _ = driver("shutdown")
+
+    assert _wait_for(lambda: not _watcher(process.pid))
+    assert process.poll() is None
