@@ -301,23 +301,23 @@ def run(
 
     Cells already in results/<run.name>/ are skipped, so an interrupted run resumes where it stopped.
     Exits 1 if any cell failed (failures are stored in the `failures` table and retried by the next run).
+    The last line of the output (and of the run's run.log) sums the run up:
+    `summary: NAME: R cells run, S already stored, F failed; K retried, M servers replaced; results: DIR; exit N`.
 
     Example: distill-bench run configs/quickstart.yaml
     """
     from bench.progress import RunProgress
+    from bench.run import log_summary
     from bench.run import run as run_cells
 
     with config_errors():
         config, prices = load_checked(config_path)
         check_results_option(results_dir)
     outcome = run_cells(config, prices, RunProgress(console), address=address, results_dir=results_dir)
-    console.print(
-        f"{outcome.run_dir}: {outcome.succeeded} cells run, {outcome.skipped} already stored, {outcome.failed} failed",
-        soft_wrap=True,
-    )
     _print_comparison(outcome.run_dir, OutputFormat.table)
-    if outcome.failed:
-        raise typer.Exit(1)
+    log_summary(outcome)
+    console.print(outcome.summary_line(), soft_wrap=True, highlight=False, markup=False)
+    raise typer.Exit(outcome.exit_code)
 
 
 @app.command()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from bench.cost import Billing
 from bench.plan import Cell
 from bench.records import EvalSample, EvalScore, ModelRecord, PerfProbe, PerfRequest, PerfSummary
 from bench.schedule import WorkerState
+from bench.supervise import cluster_watch_command
 from bench.worker import ModelWorker
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,8 @@ def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: i
         log_to_driver=False,
         configure_logging=False,
     )
+    if address is None:  # a cluster we started: none of it may outlive this process (bench/supervise.py)
+        subprocess.run(cluster_watch_command(os.getpid()), stdin=subprocess.DEVNULL, start_new_session=True, check=True)
 
 
 def shutdown() -> None:
@@ -101,6 +105,8 @@ class Events:
     on_eval: Callable[[Cell, list[EvalScore], list[EvalSample]], None]
     on_perf: Callable[[Cell, list[PerfRequest], list[PerfSummary], list[PerfProbe]], None]
     on_failed: Callable[[Cell, int, str], None]
+    on_retry: Callable[[Cell, int, str], None]  # (cell, attempts failed so far, error): it goes back in the queue
+    on_replaced: Callable[[str, str], None]  # (model, why): it gets a fresh worker and server
     on_stage: Callable[[str, str], None]  # (model, what it is doing now)
     billing_for: Callable[[ModelRecord], Billing]
 
@@ -289,6 +295,7 @@ class Dispatch:
                 self.events.on_failed(cell, attempts, message)
             else:
                 self.queue.insert(0, cell)
+                self.events.on_retry(cell, attempts, message)
             if server_alive is None:
                 server_alive = _server_alive(run)
             if server_alive:
@@ -299,6 +306,7 @@ class Dispatch:
         if run.restarts_left > 0 and self._queued(run):
             run.restarts_left -= 1
             log.warning("%s: replacing its worker and server after: %s", run.model.name, message)
+            self.events.on_replaced(run.model.name, message)
             _release(run)
             self._start(run)
         else:

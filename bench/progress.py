@@ -64,4 +64,15 @@ class RunProgress:
 
     def cell_failed(self, cell: Cell, error: str) -> None:
         self.progress.advance(self.cells_task)
-        self._say(f"FAILED {cell.kind} {cell.model} × {cell.target}: {error.splitlines()[0] if error else ''}")
+        self._say(f"FAILED {cell.kind} {cell.model} × {cell.target}: {_headline(error)}")
+
+    def cell_retried(self, cell: Cell, attempts: int, error: str) -> None:
+        self._say(f"retrying {cell.kind} {cell.model} × {cell.target} (attempt {attempts} failed): {_headline(error)}")
+
+    def server_replaced(self, model: str, reason: str) -> None:
+        self._say(f"{model}: replacing its worker and server after: {_headline(reason)}")
+
+
+def _headline(error: str) -> str:
+    """An error's first line (the server log tail that follows stays in run.log and the failures table)."""
+    return error.splitlines()[0] if error else ""

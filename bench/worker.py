@@ -59,7 +59,9 @@ class ModelWorker:
         from bench.evaluate import Endpoint, evaluate_task
 
         endpoint = Endpoint(base_url=self.server.base_url, served_model=self.model.name, tokenizer=self.model.source)
-        return evaluate_task(endpoint, task, self.seed)
+        result = evaluate_task(endpoint, task, self.seed)
+        self.server.check_alive(during=f"eval {task.name}")
+        return result
 
     def measure(
         self, workload: WorkloadConfig, billing: Billing
@@ -80,6 +82,7 @@ class ModelWorker:
                 billing,
                 gpu_indices=self.assigned_gpus(),
             )
+        self.server.check_alive(during=f"perf {workload.name}")
         return result.requests, result.summaries, result.probes
 
     @contextlib.contextmanager

@@ -98,24 +98,26 @@ def run_dispatch(config, monkeypatch, failures=None, alive=None):
     monkeypatch.setitem(sys.modules, "ray", ray)
     for name, module in submodules.items():
         monkeypatch.setitem(sys.modules, name, module)
-    stored, failed = [], []
+    stored, failed, reported = [], [], []
     events = cluster.Events(
         on_started=lambda record: None,
         on_eval=lambda cell, *_: stored.append(cell),
         on_perf=lambda cell, *_: stored.append(cell),
         on_failed=lambda cell, attempts, message: failed.append((cell, attempts, message)),
+        on_retry=lambda cell, attempts, message: reported.append(("retry", cell.model, cell.kind, attempts)),
+        on_replaced=lambda model, why: reported.append(("replaced", model, why)),
         on_stage=lambda model, what: None,
         billing_for=lambda record: None,
     )
     cells = build_plan(config)
     cluster.dispatch(config, cells, Path("/tmp/unused"), events)
     assert sorted(c.key for c in stored + [f[0] for f in failed]) == sorted(c.key for c in cells)  # none dropped
-    return stored, failed, log
+    return stored, failed, log, reported
 
 
 def test_everything_runs_evals_first_then_trials_in_block_order(config, monkeypatch) -> None:
-    stored, failed, log = run_dispatch(config, monkeypatch)
-    assert failed == []
+    stored, failed, log, reported = run_dispatch(config, monkeypatch)
+    assert failed == [] and reported == []
     assert [c.kind for c in stored] == ["eval", "eval", "perf", "perf", "perf", "perf"]
     expected = schedule.perf_order(build_plan(config), config.run.seed, ["teacher", "kd"])
     assert [c for c in stored if c.kind == "perf"] == expected
@@ -123,26 +125,30 @@ def test_everything_runs_evals_first_then_trials_in_block_order(config, monkeypa
 
 
 def test_a_failed_cell_is_retried_once_then_stored_as_failed(config, monkeypatch) -> None:
-    stored, failed, _ = run_dispatch(config, monkeypatch, failures={("kd", "evaluate"): 5})
+    stored, failed, _, reported = run_dispatch(config, monkeypatch, failures={("kd", "evaluate"): 5})
     assert [(cell.model, cell.kind, attempts) for cell, attempts, _ in failed] == [("kd", "eval", 2)]
     assert len(stored) == 5
+    assert reported == [("retry", "kd", "eval", 1)]  # the server answered: retried in place, not replaced
 
 
 def test_a_transient_failure_is_retried_and_stored(config, monkeypatch) -> None:
-    stored, failed, log = run_dispatch(config, monkeypatch, failures={("teacher", "measure"): 1})
+    stored, failed, log, reported = run_dispatch(config, monkeypatch, failures={("teacher", "measure"): 1})
     assert failed == [] and len(stored) == 6
+    assert reported == [("retry", "teacher", "perf", 1)]
     assert sum(1 for entry in log if entry[:2] == ("teacher", "measure")) == 3  # 2 blocks + 1 retry
 
 
 def test_a_dead_server_gets_its_worker_replaced_once(config, monkeypatch) -> None:
     failures = {("kd", "evaluate"): 1}
-    stored, failed, log = run_dispatch(config, monkeypatch, failures=failures, alive={"kd": False})
+    stored, failed, log, reported = run_dispatch(config, monkeypatch, failures=failures, alive={"kd": False})
     assert failed == [] and len(stored) == 6
     assert [entry for entry in log if entry[1] == "start"].count(("kd", "start", None)) == 2
+    assert reported == [("retry", "kd", "eval", 1), ("replaced", "kd", "RuntimeError: kd evaluate failed")]
 
 
 def test_a_server_that_never_starts_fails_all_its_cells(config, monkeypatch) -> None:
-    stored, failed, _ = run_dispatch(config, monkeypatch, failures={("kd", "start"): 9})
+    stored, failed, _, reported = run_dispatch(config, monkeypatch, failures={("kd", "start"): 9})
     assert {cell.model for cell, _, _ in failed} == {"kd"} and len(failed) == 3
+    assert reported == [("replaced", "kd", "server did not start: RuntimeError: kd start failed")]  # once only
     assert all("server did not start" in message for _, _, message in failed)
     assert {cell.model for cell in stored} == {"teacher"}

@@ -19,12 +19,12 @@ from bench.serve import (
     cpu_list,
     pin_process,
     pin_tree,
-    process_tree,
     server_command,
     server_env,
     split_cores,
     weights_sha256,
 )
+from bench.supervise import process_tree
 
 CPU = Hardware(gpu_type=None, gpu_count=0)
 GPU = Hardware(gpu_type="NVIDIA H100 80GB HBM3", gpu_count=2)

@@ -1,0 +1,202 @@
+"""Nothing a run starts outlives it: each kill from issue 10, on a real `distill-bench run` (embedded Ray, the
+CPU vLLM server of the toy student), checked within BOUND_S.
+
+- the driver's whole process group SIGKILLed mid-cell (Ctrl-\\ of a shell, a job scheduler's kill);
+- the driver's process alone SIGKILLed mid-cell (what the OOM killer does);
+- the vLLM API server SIGKILLed mid-cell: its engine processes and shared memory go at once, the run says it
+  retries the cell on a fresh server; then the driver's group is killed while that server starts.
+
+Every process the run starts inherits a marker in its environment (Ray's processes, the model worker, the
+supervisor, every vLLM process), so "what the run started" is read from /proc, not from the code under test;
+the shared-memory segments are those that marked processes were seen mapping while the run was alive.
+The three runs start together (the start is mostly single-threaded imports: side by side they take little
+longer than one) and are killed one after the other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import REPO, TOY_MODELS, TOY_SERVE
+
+pytestmark = pytest.mark.slow
+BOUND_S = 20.0  # after a kill, everything of the run must be gone within this
+START_S = 600.0  # three runs starting side by side on two cores
+SHM = Path("/dev/shm")
+
+
+@dataclass
+class Run:
+    """One `distill-bench run` in a session of its own, and what it was seen to start."""
+
+    name: str
+    marker: str
+    driver: subprocess.Popen
+    run_dir: Path
+    output: Path
+    segments: set[Path] = field(default_factory=set)
+
+    def processes(self) -> dict[int, str]:
+        """Live processes (not zombies) whose environment carries this run's marker: pid -> command line."""
+        found = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                with contextlib.suppress(OSError):
+                    if self.marker.encode() in Path(f"/proc/{entry}/environ").read_bytes() and not _zombie(entry):
+                        found[int(entry)] = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        return found
+
+    def see_segments(self) -> set[Path]:
+        """Note the psm_ segments the run's processes map now (vLLM's engine-to-worker message queues)."""
+        for pid in self.processes():
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+                    path = line.split(maxsplit=5)[5:]  # address, perms, offset, device, inode, path
+                    if path and path[0].startswith(f"{SHM}/psm_") and not path[0].endswith("(deleted)"):
+                        self.segments.add(Path(path[0]))
+        return self.segments
+
+    def mid_cell(self, count: int = 1) -> bool:
+        """The run has sent its `count`-th cell to a server and that cell has not finished yet."""
+        log = self.run_dir / "run.log"
+        lines = [line for line in log.read_text().splitlines() if "bench.progress" in line] if log.exists() else []
+        sent = [line for line in lines if ": perf w (block" in line]
+        return len(sent) >= count and lines[-1] == sent[-1]
+
+    def left(self) -> tuple[dict[int, str], list[Path]]:
+        return self.processes(), sorted(path for path in self.segments if path.exists())
+
+    def gone(self) -> bool:
+        return self.left() == ({}, [])
+
+    def said(self) -> str:
+        return self.output.read_text()
+
+
+def _zombie(pid: str) -> bool:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def _until(condition: Callable[[], bool], bound_s: float, every_s: float = 0.5) -> bool:
+    deadline = time.monotonic() + bound_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(every_s)
+    return True
+
+
+def _start(root: Path, name: str) -> Run:
+    serve = TOY_SERVE.model_dump(mode="json")
+    config = {
+        "run": {"name": name, "results_dir": str(root / "results"), "cell_retries": 1},
+        "hardware": {"device_type": "cpu-core", "prices": str(REPO / "configs" / "prices.yaml")},
+        "models": [{"name": "s", "source": str(TOY_MODELS / "student-kd"), "serve": serve}],
+        # A light load for long enough that every kill lands mid-cell, while the other runs still start.
+        "workloads": [
+            {
+                "name": "w",
+                "mode": "rate",
+                "levels": [2],
+                "num_requests": 8,
+                "warmup_requests": 1,
+                "min_duration_s": 30,
+                "prompt_tokens": {"mean": 8},
+                "output_tokens": {"mean": 8},
+                "repeats": 3,
+            }
+        ],
+    }
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    marker = f"DISTILL_BENCH_KILL_TEST_{uuid.uuid4().hex}"
+    output = root / f"{name}.out"
+    env = dict(os.environ, PYTHONPATH=str(REPO), **{marker: "1"})
+    with output.open("w") as out:
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "bench.cli", "run", str(path)],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, as a shell gives a command
+        )
+    return Run(name, marker, driver, root / "results" / name, output)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Run]]:
+    root = tmp_path_factory.mktemp("kills")
+    started = {name: _start(root, name) for name in ("group", "pid", "server")}
+    yield started
+    for run in started.values():  # whatever a failed test left behind
+        for pid in run.processes():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for segment in run.segments:
+            segment.unlink(missing_ok=True)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            run.driver.wait(timeout=5)
+
+
+def _wait_mid_cell(run: Run, count: int = 1) -> None:
+    def ready() -> bool:
+        run.see_segments()
+        return run.driver.poll() is None and run.mid_cell(count)
+
+    assert _until(ready, START_S), f"{run.name}: never got mid-cell; driver said:\n{run.said()[-3000:]}"
+    time.sleep(2)  # well inside the cell
+    assert run.see_segments(), f"{run.name}: vLLM mapped no psm_ segment (the test would prove nothing)"
+
+
+def test_sigkill_of_the_drivers_process_group_mid_cell_leaves_nothing(runs: dict[str, Run]) -> None:
+    run = runs["group"]
+    _wait_mid_cell(run)
+
+    os.killpg(run.driver.pid, signal.SIGKILL)
+
+    assert _until(run.gone, BOUND_S), run.left()
+
+
+def test_sigkill_of_the_driver_alone_mid_cell_leaves_nothing(runs: dict[str, Run]) -> None:
+    run = runs["pid"]
+    _wait_mid_cell(run)
+
+    os.kill(run.driver.pid, signal.SIGKILL)
+
+    assert _until(run.gone, BOUND_S), run.left()
+
+
+def test_a_server_killed_mid_cell_goes_whole_and_the_run_retries_on_a_fresh_one(runs: dict[str, Run]) -> None:
+    run = runs["server"]
+    _wait_mid_cell(run)
+    processes = run.processes()
+    server = next(pid for pid, command in processes.items() if "vllm.entrypoints.openai.api_server" in command)
+    tree = [pid for pid, command in processes.items() if pid == server or "VLLM::" in command]
+    first_segments = set(run.segments)
+
+    os.kill(server, signal.SIGKILL)
+
+    def first_tree_gone() -> bool:
+        return not set(tree) & set(run.processes()) and not any(path.exists() for path in first_segments)
+
+    assert _until(first_tree_gone, BOUND_S), (set(tree) & set(run.processes()), first_segments)
+    assert run.driver.poll() is None  # the run goes on
+    retried = "retrying perf s × w (attempt 1 failed): ServerError: vLLM server for s exited"
+    assert _until(lambda: retried in run.said() and "s: replacing its worker and server" in run.said(), START_S)
+
+    os.killpg(run.driver.pid, signal.SIGKILL)  # while the fresh server starts
+
+    assert _until(run.gone, BOUND_S), run.left()
