@@ -31,6 +31,9 @@ CellKind = Literal["eval", "perf"]
 
 BlockState = Literal["complete", "pending", "partial"]
 TARGET_KEY_EXCLUDES: dict[CellKind, set[str]] = {"eval": set(), "perf": {"repeats"}}
+# How many servers run a model's cells changes where they run, not what they produce: a run with replicas
+# finds the cells of a run without them done (and keys stored before the setting existed stay valid).
+MODEL_KEY_EXCLUDES = {"serve": {"replicas"}}
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,7 @@ def cell_key(
     cells add their `block` (eval keys keep the recipe they had before blocks existed).
     """
     target_json = target.model_dump(mode="json", exclude=TARGET_KEY_EXCLUDES[kind])
-    content = {"kind": kind, "model": model.model_dump(mode="json"), "target": target_json, "seed": seed}
+    content = {"kind": kind, "model": model_json(model), "target": target_json, "seed": seed}
     content["files"] = files
     if block is not None:
         content["block"] = block
@@ -82,7 +85,12 @@ def local_fingerprints(config: BenchConfig) -> Fingerprints:
 def model_key(model: ModelConfig, weights: str | None) -> str:
     """Key of a model's row in the `models` table: changes whenever the model, its weights (their
     fingerprint, `weights`) or serving change."""
-    return short_hash({"kind": "model", "model": model.model_dump(mode="json"), "weights": weights})
+    return short_hash({"kind": "model", "model": model_json(model), "weights": weights})
+
+
+def model_json(model: ModelConfig) -> dict:
+    """The model's settings that shape its results, as hashed into cell and model keys."""
+    return model.model_dump(mode="json", exclude=MODEL_KEY_EXCLUDES)
 
 
 def build_plan(
