@@ -160,7 +160,7 @@ class RayWorkers:
             options["scheduling_strategy"] = "SPREAD"  # CPU workers reserve nothing: spread them over the nodes
         worker = ray.remote(self.worker_class).options(**options)
         seed, device_type = self.config.run.seed, self.config.hardware.device_type
-        run.actor = worker.remote(run.model, seed, str(self.run_dir), os.getcwd(), device_type)
+        run.actor = worker.remote(run.model, seed, str(self.run_dir), os.getcwd(), device_type, run.replica.index)
 
     def call(self, run: ModelRun, method: str, *args: object) -> object:
         return getattr(run.actor, method).remote(*args)
