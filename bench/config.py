@@ -25,6 +25,7 @@ PositiveInt = Annotated[int, Field(gt=0)]
 # an OverflowError, a petabyte allocation or a hang later in the run.
 INT64_MAX = 2**63 - 1  # every int in a config ends up in Parquet (int64), numpy or a C API
 MAX_TENSOR_PARALLEL = 1024  # GPUs of one server on one node: far above any real node
+MAX_REPLICAS = 1024  # servers of one model: each is a Ray actor and a placement group, planned up front
 MAX_SEED = 2**32 - 1  # numpy's and lm-eval's seeds are 32-bit
 MAX_BOOTSTRAP_SAMPLES = 1_000_000  # samples × documents are held in memory at once
 MAX_FLOAT = 1e9  # seconds (31 years), req/s, $/hour: nothing real comes near; time APIs overflow far above
@@ -91,6 +92,21 @@ class ServeConfig(Section):
     )
     extra_args: tuple[str, ...] = Field((), description="Extra vLLM server arguments, e.g. ['--enforce-eager'].")
     startup_timeout_s: PositiveFloat = Field(600, description="How long to wait for the server to be healthy.")
+    replicas: int | Literal["auto"] = Field(
+        1,
+        description="Servers of this model, each on its own GPUs (its own placement group); the model's eval "
+        "cells are spread over them, each (model, task) cell whole on one server. 'auto' starts one and adds "
+        "more while GPUs are free and its queued evals outlast a server start. Perf trials use one server. "
+        "Not part of any cell key; ignored without GPUs (servers sharing CPUs run one cell at a time).",
+    )
+
+    @field_validator("replicas", mode="before")
+    @classmethod
+    def _replicas_counted_or_auto(cls, value: object) -> object:
+        # Checked before the union's own validation, which would print one error per alternative.
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_REPLICAS):
+            return value
+        raise ValueError(f"must be a whole number from 1 to {MAX_REPLICAS} (servers of one model), or 'auto'")
 
     @field_validator("tensor_parallel_size")
     @classmethod

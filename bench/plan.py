@@ -36,8 +36,9 @@ TARGET_KEY_EXCLUDES: dict[CellKind, set[str]] = {"eval": {"estimate"}, "perf": {
 # config that leaves them alone keeps the keys (and the stored cells) it had.
 TASK_KEY_WHEN_SET = {"samples_per_question"}
 # Model settings that shape no measurement: left out of every key, so declaring them never re-runs a cell.
-# `active_parameters` only feeds the FLOPs-per-token estimate, never what the server does.
-MODEL_KEY_EXCLUDES = {"distillation", "active_parameters"}
+# `active_parameters` only feeds the FLOPs-per-token estimate, never what the server does; how many servers
+# run a model's cells (`serve.replicas`) changes where they run, not what they produce.
+MODEL_KEY_EXCLUDES = {"distillation": True, "active_parameters": True, "serve": {"replicas": True}}
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ def cell_key(
     cells add their `block` (eval keys keep the recipe they had before blocks existed).
     """
     target_json = _target_json(kind, target)
-    content = {"kind": kind, "model": _model_json(model), "target": target_json, "seed": seed}
+    content = {"kind": kind, "model": model_json(model), "target": target_json, "seed": seed}
     content["files"] = files
     if block is not None:
         content["block"] = block
@@ -89,10 +90,11 @@ def local_fingerprints(config: BenchConfig) -> Fingerprints:
 def model_key(model: ModelConfig, weights: str | None) -> str:
     """Key of a model's row in the `models` table: changes whenever the model, its weights (their
     fingerprint, `weights`) or serving change."""
-    return short_hash({"kind": "model", "model": _model_json(model), "weights": weights})
+    return short_hash({"kind": "model", "model": model_json(model), "weights": weights})
 
 
-def _model_json(model: ModelConfig) -> dict:
+def model_json(model: ModelConfig) -> dict:
+    """The model's settings that shape its results, as hashed into cell and model keys."""
     return model.model_dump(mode="json", exclude=MODEL_KEY_EXCLUDES)
 
 

@@ -23,15 +23,22 @@ from bench.serve import CoreSplit, VllmServer, pin_process, split_cores
 
 
 class ModelWorker:
-    """The Ray actor for one model: owns its vLLM server and runs that model's cells against it."""
+    """The Ray actor for one server of a model: owns its vLLM server and runs that model's cells against it.
 
-    def __init__(self, model: ModelConfig, seed: int, run_dir: str, workdir: str, device_type: str):
+    `server_class` makes the server; the scheduling simulation's `FakeEngineWorker`
+    (tests/fakes/fake_engine.py) swaps in a fake engine, the only other class that ever goes here.
+    """
+
+    server_class: type[VllmServer] = VllmServer
+
+    def __init__(self, model: ModelConfig, seed: int, run_dir: str, workdir: str, device_type: str, replica: int = 0):
         # Task files and relative model paths are relative to where `distill-bench run` was started.
         os.chdir(workdir)
         self.model = model
         self.seed = seed
         self.run_dir = Path(run_dir)
         self.device_type = device_type
+        self.replica = replica  # which of the model's servers this is (0: its first)
         self.node_cores = os.sched_getaffinity(0)
         self.cores: CoreSplit = split_cores(self.node_cores)
         self.server = None
@@ -41,8 +48,9 @@ class ModelWorker:
         """Start (or restart) the server and wait until it is healthy; returns its provenance."""
         if self.server is not None:
             self.server.stop()
-        log_path = self.run_dir / "logs" / f"{self.model.name}.server.log"
-        self.server = VllmServer(self.model, self.seed, log_path, self.cores)
+        name = self.model.name if self.replica == 0 else f"{self.model.name}.replica{self.replica}"
+        log_path = self.run_dir / "logs" / f"{name}.server.log"
+        self.server = self.server_class(self.model, self.seed, log_path, self.cores)
         self.server.start()
         return self.server.provenance(self.device_type)
 

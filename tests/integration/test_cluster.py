@@ -6,6 +6,7 @@ from pathlib import Path
 
 from bench import cluster
 from bench.config import ModelConfig, parse_config
+from bench.schedule import Replica
 
 from .conftest import REPO
 
@@ -31,8 +32,8 @@ def test_tensor_parallel_model_gets_its_gpus_in_one_strict_pack_bundle(tmp_path:
         model = config.models[0]
         placement = cluster.placement_for(model, cluster_gpus=4)
         assert placement.bundle == {"GPU": 2, "CPU": 1}
-        run = cluster.ModelRun(model, tmp_path, placement)
-        cluster._launch(run, config)
+        run = cluster.ModelRun(model, placement, Replica("big"))
+        cluster.RayWorkers(config, tmp_path).launch(run)
         assert len(ray.get(run.actor.assigned_gpus.remote(), timeout=120)) == 2
         groups = [g for g in placement_group_table().values() if g["name"] == "distill-bench-big"]
         assert [g["strategy"] for g in groups] == ["STRICT_PACK"]

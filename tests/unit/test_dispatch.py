@@ -1,11 +1,15 @@
-"""`cluster.Dispatch` against a fake `ray` module: retries, a worker replaced once, a model given up, and
-every cell ending stored or failed. No Ray, no vLLM: each fake call finishes at once, in submission order."""
+"""`cluster.Dispatch`, the driver's state machine, against a fake cluster with a virtual clock: retries, a
+server replaced once (dead, or past its deadline), a model given up (will not start, does not fit), longest
+work first over replicas, servers added while GPUs are free, a node lost mid-run, and every cell ending
+stored or failed exactly once. No Ray, no vLLM, no waiting: each call takes its scripted virtual time."""
 
 from __future__ import annotations
 
 import itertools
-import sys
+import math
 import types
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -17,87 +21,140 @@ from bench.plan import build_plan
 REPO = Path(__file__).resolve().parents[2]
 
 
-class FakeRef:
-    _ids = itertools.count()
-
-    def __init__(self, call):
-        self.id, self.call = next(FakeRef._ids), call
+class WorkerDied(RuntimeError):
+    """What a call on a worker of a lost node raises (Ray raises RayActorError)."""
 
 
-class FakeActor:
-    """A worker whose calls follow a script: `failures[(model, method)]` is how many calls raise first."""
+@dataclass
+class FakeCall:
+    run: cluster.ModelRun
+    method: str
+    target: str | None
+    duration_s: float
+    finish_s: float | None  # None: a start still waiting for its GPUs
+    error: Exception | None = None
 
-    def __init__(self, model, failures: dict, log: list, alive: dict):
-        self.model, self.failures, self.log, self.alive_after_failure = model, failures, log, alive
-        for method in ("start", "evaluate", "measure", "alive", "stop"):
-            setattr(self, method, types.SimpleNamespace(remote=self._remote(method)))
 
-    def _remote(self, method: str):
-        def remote(*args):
-            return FakeRef(lambda: self._run(method, args))
+@dataclass
+class FakeCluster:
+    """Nodes with GPUs, placement first fit in launch order (a start waits for GPUs like a pending placement
+    group), calls that take `durations_s(model, method, target)` virtual seconds, and scripted trouble:
+    `failures[(model, method)]` calls raise first, `dead_after_failure` models report a dead server,
+    `lost_at_s` removes a node (its servers die) at that time."""
 
-        return remote
+    nodes: dict[str, float]
+    durations_s: object = None  # (model, method, target) -> seconds; default 1 s each
+    failures: dict = field(default_factory=dict)
+    dead_after_failure: set = field(default_factory=set)
+    lost_at_s: tuple[float, str] | None = None
+    clock: float = 0.0
+    calls: dict = field(default_factory=dict)
+    waiting: list = field(default_factory=list)  # runs whose GPUs are not yet free, in launch order
+    used: dict = field(default_factory=dict)  # node -> GPUs held
+    placed: dict = field(default_factory=dict)  # replica -> node
+    log: list = field(default_factory=list)  # (start time, replica, method, target)
+    handles = itertools.count()
 
-    def _run(self, method: str, args: tuple):
-        name = self.model.name
-        if method == "alive":
-            return self.alive_after_failure.get(name, True)
-        if method == "stop":
+    def launch(self, run: cluster.ModelRun) -> None:
+        run.actor = object()
+        self.waiting.append(run)
+        self._place()
+
+    def _place(self) -> None:
+        for run in list(self.waiting):
+            node = next(
+                (n for n, gpus in self.nodes.items() if gpus - self.used.get(n, 0) >= run.placement.num_gpus), None
+            )
+            if node is None:
+                continue
+            self.waiting.remove(run)
+            self.used[node] = self.used.get(node, 0) + run.placement.num_gpus
+            self.placed[run.replica] = node
+            for call in self.calls.values():
+                if call.run is run and call.finish_s is None:
+                    call.finish_s = self.clock + call.duration_s
+                    self.log.append((self.clock, run.replica, call.method, call.target))
+
+    def call(self, run: cluster.ModelRun, method: str, *args: object) -> int:
+        target = getattr(args[0], "name", None) if args else None
+        duration = self.durations_s(run.model.name, method, target) if self.durations_s else 1.0
+        handle = next(self.handles)
+        placed = run.replica in self.placed
+        self.calls[handle] = FakeCall(run, method, target, duration, self.clock + duration if placed else None)
+        if placed:
+            self.log.append((self.clock, run.replica, method, target))
+        if placed and self.placed[run.replica] not in self.nodes:
+            self.calls[handle].finish_s = self.clock
+            self.calls[handle].error = WorkerDied(f"{run.replica}: its node was lost")
+        elif self.failures.get((run.model.name, method), 0) > 0:
+            self.failures[run.model.name, method] -= 1
+            self.calls[handle].error = RuntimeError(f"{run.model.name} {method} failed")
+        return handle
+
+    def wait(self, handles: list, timeout_s: float) -> int | None:
+        if self.lost_at_s and self.lost_at_s[0] <= self.clock + timeout_s:
+            due = [self.calls[h].finish_s for h in handles if self.calls[h].finish_s is not None]
+            if not due or min(due) > self.lost_at_s[0]:
+                self._lose_node()
+        running = [h for h in handles if self.calls[h].finish_s is not None]
+        first = min(running, key=lambda h: (self.calls[h].finish_s, h), default=None)
+        if first is None or self.calls[first].finish_s > self.clock + timeout_s:
+            self.clock += timeout_s
             return None
-        self.log.append((name, method, getattr(args[0], "name", None) if args else None))
-        if self.failures.get((name, method), 0) > 0:
-            self.failures[name, method] -= 1
-            raise RuntimeError(f"{name} {method} failed")
-        if method == "start":
-            return types.SimpleNamespace(name=name)
-        return ([], []) if method == "evaluate" else ([], [], [])
+        self.clock = max(self.clock, self.calls[first].finish_s)
+        return first
+
+    def _lose_node(self) -> None:
+        when, node = self.lost_at_s
+        self.clock, self.lost_at_s = max(self.clock, when), None
+        del self.nodes[node]
+        for call in self.calls.values():
+            if self.placed.get(call.run.replica) == node and call.finish_s is not None and call.finish_s > self.clock:
+                call.finish_s, call.error = self.clock, WorkerDied(f"{call.run.replica}: its node was lost")
+
+    def result(self, handle: int) -> object:
+        call = self.calls.pop(handle)
+        if call.error is not None:
+            raise call.error
+        if call.method == "start":
+            return types.SimpleNamespace(name=call.run.model.name)
+        return ([], []) if call.method == "evaluate" else ([], [], [])
+
+    def alive(self, run: cluster.ModelRun) -> bool:
+        return run.model.name not in self.dead_after_failure and self.placed.get(run.replica) in self.nodes
+
+    def release(self, run: cluster.ModelRun) -> None:
+        if run in self.waiting:
+            self.waiting.remove(run)
+        node = self.placed.pop(run.replica, None)
+        if node is not None:
+            self.used[node] -= run.placement.num_gpus
+        for handle in [h for h, call in self.calls.items() if call.run is run]:
+            del self.calls[handle]
+        run.actor = None
+        self._place()
+
+    def node_gpus(self) -> dict[str, float]:
+        return dict(self.nodes)
+
+    def node_of(self, run: cluster.ModelRun) -> str | None:
+        return self.placed.get(run.replica)
+
+    def now(self) -> float:
+        return self.clock
 
 
-def fake_ray(failures: dict, alive: dict, log: list) -> tuple[types.ModuleType, dict[str, types.ModuleType]]:
-    ray = types.ModuleType("ray")
-    ray.nodes = lambda: [{"Alive": True, "Resources": {"CPU": 2}}]
-    ray.wait = lambda refs, num_returns, timeout: (sorted(refs, key=lambda r: r.id)[:1], [])
-
-    def get(ref, timeout=None):
-        return ref.call()
-
-    ray.get = get
-    ray.kill = lambda actor: None
-    ray.remote = lambda cls: types.SimpleNamespace(
-        options=lambda **options: types.SimpleNamespace(
-            remote=lambda model, *rest: FakeActor(model, failures, log, alive)
-        )
-    )
-    util = types.ModuleType("ray.util")
-    groups = types.ModuleType("ray.util.placement_group")
-    groups.placement_group = groups.remove_placement_group = lambda *a, **k: None
-    strategies = types.ModuleType("ray.util.scheduling_strategies")
-    strategies.PlacementGroupSchedulingStrategy = lambda **k: None
-    ray.util = util
-    return ray, {"ray.util": util, "ray.util.placement_group": groups, "ray.util.scheduling_strategies": strategies}
+@dataclass
+class Outcome:
+    stored: list
+    failed: list
+    starts: Counter  # replica -> server starts
+    log: list
+    makespan_s: float
+    reported: list  # ("retry", model, kind, attempts) and ("replaced", replica, why), as the terminal shows them
 
 
-@pytest.fixture
-def config():
-    models = [
-        {"name": "teacher", "source": "org/t"},
-        {"name": "kd", "source": "org/kd", "teacher": "teacher"},
-    ]
-    data = {
-        "run": {"name": "d", "cell_retries": 1},
-        "models": models,
-        "tasks": [{"name": "task"}],
-        "workloads": [{"name": "w", "repeats": 2}],
-    }
-    return parse_config(data, source="dispatch", base=REPO)
-
-
-def run_dispatch(config, monkeypatch, failures=None, alive=None):
-    log: list = []
-    ray, submodules = fake_ray(failures or {}, alive or {}, log)
-    monkeypatch.setitem(sys.modules, "ray", ray)
-    for name, module in submodules.items():
-        monkeypatch.setitem(sys.modules, name, module)
+def run_dispatch(config, fake: FakeCluster) -> Outcome:
     stored, failed, reported = [], [], []
     events = cluster.Events(
         on_started=lambda record: None,
@@ -105,50 +162,217 @@ def run_dispatch(config, monkeypatch, failures=None, alive=None):
         on_perf=lambda cell, *_: stored.append(cell),
         on_failed=lambda cell, attempts, message: failed.append((cell, attempts, message)),
         on_retry=lambda cell, attempts, message: reported.append(("retry", cell.model, cell.kind, attempts)),
-        on_replaced=lambda model, why: reported.append(("replaced", model, why)),
+        on_replaced=lambda replica, why: reported.append(("replaced", replica, why)),
         on_stage=lambda model, what: None,
         billing_for=lambda record: None,
     )
     cells = build_plan(config)
-    cluster.dispatch(config, cells, Path("/tmp/unused"), events)
-    assert sorted(c.key for c in stored + [f[0] for f in failed]) == sorted(c.key for c in cells)  # none dropped
-    return stored, failed, log, reported
+    dispatcher = cluster.Dispatch.plan(config, cells, events, fake)
+    dispatcher.run()
+    dispatcher.close()
+    done = [c.key for c in stored] + [f[0].key for f in failed]
+    assert sorted(done) == sorted(c.key for c in cells)  # every cell once: none dropped, none twice
+    assert not fake.calls and not fake.placed  # nothing left running
+    starts = Counter(replica for _, replica, method, _ in fake.log if method == "start")
+    return Outcome(stored, failed, starts, fake.log, fake.clock, reported)
 
 
-def test_everything_runs_evals_first_then_trials_in_block_order(config, monkeypatch) -> None:
-    stored, failed, log, reported = run_dispatch(config, monkeypatch)
-    assert failed == [] and reported == []
-    assert [c.kind for c in stored] == ["eval", "eval", "perf", "perf", "perf", "perf"]
+def make_config(models: list[dict], tasks: list[dict], workloads: list[dict] | None = None, **run: object):
+    data = {
+        "run": {"name": "d", "cell_retries": 1, **run},
+        "models": models,
+        "tasks": tasks,
+        "workloads": workloads if workloads is not None else [{"name": "w", "repeats": 2}],
+    }
+    return parse_config(data, source="dispatch", base=REPO)
+
+
+TEACHER_KD = [{"name": "teacher", "source": "org/t"}, {"name": "kd", "source": "org/kd", "teacher": "teacher"}]
+CPU = {"node": 0}  # no GPUs: the servers share the node's cores
+
+
+@pytest.fixture
+def config():
+    return make_config(TEACHER_KD, [{"name": "task"}])
+
+
+# -- the run on shared CPUs, and what fails ------------------------------------------------------------
+
+
+def test_everything_runs_evals_first_then_trials_in_block_order(config) -> None:
+    outcome = run_dispatch(config, FakeCluster(CPU))
+    assert outcome.failed == []
+    assert [c.kind for c in outcome.stored] == ["eval", "eval", "perf", "perf", "perf", "perf"]
     expected = schedule.perf_order(build_plan(config), config.run.seed, ["teacher", "kd"])
-    assert [c for c in stored if c.kind == "perf"] == expected
-    assert [entry for entry in log if entry[1] == "start"] == [("teacher", "start", None), ("kd", "start", None)]
+    assert [c for c in outcome.stored if c.kind == "perf"] == expected
+    assert outcome.starts == {schedule.Replica("teacher"): 1, schedule.Replica("kd"): 1}
 
 
-def test_a_failed_cell_is_retried_once_then_stored_as_failed(config, monkeypatch) -> None:
-    stored, failed, _, reported = run_dispatch(config, monkeypatch, failures={("kd", "evaluate"): 5})
-    assert [(cell.model, cell.kind, attempts) for cell, attempts, _ in failed] == [("kd", "eval", 2)]
-    assert len(stored) == 5
-    assert reported == [("retry", "kd", "eval", 1)]  # the server answered: retried in place, not replaced
+def test_a_failed_cell_is_retried_once_then_stored_as_failed(config) -> None:
+    outcome = run_dispatch(config, FakeCluster(CPU, failures={("kd", "evaluate"): 5}))
+    assert [(cell.model, cell.kind, attempts) for cell, attempts, _ in outcome.failed] == [("kd", "eval", 2)]
+    assert len(outcome.stored) == 5
+    assert outcome.reported == [("retry", "kd", "eval", 1)]  # the server answered: retried in place, not replaced
 
 
-def test_a_transient_failure_is_retried_and_stored(config, monkeypatch) -> None:
-    stored, failed, log, reported = run_dispatch(config, monkeypatch, failures={("teacher", "measure"): 1})
-    assert failed == [] and len(stored) == 6
-    assert reported == [("retry", "teacher", "perf", 1)]
-    assert sum(1 for entry in log if entry[:2] == ("teacher", "measure")) == 3  # 2 blocks + 1 retry
+def test_a_transient_failure_is_retried_and_stored(config) -> None:
+    outcome = run_dispatch(config, FakeCluster(CPU, failures={("teacher", "measure"): 1}))
+    assert outcome.failed == [] and len(outcome.stored) == 6
+    assert outcome.reported == [("retry", "teacher", "perf", 1)]
+    assert sum(1 for _, replica, method, _ in outcome.log if (replica.model, method) == ("teacher", "measure")) == 3
 
 
-def test_a_dead_server_gets_its_worker_replaced_once(config, monkeypatch) -> None:
-    failures = {("kd", "evaluate"): 1}
-    stored, failed, log, reported = run_dispatch(config, monkeypatch, failures=failures, alive={"kd": False})
-    assert failed == [] and len(stored) == 6
-    assert [entry for entry in log if entry[1] == "start"].count(("kd", "start", None)) == 2
-    assert reported == [("retry", "kd", "eval", 1), ("replaced", "kd", "RuntimeError: kd evaluate failed")]
+def test_a_dead_server_gets_its_worker_replaced_once(config) -> None:
+    fake = FakeCluster(CPU, failures={("kd", "evaluate"): 1}, dead_after_failure={"kd"})
+    outcome = run_dispatch(config, fake)
+    assert outcome.failed == [] and len(outcome.stored) == 6
+    assert outcome.starts[schedule.Replica("kd")] == 2
+    assert [entry[:2] for entry in outcome.reported] == [("retry", "kd"), ("replaced", "kd")]
 
 
-def test_a_server_that_never_starts_fails_all_its_cells(config, monkeypatch) -> None:
-    stored, failed, _, reported = run_dispatch(config, monkeypatch, failures={("kd", "start"): 9})
-    assert {cell.model for cell, _, _ in failed} == {"kd"} and len(failed) == 3
-    assert reported == [("replaced", "kd", "server did not start: RuntimeError: kd start failed")]  # once only
-    assert all("server did not start" in message for _, _, message in failed)
-    assert {cell.model for cell in stored} == {"teacher"}
+def test_a_server_that_never_starts_fails_all_its_cells(config) -> None:
+    outcome = run_dispatch(config, FakeCluster(CPU, failures={("kd", "start"): 9}))
+    assert {cell.model for cell, _, _ in outcome.failed} == {"kd"} and len(outcome.failed) == 3
+    assert all("server did not start" in message for _, _, message in outcome.failed)
+    assert {cell.model for cell in outcome.stored} == {"teacher"}
+    assert outcome.starts[schedule.Replica("kd")] == 2  # replaced once, then given up
+    assert [entry[:2] for entry in outcome.reported] == [("replaced", "kd")]  # once only
+
+
+def test_a_cell_past_its_deadline_gets_its_worker_replaced_once_and_is_retried() -> None:
+    config = make_config(TEACHER_KD, [{"name": "task"}], cell_timeout_s=30)
+    hung = {"left": 1}
+
+    def durations(model: str, method: str, target: str | None) -> float:
+        if (model, method) == ("kd", "evaluate") and hung["left"]:
+            hung["left"] -= 1
+            return math.inf  # never returns: only the deadline ends it
+        return 1.0
+
+    outcome = run_dispatch(config, FakeCluster(CPU, durations_s=durations))
+    assert outcome.failed == [] and len(outcome.stored) == 6
+    assert outcome.starts[schedule.Replica("kd")] == 2
+    assert outcome.makespan_s >= 30  # the retry came after the deadline, not before
+
+
+def test_a_model_that_fits_no_node_fails_its_cells_and_the_others_run() -> None:
+    models = [{"name": "huge", "source": "org/h", "serve": {"tensor_parallel_size": 8}}, TEACHER_KD[1]]
+    models[1] = {**models[1], "teacher": "huge"}
+    outcome = run_dispatch(make_config(models, [{"name": "task"}]), FakeCluster({"a": 4, "b": 4}))
+    assert {cell.model for cell, _, _ in outcome.failed} == {"huge"} and len(outcome.failed) == 3
+    assert all("needs 8 GPUs on one node; the largest node has 4" in message for _, _, message in outcome.failed)
+    assert {cell.model for cell in outcome.stored} == {"kd"} and len(outcome.stored) == 3
+    assert schedule.Replica("huge") not in outcome.starts
+
+
+# -- longest first, replicas -----------------------------------------------------------------------------
+
+SIZES = {"t1": 10, "t2": 40, "t3": 20, "t4": 30, "t5": 50}  # documents; each cell takes its documents in seconds
+
+
+def sized_tasks() -> list[dict]:
+    return [{"name": name, "limit": documents, "max_gen_toks": 1} for name, documents in SIZES.items()]
+
+
+def by_documents(model: str, method: str, target: str | None) -> float:
+    return float(SIZES[target]) if method == "evaluate" else 1.0
+
+
+def eval_starts(outcome: Outcome) -> list[tuple[float, str, str]]:
+    return [(t, str(replica), target) for t, replica, method, target in outcome.log if method == "evaluate"]
+
+
+def test_a_models_evals_run_longest_first() -> None:
+    config = make_config(TEACHER_KD[:1], sized_tasks(), workloads=[])
+    outcome = run_dispatch(config, FakeCluster({"a": 1}, durations_s=by_documents))
+    assert [target for _, _, target in eval_starts(outcome)] == ["t5", "t2", "t4", "t3", "t1"]
+
+
+def test_replicas_share_a_models_evals_longest_first_and_perf_stays_on_the_primary() -> None:
+    models = [{"name": "teacher", "source": "org/t", "serve": {"replicas": 2}}]
+    config = make_config(models, sized_tasks(), workloads=[{"name": "w", "repeats": 3}])
+    outcome = run_dispatch(config, FakeCluster({"a": 4}, durations_s=by_documents))
+    assert outcome.failed == [] and len(outcome.stored) == 8
+    assert outcome.starts == {schedule.Replica("teacher", 0): 1, schedule.Replica("teacher", 1): 1}
+    # LPT on two servers (after a 1 s start): 50 | 40, then 30 after the 40, 20 after the 50, and 10 on
+    # whichever is free first at 71: 81 s for 150 s of work on two servers.
+    assert sorted(eval_starts(outcome)) == [
+        (1, "teacher", "t5"), (1, "teacher#1", "t2"), (41, "teacher#1", "t4"), (51, "teacher", "t3"),
+        (71, "teacher#1", "t1"),
+    ]  # fmt: skip
+    perf = [replica for _, replica, method, _ in outcome.log if method == "measure"]
+    assert perf == [schedule.Replica("teacher", 0)] * 3
+    assert outcome.makespan_s == 1 + 80 + 3  # start, evals, three 1 s trials on the primary
+
+
+def test_fixed_replicas_never_outnumber_the_eval_cells() -> None:
+    models = [{"name": "teacher", "source": "org/t", "serve": {"replicas": 8}}]
+    outcome = run_dispatch(make_config(models, sized_tasks()[:2]), FakeCluster({"a": 8}, durations_s=by_documents))
+    assert len(outcome.starts) == 2
+
+
+def test_without_gpus_replicas_are_ignored() -> None:
+    models = [{"name": "teacher", "source": "org/t", "serve": {"replicas": 3}}]
+    outcome = run_dispatch(make_config(models, sized_tasks()), FakeCluster(CPU, durations_s=by_documents))
+    assert outcome.starts == {schedule.Replica("teacher"): 1}
+
+
+# -- a mixed plan on eight GPUs: makespan against the lower bound -----------------------------------------
+
+
+MIXED_TASKS = {"t1": 120, "t2": 90, "t3": 60, "t4": 45, "t5": 30, "t6": 15}  # documents
+SECONDS_PER_DOCUMENT = {"teacher": 0.5, "s1": 0.5, "s2": 0.35, "s3": 0.25}  # the teacher is TP-4
+
+
+def mixed_config(student_replicas: int | str = "auto", teacher_replicas: int | str = "auto"):
+    models = [
+        {"name": "teacher", "source": "org/t", "serve": {"tensor_parallel_size": 4, "replicas": teacher_replicas}}
+    ]
+    models += [
+        {"name": name, "source": f"org/{name}", "teacher": "teacher", "serve": {"replicas": student_replicas}}
+        for name in ("s1", "s2", "s3")
+    ]
+    tasks = [{"name": name, "limit": documents, "max_gen_toks": 16} for name, documents in MIXED_TASKS.items()]
+    return make_config(models, tasks, workloads=[])
+
+
+def mixed_durations(model: str, method: str, target: str | None) -> float:
+    if method == "start":
+        return 2.0
+    return MIXED_TASKS[target] * SECONDS_PER_DOCUMENT[model]
+
+
+def lower_bound_s(gpus: int) -> float:
+    """max(Σ GPU-seconds / GPUs, longest job) of the mixed plan's eval cells."""
+    jobs = [
+        (mixed_durations(m, "evaluate", t), 4 if m == "teacher" else 1)
+        for m in SECONDS_PER_DOCUMENT
+        for t in MIXED_TASKS
+    ]
+    return max(sum(seconds * g for seconds, g in jobs) / gpus, max(seconds for seconds, _ in jobs))
+
+
+def test_mixed_plan_with_auto_replicas_is_within_15_percent_of_the_lower_bound() -> None:
+    outcome = run_dispatch(mixed_config(), FakeCluster({"a": 8}, durations_s=mixed_durations))
+    ratio = outcome.makespan_s / lower_bound_s(8)
+    one_each = run_dispatch(mixed_config(1, 1), FakeCluster({"a": 8}, durations_s=mixed_durations))
+    without = one_each.makespan_s / lower_bound_s(8)
+    print(f"virtual makespan / lower bound: {ratio:.3f} with auto replicas, {without:.3f} with one server each")
+    assert ratio <= 1.15
+    assert one_each.makespan_s > outcome.makespan_s
+    assert sum(replica.model != "teacher" for replica in outcome.starts) > 3  # students got extra servers
+
+
+def test_a_lost_node_moves_its_cells_to_the_survivors_exactly_once() -> None:
+    fake = FakeCluster({"a": 4, "b": 4}, durations_s=mixed_durations, lost_at_s=(20.0, "b"))
+    outcome = run_dispatch(mixed_config(), fake)
+    assert outcome.failed == [] and len(outcome.stored) == 24
+    assert [t for t, _, method, _ in outcome.log if method == "start" and t >= 20]  # replacements on node a
+
+
+def test_a_lost_node_that_leaves_a_model_no_room_fails_its_cells_instead_of_waiting_forever() -> None:
+    fake = FakeCluster({"a": 2, "b": 4}, durations_s=mixed_durations, lost_at_s=(5.0, "b"))
+    outcome = run_dispatch(mixed_config(), fake)
+    assert {cell.model for cell, _, _ in outcome.failed} == {"teacher"}
+    assert all("the largest alive node has 2" in message for _, _, message in outcome.failed)
+    assert {cell.model for cell in outcome.stored} == {"s1", "s2", "s3"}

@@ -11,7 +11,7 @@ import pytest
 
 from bench.config import BenchConfig, parse_config
 from bench.hashing import FINGERPRINT_SAMPLE_BYTES, local_fingerprint
-from bench.plan import Cell, block_state, build_plan, gpus_per_model, pending_cells, select_blocks
+from bench.plan import Cell, block_state, build_plan, gpus_per_model, model_key, pending_cells, select_blocks
 from tests.unit.test_config import setting, valid_config_data, write_workspace
 
 
@@ -68,7 +68,9 @@ def test_key_is_the_documented_content_hash(parse) -> None:
     model, task = config.models[0], config.tasks[0]
     content = {
         "kind": "eval",
-        "model": model.model_dump(mode="json", exclude={"distillation", "active_parameters"}),
+        "model": model.model_dump(
+            mode="json", exclude={"distillation": True, "active_parameters": True, "serve": {"replicas": True}}
+        ),
         "target": task.model_dump(mode="json", exclude={"estimate", "samples_per_question"}),
         "seed": config.run.seed,
         "files": {"weights": local_fingerprint(model.source), "task_files": local_fingerprint(task.include_path)},
@@ -126,6 +128,8 @@ def test_result_shaping_settings_change_keys(
         ("tasks.0.estimate", {"documents": 30, "prompt_tokens": 200, "output_tokens": 8000}),
         ("tasks.0.samples_per_question", 1),  # the default, written out
         ("models.0.active_parameters", 1000),
+        ("models.0.serve", {"replicas": 2}),  # where cells run, not what they produce: resume finds them done
+        ("models.1.serve", {"replicas": "auto"}),
     ],
 )
 def test_reading_settings_do_not_change_keys(parse, dotted: str, value: object) -> None:
@@ -261,3 +265,18 @@ def test_cell_is_frozen() -> None:
 def test_gpus_per_model(parse) -> None:
     config = parse(edited("models.0.serve", {"tensor_parallel_size": 4}))
     assert gpus_per_model(config) == {"teacher": 4, "student": 1}
+
+
+def test_replicas_keep_the_model_key_and_the_key_from_before_the_setting(parse) -> None:
+    """The recipe of a model's key is unchanged by `serve.replicas` (any value, or absent as before it existed)."""
+    config = parse()
+    model = config.models[0]
+    before_the_setting = model.model_dump(mode="json", exclude={"distillation", "active_parameters"})
+    del before_the_setting["serve"]["replicas"]
+    expected = hashlib.sha256(
+        json.dumps({"kind": "model", "model": before_the_setting, "weights": None}, sort_keys=True).encode()
+    ).hexdigest()[:16]
+    assert model_key(model, None) == expected
+    for replicas in (3, "auto"):
+        served = model.model_copy(update={"serve": model.serve.model_copy(update={"replicas": replicas})})
+        assert model_key(served, None) == expected

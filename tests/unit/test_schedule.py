@@ -3,10 +3,32 @@
 from __future__ import annotations
 
 import heapq
+import statistics
 from collections import Counter
 
+from bench.config import TaskConfig
 from bench.plan import Cell
-from bench.schedule import WorkerState, block_permutation, fits_at_once, next_cells, perf_order, run_order
+from bench.schedule import (
+    DEFAULT_TOKENS_PER_DOCUMENT,
+    Assignment,
+    EvalTiming,
+    ModelLoad,
+    Replica,
+    WorkerState,
+    block_permutation,
+    estimate,
+    eval_work_tokens,
+    fits_at_once,
+    gpu_seconds,
+    initial_replicas,
+    lpt_order,
+    next_cells,
+    perf_order,
+    releasable,
+    replica_to_add,
+    replicas_to_add,
+    run_order,
+)
 
 MODELS = ("teacher", "kd", "label")
 
@@ -70,44 +92,62 @@ def test_run_order_puts_evals_first() -> None:
 # -- next_cells ---------------------------------------------------------------------------------------
 
 
+def servers(**states: WorkerState) -> dict[Replica, WorkerState]:
+    """One server per model (`kd="idle"`), or several (`kd_1="busy"` is replica 1 of kd)."""
+    replicas = {}
+    for name, state in states.items():
+        model, _, index = name.partition("_")
+        replicas[Replica(model, int(index or 0))] = state
+    return replicas
+
+
+def submitted(queue: list[Cell], states: dict[str, WorkerState], exclusive: bool, in_order: bool = True) -> list[Cell]:
+    """The cells `next_cells` submits, each checked to go to an idle server of its model."""
+    assignments = next_cells(queue, servers(**states), exclusive, in_order)
+    for assignment in assignments:
+        assert assignment.replica.model == assignment.cell.model
+        assert servers(**states)[assignment.replica] == "idle"
+    return [assignment.cell for assignment in assignments]
+
+
 def test_shared_cpus_run_one_cell_at_a_time_evals_first() -> None:
     queue = run_order([evals("teacher"), evals("kd"), perf("teacher", 0), perf("kd", 0)], 0, MODELS)
     idle: dict[str, WorkerState] = {"teacher": "idle", "kd": "idle"}
-    assert next_cells(queue, idle, exclusive=True) == [evals("teacher")]
-    assert next_cells(queue, {"teacher": "busy", "kd": "idle"}, exclusive=True) == []
+    assert submitted(queue, idle, exclusive=True) == [evals("teacher")]
+    assert submitted(queue, {"teacher": "busy", "kd": "idle"}, exclusive=True) == []
 
 
 def test_an_eval_may_run_while_another_server_starts_but_a_trial_may_not() -> None:
     queue = [evals("kd"), perf("teacher", 0)]
-    assert next_cells(queue, {"teacher": "idle", "kd": "starting"}, exclusive=True) == []  # kd's eval first
+    assert submitted(queue, {"teacher": "idle", "kd": "starting"}, exclusive=True) == []  # kd's eval first
     queue = [evals("teacher"), perf("teacher", 0)]
-    assert next_cells(queue, {"teacher": "idle", "kd": "starting"}, exclusive=True) == [evals("teacher")]
-    assert next_cells(queue[1:], {"teacher": "idle", "kd": "starting"}, exclusive=True) == []
+    assert submitted(queue, {"teacher": "idle", "kd": "starting"}, exclusive=True) == [evals("teacher")]
+    assert submitted(queue[1:], {"teacher": "idle", "kd": "starting"}, exclusive=True) == []
 
 
 def test_trial_waits_for_every_eval_and_runs_alone() -> None:
     queue = [perf("teacher", 0), perf("kd", 0)]
-    assert next_cells(queue, {"teacher": "idle", "kd": "busy"}, exclusive=False) == []
-    assert next_cells(queue, {"teacher": "idle", "kd": "idle"}, exclusive=False) == [perf("teacher", 0)]
-    assert next_cells([evals("kd"), *queue], {"teacher": "measuring", "kd": "idle"}, exclusive=False) == []
+    assert submitted(queue, {"teacher": "idle", "kd": "busy"}, exclusive=False) == []
+    assert submitted(queue, {"teacher": "idle", "kd": "idle"}, exclusive=False) == [perf("teacher", 0)]
+    assert submitted([evals("kd"), *queue], {"teacher": "measuring", "kd": "idle"}, exclusive=False) == []
 
 
 def test_gpus_run_evals_of_different_models_at_once() -> None:
     queue = [evals("teacher", "a"), evals("teacher", "b"), evals("kd", "a"), perf("teacher", 0)]
-    chosen = next_cells(queue, {"teacher": "idle", "kd": "idle", "label": "starting"}, exclusive=False)
+    chosen = submitted(queue, {"teacher": "idle", "kd": "idle", "label": "starting"}, exclusive=False)
     assert chosen == [evals("teacher", "a"), evals("kd", "a")]
 
 
 def test_in_order_the_head_trial_waits_for_its_server() -> None:
     queue = [perf("kd", 0), perf("teacher", 0)]
-    assert next_cells(queue, {"kd": "starting", "teacher": "idle"}, exclusive=False) == []
-    relaxed = next_cells(queue, {"kd": "starting", "teacher": "idle"}, exclusive=False, in_order=False)
+    assert submitted(queue, {"kd": "starting", "teacher": "idle"}, exclusive=False) == []
+    relaxed = submitted(queue, {"kd": "starting", "teacher": "idle"}, exclusive=False, in_order=False)
     assert relaxed == [perf("teacher", 0)]
 
 
 def test_cells_of_a_model_without_a_worker_are_skipped() -> None:
     queue = [evals("kd"), perf("kd", 0), perf("teacher", 0)]
-    assert next_cells(queue, {"teacher": "idle"}, exclusive=True) == [perf("teacher", 0)]
+    assert submitted(queue, {"teacher": "idle"}, exclusive=True) == [perf("teacher", 0)]
 
 
 def test_fits_at_once() -> None:
@@ -125,21 +165,22 @@ def simulate(cells: list[Cell], start_s: dict[str, float], exclusive: bool, in_o
 
     Returns (finish order, [(time, cells in flight)] after every submission)."""
     queue = run_order(cells, 0, MODELS)
-    workers: dict[str, WorkerState] = {model: "starting" for model in start_s}
-    events = [(t, model, None) for model, t in start_s.items()]
+    workers: dict[Replica, WorkerState] = {Replica(model): "starting" for model in start_s}
+    events: list[tuple[float, Replica, Cell | None]] = [(t, Replica(model), None) for model, t in start_s.items()]
     heapq.heapify(events)
     now, finished, snapshots, inflight = 0.0, [], [], {}
     while events:
-        now, model, cell = heapq.heappop(events)
-        workers[model] = "idle"
+        now, replica, cell = heapq.heappop(events)
+        workers[replica] = "idle"
         if cell is not None:
             finished.append(cell)
-            del inflight[model]
+            del inflight[replica]
         for chosen in next_cells(queue, workers, exclusive, in_order):
-            queue.remove(chosen)
-            workers[chosen.model] = "busy" if chosen.kind == "eval" else "measuring"
-            inflight[chosen.model] = chosen
-            heapq.heappush(events, (now + (3.0 if chosen.kind == "eval" else 1.0), chosen.model, chosen))
+            queue.remove(chosen.cell)
+            workers[chosen.replica] = "busy" if chosen.cell.kind == "eval" else "measuring"
+            inflight[chosen.replica] = chosen.cell
+            duration = 3.0 if chosen.cell.kind == "eval" else 1.0
+            heapq.heappush(events, (now + duration, chosen.replica, chosen.cell))
         snapshots.append((now, dict(workers), list(inflight.values())))
     assert not queue, "cells left behind"
     return finished, snapshots
@@ -174,7 +215,114 @@ def test_models_that_do_not_fit_at_once_run_ahead_of_those_waiting_for_gpus() ->
     cells = [evals("teacher"), evals("kd"), perf("kd", 0), perf("teacher", 0)]
     queue = run_order(cells, 0, MODELS)
     workers: dict[str, WorkerState] = {"teacher": "idle", "kd": "starting"}
-    assert next_cells(queue, workers, exclusive=False, in_order=False) == [evals("teacher")]
+    assert submitted(queue, workers, exclusive=False, in_order=False) == [evals("teacher")]
     queue.remove(evals("teacher"))
-    assert next_cells(queue, workers, exclusive=False, in_order=False) == [perf("teacher", 0)]
-    assert next_cells(queue, workers, exclusive=False, in_order=True) == []
+    assert submitted(queue, workers, exclusive=False, in_order=False) == [perf("teacher", 0)]
+    assert submitted(queue, workers, exclusive=False, in_order=True) == []
+
+
+# -- replicas ---------------------------------------------------------------------------------------------
+
+
+def test_every_idle_replica_takes_its_models_next_eval_in_queue_order() -> None:
+    queue = [evals("kd", "long"), evals("teacher", "a"), evals("kd", "mid"), evals("kd", "short"), perf("kd", 0)]
+    assignments = next_cells(queue, servers(kd="idle", kd_1="busy", kd_2="idle", teacher="idle"), exclusive=False)
+    assert assignments == [
+        Assignment(evals("kd", "long"), Replica("kd", 0)),
+        Assignment(evals("teacher", "a"), Replica("teacher", 0)),
+        Assignment(evals("kd", "mid"), Replica("kd", 2)),
+    ]
+
+
+def test_a_models_trials_run_on_its_primary_only() -> None:
+    queue = [perf("kd", 0), perf("teacher", 0)]
+    assert next_cells(queue, servers(kd="idle", kd_1="idle", teacher="idle"), exclusive=False) == [
+        Assignment(perf("kd", 0), Replica("kd", 0))
+    ]
+    assert submitted(queue, {"kd": "starting", "kd_1": "idle", "teacher": "idle"}, exclusive=False) == []
+    # the primary is the lowest index still there: replica 0 gone, replica 1 measures
+    assert next_cells(queue, servers(kd_1="idle", kd_2="idle"), exclusive=False) == [
+        Assignment(perf("kd", 0), Replica("kd", 1))
+    ]
+
+
+def test_releasable_servers() -> None:
+    workers = servers(teacher="idle", kd="idle", kd_1="idle", kd_2="starting", kd_3="busy", label="idle")
+    queue = [perf("kd", 0), perf("teacher", 0), evals("teacher", "a")]
+    # label has nothing left; kd's extras (idle or starting) have no eval left; the busy one finishes first
+    assert releasable(queue, workers) == [Replica("kd", 1), Replica("kd", 2), Replica("label")]
+    assert releasable([evals("kd")], servers(kd="busy", kd_1="idle")) == []  # an extra with evals to take
+    assert releasable([], servers(kd="starting")) == [Replica("kd")]  # nothing left for a start to do
+
+
+def test_initial_replicas() -> None:
+    assert initial_replicas(4, eval_cells=10, exclusive=False) == 4
+    assert initial_replicas(4, eval_cells=2, exclusive=False) == 2  # a cell runs on one server
+    assert initial_replicas(4, eval_cells=0, exclusive=False) == 1  # perf only: the primary
+    assert initial_replicas("auto", eval_cells=10, exclusive=False) == 1  # grown later, as GPUs free up
+    assert initial_replicas(4, eval_cells=10, exclusive=True) == 1  # shared CPUs: one cell at a time anyway
+
+
+def load(
+    model: str, queued: tuple[float | None, ...], servers: int = 1, idle: int = 0, gpus: int = 1, start_s: float = 10.0
+):
+    return ModelLoad(model, gpus, servers, idle, queued, start_s)
+
+
+def test_replica_to_add_picks_the_bottleneck_that_fits() -> None:
+    loads = [load("teacher", (500.0, 400.0), gpus=4), load("kd", (100.0, 90.0, 80.0)), load("label", (50.0, 40.0))]
+    assert replica_to_add(loads, free_gpus=[4]) == "teacher"  # most queued seconds per server
+    assert replica_to_add(loads, free_gpus=[2, 2]) == "kd"  # the teacher's four GPUs are on no one node
+    assert replica_to_add(loads, free_gpus=[0.5]) is None
+
+
+def test_replica_to_add_only_where_cells_wait_and_a_start_pays_off() -> None:
+    assert replica_to_add([load("kd", (100.0, 90.0), idle=2)], [8]) is None  # idle servers take both
+    assert replica_to_add([load("kd", (8.0, 7.0))], [8]) is None  # 15 s shared by two: less than a 10 s start
+    assert replica_to_add([load("kd", (30.0, 7.0))], [8]) == "kd"
+    assert replica_to_add([load("kd", (None, None))], [8]) == "kd"  # not measured yet: counts as long
+
+
+def test_replicas_to_add_fills_free_gpus_until_no_cell_waits() -> None:
+    # Each model's one server is busy; kd has 4 cells queued (340 s), label 2 (115 s).
+    loads = [load("kd", (100.0, 90.0, 80.0, 70.0)), load("label", (60.0, 55.0))]
+    # Most queued seconds per server first: kd 340, kd 170, label 115 (above kd's 113); three GPUs free.
+    assert replicas_to_add(loads, free_gpus=[2, 1]) == ["kd", "kd", "label"]
+    # With room for all, until every queued cell has a server: kd's 4 and label's 2.
+    assert Counter(replicas_to_add(loads, free_gpus=[8])) == {"kd": 4, "label": 2}
+
+
+# -- longest first ----------------------------------------------------------------------------------------
+
+
+def test_eval_work_tokens() -> None:
+    assert eval_work_tokens(TaskConfig(name="t", limit=100, max_gen_toks=16)) == 1600
+    assert eval_work_tokens(TaskConfig(name="t", limit=100)) == 100 * DEFAULT_TOKENS_PER_DOCUMENT
+    assert eval_work_tokens(TaskConfig(name="gsm8k")) is None  # documents unknown before it runs
+
+
+def test_estimates_refine_rates_and_unknown_sizes_from_finished_cells() -> None:
+    priors = {"a": 1000.0, "b": 4000.0, "c": None}
+    assert estimate(priors, []).seconds("kd", "a") is None  # no rate before a cell finishes
+    timings = [EvalTiming("kd", "a", 10.0), EvalTiming("kd", "b", 30.0), EvalTiming("teacher", "a", 40.0)]
+    estimates = estimate(priors, timings + [EvalTiming("teacher", "c", 20.0)])
+    assert estimates.rates == {"kd": 5000 / 40, "teacher": 1000 / 40}
+    assert estimates.seconds("teacher", "b") == 160.0
+    assert estimates.seconds("label", "b") == 4000 / statistics.median([125, 25])  # the others' median rate
+    assert estimates.work["c"] == 20.0 * 25  # learned on the teacher: its seconds × the teacher's rate
+    assert estimates.seconds("kd", "c") == 500 / 125
+
+
+def test_lpt_orders_by_gpu_seconds_unknown_sizes_first() -> None:
+    priors = {"short": 100.0, "long": 900.0, "unknown": None}
+    cells = [evals(m, t) for m in ("teacher", "kd") for t in priors]
+    gpus = {"teacher": 4, "kd": 1}
+    before = lpt_order(cells, estimate(priors, []), gpus)
+    assert [(c.model, c.target) for c in before] == [
+        ("teacher", "unknown"), ("kd", "unknown"), ("teacher", "long"), ("kd", "long"), ("teacher", "short"),
+        ("kd", "short"),
+    ]  # fmt: skip
+    # once the teacher ran `unknown` and it was short, it moves behind `long` for the student
+    timed = estimate(priors, [EvalTiming("teacher", "long", 90.0), EvalTiming("teacher", "unknown", 2.0)])
+    assert [c.target for c in lpt_order(cells, timed, gpus) if c.model == "kd"] == ["long", "short", "unknown"]
+    assert gpu_seconds(evals("teacher", "long"), timed, 4) == 360.0
