@@ -47,7 +47,7 @@ MARGIN, CONFIDENCE = 0.05, 0.95
 
 
 def lm_eval_responses(endpoint: Endpoint, model_name: str, task: str, include_path: str, limit: int) -> list:
-    """Raw responses per document (lists of the k answers, in lm-eval's order) from one lm-eval run."""
+    """Raw responses per document (lists of its answers, in repeat order) from one lm-eval run."""
     import lm_eval
     from lm_eval.tasks import TaskManager
 
@@ -62,7 +62,8 @@ def lm_eval_responses(endpoint: Endpoint, model_name: str, task: str, include_pa
         task_manager=TaskManager(include_path=include_path, include_defaults=False),
     )
     samples = [s for s in results["samples"][task] if s["filter"] == results["samples"][task][0]["filter"]]
-    return [[answer[0] if isinstance(answer, list) else answer for answer in s["resps"]] for s in samples]
+    # A logged sample's `resps` holds one list per request: the document's k answers, in repeat order.
+    return [s["resps"][0] for s in samples]
 
 
 def check_seeds(log_dir: Path) -> None:
