@@ -66,13 +66,15 @@ def _simple_evaluate(endpoint: Endpoint, task: TaskConfig, seed: int) -> dict[st
     import lm_eval
     from lm_eval.tasks import TaskManager
 
+    from bench import lmeval_model  # registers lmeval_model.MODEL_NAME: local-completions, one seed per repeat
+
     # Indexing lm-eval's ~14,700 built-in tasks costs ~7 s; a local task directory does not need them.
     if task.include_path is not None:
         manager = TaskManager(include_path=task.include_path, include_defaults=False)
     else:
         manager = TaskManager()
     results = lm_eval.simple_evaluate(
-        model="local-completions",
+        model=lmeval_model.MODEL_NAME,
         model_args=_model_args(endpoint, seed),
         tasks=lm_eval_tasks(manager, task),
         num_fewshot=task.num_fewshot,

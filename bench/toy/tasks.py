@@ -6,7 +6,11 @@ Three skills of different difficulty, all written as `<task> <input>=<answer>`:
 - `toy_add`: add two numbers of 1-3 digits, answer digits most significant first (hard: each
   leading digit depends on the carries of every digit to its right, which a shallow model struggles with);
 - `toy_add_mc`: the addition test split as four-way multiple choice with near-miss distractors (one carry
-  dropped, digits off by one), so that lm-eval's loglikelihood path is exercised too.
+  dropped, digits off by one), so that lm-eval's loglikelihood path is exercised too;
+- `toy_add_sampled`: the addition test split answered `SAMPLED_REPEATS` times with temperature sampling and
+  scored by majority vote over the first k answers (filters `maj@k`), for compute-matched comparisons
+  (bench/matched.py). It lives in its own directory (`sampled_tasks_dir`): a task directory's fingerprint is
+  part of every cell key of the tasks in it, so adding it next to the others would re-run stored toy results.
 """
 
 from __future__ import annotations
@@ -23,6 +27,12 @@ LETTERS = "abcdefghijklmnopqrstuvwxyz"
 SUITE_VERSION = 2  # bump when a generator changes: build caches key on it
 GENERATIVE_TASKS = ("toy_reverse", "toy_sort", "toy_add")
 ALL_TASKS = (*GENERATIVE_TASKS, "toy_add_mc")
+SAMPLED_TASK = "toy_add_sampled"
+SAMPLED_REPEATS = 9  # answers per document; each maj@k filter votes over the first k of them
+SAMPLED_VOTES = (1, 3, 5, 9)  # maj@1 is the first sampled answer alone: sampled pass@1
+# Self-consistency samples below temperature 1 (0.5-0.7 in Wang et al. 2023): diverse answers that are each
+# still likely; at 1.0 a small model's tail answers swamp the vote.
+SAMPLED_TEMPERATURE = 0.7
 
 
 @dataclass(frozen=True)
@@ -133,21 +143,58 @@ def _task_yaml(task: str, data_file: str) -> dict:
     }
 
 
+def sampled_task_yaml(data_file: str) -> dict:
+    """`toy_add` sampled `SAMPLED_REPEATS` times per document, with one `maj@k` filter per k in `SAMPLED_VOTES`.
+
+    Each filter is lm-eval's self-consistency chain: the first k answers, their majority (ties go to the answer
+    seen first), that one answer scored by exact_match. The repeats need a model that seeds each one apart
+    (bench/lmeval_model.py); lm-eval's own API models send one seed and get k identical answers.
+    """
+    spec = _task_yaml("toy_add", data_file)
+    votes = [
+        {
+            "name": f"maj@{k}",
+            "filter": [{"function": "take_first_k", "k": k}, {"function": "majority_vote"}, {"function": "take_first"}],
+        }
+        for k in SAMPLED_VOTES
+    ]
+    sampling = {"do_sample": True, "temperature": SAMPLED_TEMPERATURE}
+    return spec | {
+        "task": SAMPLED_TASK,
+        "repeats": SAMPLED_REPEATS,
+        "generation_kwargs": spec["generation_kwargs"] | sampling,
+        "filter_list": votes,
+    }
+
+
+def sampled_tasks_dir(out_dir: Path) -> Path:
+    """Where `write_lm_eval_tasks` puts the sampled variant: a sibling of the toy task directory."""
+    return out_dir.with_name(f"{out_dir.name}_sampled")
+
+
+def _write_split(out_dir: Path, task: str, rows: list[dict], spec_for: Callable[[str], dict]) -> None:
+    data_path = out_dir / "data" / f"{task}.jsonl"
+    data_path.parent.mkdir(parents=True, exist_ok=True)
+    data_path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (out_dir / f"{task}.yaml").write_text(yaml.safe_dump(spec_for(str(data_path)), sort_keys=False))
+
+
 def write_lm_eval_tasks(out_dir: Path, seed: int, test_size: int) -> dict[str, list]:
-    """Write each test split as JSONL plus an lm-eval task YAML, and the `toy` group YAML.
+    """Write each test split as JSONL plus an lm-eval task YAML, the `toy` group YAML, and the sampled
+    `toy_add` variant in `sampled_tasks_dir(out_dir)` (not in the group: it costs `SAMPLED_REPEATS` times more).
 
     `data_files` paths are written relative to the repository root, where lm-eval is run from.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     splits: dict[str, list] = {task: held_out_split(task, test_size, seed) for task in GENERATIVE_TASKS}
     splits["toy_add_mc"] = multiple_choice(splits["toy_add"], seed)
-    for task, docs in splits.items():
-        rows = [doc if isinstance(doc, dict) else {"prompt": doc.prompt, "answer": doc.answer} for doc in docs]
-        data_path = out_dir / "data" / f"{task}.jsonl"
-        data_path.parent.mkdir(exist_ok=True)
-        data_path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-        spec = _task_yaml(task, str(data_path))
-        (out_dir / f"{task}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    rows = {
+        task: [doc if isinstance(doc, dict) else {"prompt": doc.prompt, "answer": doc.answer} for doc in docs]
+        for task, docs in splits.items()
+    }
+    for task, task_rows in rows.items():
+        _write_split(out_dir, task, task_rows, lambda data_file, task=task: _task_yaml(task, data_file))
     group = {"group": "toy", "task": list(ALL_TASKS), "metadata": {"version": 1.0}}
     (out_dir / "toy.yaml").write_text(yaml.safe_dump(group, sort_keys=False))
+    _write_split(sampled_tasks_dir(out_dir), SAMPLED_TASK, rows["toy_add"], sampled_task_yaml)
     return splits
