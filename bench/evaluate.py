@@ -119,11 +119,7 @@ def gen_kwargs(task: TaskConfig) -> dict[str, Any] | None:
     kwargs: dict[str, Any] = {}
     if task.max_gen_toks:
         kwargs["max_gen_toks"] = task.max_gen_toks
-    if task.samples_per_question > 1:
-        # lm-eval sends its `seed` with every request and vLLM seeds each request's sampler with it, so the k
-        # requests of one question would come back as one sample k times. A null seed (lm-eval puts these
-        # kwargs after its own in the request body) lets each sample differ; sampled runs are not bit-exact.
-        kwargs["seed"] = None
+    # The k samples of a question differ because `lmeval_model` seeds each repeat apart (reproducibly).
     return kwargs or None
 
 

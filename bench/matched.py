@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bench.compare import Verdict, verdict
-from bench.stats import is_binary, paired_binary_ci
+from bench.stats import discordant_counts, is_binary, tango_interval
 
 TOKENS_PER_MTOK = 1_000_000
 MATCHING_VERDICTS = (Verdict.BETTER, Verdict.NON_INFERIOR)
@@ -128,7 +128,10 @@ def compare_matched(
         paired_student = np.array([student[doc] for doc in docs], dtype=np.float64)
         if not is_binary(paired_teacher, paired_student):
             raise ValueError(f"maj@{k}: compute-matched comparison needs 0/1 values (exact answers)")
-        low, high = paired_binary_ci(paired_teacher, paired_student, confidence)
+        low, high = (
+            float(end[0])
+            for end in tango_interval(*discordant_counts(paired_teacher, paired_student), len(docs), confidence)
+        )
         student_usd = k * student_cost.usd_per_answer
         points.append(
             MatchedPoint(

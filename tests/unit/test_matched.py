@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from bench.compare import Verdict
@@ -14,7 +15,7 @@ from bench.matched import (
     smallest_matching_k,
     vote_k,
 )
-from bench.stats import paired_binary_ci
+from bench.stats import discordant_counts, tango_interval
 
 # Teacher: 5 tokens at $2/Mtok = $1e-5 an answer; student: 5 tokens at $0.5/Mtok = $2.5e-6, a quarter.
 TEACHER = AnswerCost(output_tokens_per_answer=5, usd_per_mtok_output=2.0)
@@ -71,10 +72,9 @@ def test_points_pair_documents_price_k_answers_and_decide() -> None:
     # 30 of 200 lost and none won: the whole interval is below -0.05. 2 lost: within 0.05. 10 won, 0 lost:
     # above 0 (the exact McNemar p is 2 × 0.5**10 = 0.002).
     assert [p.verdict for p in points] == [Verdict.INFERIOR, Verdict.NON_INFERIOR, Verdict.BETTER]
-    low, high = paired_binary_ci(
-        [teacher[d] for d in range(N)], [student_by_k[3][d] for d in range(N)], 0.95
-    )  # the interval is compare's own, over the same pairs
-    assert (points[1].diff_ci_low, points[1].diff_ci_high) == (low, high)
+    b, c = discordant_counts(np.array([teacher[d] for d in range(N)]), np.array([student_by_k[3][d] for d in range(N)]))
+    low, high = tango_interval(b, c, N, 0.95)  # the interval is compare's own, over the same pairs
+    assert (points[1].diff_ci_low, points[1].diff_ci_high) == (float(low[0]), float(high[0]))
     assert points[1].diff_ci_low < -0.01 < points[1].diff_ci_high
     assert smallest_matching_k(points) == 3
     assert smallest_matching_k(points[:1]) is None

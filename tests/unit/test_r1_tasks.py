@@ -200,7 +200,7 @@ def test_pass_at_1_over_k_samples_through_lm_eval(task, tmp_path, monkeypatch):
 
     assert sum(fake.seen.values()) == SAMPLES * len(docs)
     assert set(fake.seen.values()) == {SAMPLES}
-    assert all(kwargs["seed"] is None for kwargs in fake.gen_kwargs)  # no per-request seed: samples differ
+    assert all("seed" not in kwargs for kwargs in fake.gen_kwargs)  # lmeval_model seeds each repeat apart
     assert {(k["temperature"], k["top_p"], k["max_gen_toks"], k["do_sample"]) for k in fake.gen_kwargs} == {
         (0.6, 0.95, 32768, True)
     }
@@ -230,13 +230,3 @@ def test_a_task_that_would_score_only_its_first_sample_is_refused(tmp_path):
     manager = TaskManager(include_path=str(directory), include_defaults=False)
     with pytest.raises(ValueError, match="r1_aime24 would score only the first sample"):
         evaluate.lm_eval_tasks(manager, TaskConfig(name="r1_aime24", samples_per_question=2))
-
-
-def test_lm_eval_puts_the_null_seed_into_the_request_body():
-    """The seed override works because lm-eval's completions payload spreads the generation kwargs last."""
-    from lm_eval.models.openai_completions import LocalCompletionsAPI
-
-    client = LocalCompletionsAPI(model="m", base_url="http://127.0.0.1:9/v1/completions", tokenizer_backend=None)
-    kwargs = {"max_gen_toks": 8, "seed": None, "top_p": 0.95}
-    payload = client._create_payload([[1, 2, 3]], generate=True, gen_kwargs=kwargs, seed=1234)
-    assert payload["seed"] is None and payload["top_p"] == 0.95
