@@ -3,8 +3,9 @@ add a line to it; the helpers slurm/ray-cluster.sh calls (GPUs a step sees, the 
 
 from __future__ import annotations
 
+import io
 import os
-import shutil
+import signal
 import stat
 import subprocess
 import time
@@ -15,7 +16,6 @@ from typer.testing import CliRunner
 
 from bench import slurm
 from bench.cli import app
-from bench.config import load_config
 from tests.unit.test_config import valid_config_data, write_workspace
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,7 +41,17 @@ def test_slurm_script_allocates_the_largest_model_and_runs_against_ray(tmp_path:
     assert "#SBATCH --nodes=2" in lines and "#SBATCH --gpus-per-node=4" in lines
     assert "#SBATCH --partition=gpu" in lines
     assert any(line.startswith("export DISTILL_GPUS_PER_NODE=4 ") for line in lines)
-    assert lines[-1] == "bash slurm/ray-cluster.sh distill-bench run config.yaml --address auto"
+    assert "#SBATCH --requeue" in lines and "#SBATCH --signal=B:USR1@300" in lines
+    assert lines[-1] == f"exec bash {slurm.CLUSTER_SCRIPT} distill-bench run config.yaml --address auto"
+
+
+def test_render_is_the_default_slurm_command(tmp_path: Path, monkeypatch) -> None:
+    write_workspace(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    plain = CliRunner().invoke(app, ["slurm", "config.yaml", "--time", "30"])
+    named = CliRunner().invoke(app, ["slurm", "render", "config.yaml", "--time", "30"])
+    assert plain.exit_code == named.exit_code == 0
+    assert plain.stdout == named.stdout and "#SBATCH --time=30" in plain.stdout
 
 
 @pytest.mark.parametrize("flags", [[], ["--cpu"], ["--gpus-per-node", "0"]])
@@ -142,72 +152,115 @@ def test_slurm_names_are_accepted(value: str) -> None:
     assert slurm.SlurmOptions(partition=value, account=value).partition == value
 
 
-# -- the rendered script, executed with stub commands ---------------------------------------------------
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("30", 1800),
+        ("30:15", 1815),
+        ("04:00:00", 14400),
+        ("2-0", 172800),
+        ("1-02:30", 95400),
+        ("1-02:30:15", 95415),
+        ("UNLIMITED", None),
+        ("infinite", None),
+        ("0", None),  # sbatch reads a zero limit as none
+    ],
+)
+def test_time_limits_in_seconds(value: str, seconds: int | None) -> None:
+    assert slurm.time_limit_s(value) == seconds
 
-EXPECTED_STUBS = {"scontrol", "srun", "python", "ray", "distill-bench"}
-STUB = """#!/usr/bin/env bash
-{{ printf '%s\\0' "$(basename "$0")" "$@"; printf '\\x1e'; }} >> '{log}'
-case "$(basename "$0")" in
-  scontrol) printf 'node-a\\nnode-b\\n' ;;
-  srun) for arg in "$@"; do [[ $arg == hostname ]] && echo 10.0.0.1; done; true ;;
-esac
+
+@pytest.mark.parametrize(
+    ("time", "grace_s", "ok"),
+    [("5", 299, True), ("5", 300, False), ("UNLIMITED", 65535, True), ("1-0", 0, False), ("1-0", 65536, False)],
+)
+def test_the_stop_signal_must_come_before_the_time_limit(time: str, grace_s: int, ok: bool) -> None:
+    """Slurm would send USR1 as the job starts: it would stop before doing anything."""
+    if ok:
+        assert slurm.SlurmOptions(time=time, grace_s=grace_s).grace_s == grace_s
+    else:
+        with pytest.raises(slurm.SlurmOptionError, match="^--grace-s: "):
+            slurm.SlurmOptions(time=time, grace_s=grace_s)
+
+
+# -- `distill-bench slurm submit`, with a stub sbatch ----------------------------------------------------
+
+SBATCH_STUB = """#!/usr/bin/env bash
+printf '%s\\n' "$@" > "$SBATCH_ARGS"
+if [[ -n ${SBATCH_FAILS:-} ]]; then
+  echo "sbatch: error: Batch job submission failed: $SBATCH_FAILS" >&2
+  exit 1
+fi
+echo "4242;local"
 """
 
 
-def calls(log: Path) -> list[list[str]]:
-    return [record.split("\0")[:-1] for record in log.read_text().split("\x1e") if record]
-
-
-def test_the_most_hostile_valid_values_render_a_script_that_runs_only_the_expected_commands(
-    tmp_path: Path, monkeypatch
-) -> None:
-    """Values at the edge of what validation lets through, plus a config file and results directory whose names
-    are shell code: the script parses, and executed with every external command stubbed, it runs only the
-    stubs, with the config path intact, and no marker file appears."""
-    workspace = tmp_path / "work $(touch pwned-cd) `touch pwned-tick`"
-    workspace.mkdir()
-    data = valid_config_data()
-    data["run"]["results_dir"] = "results $(touch pwned-results);touch pwned-semi"
-    config_name = "c $(touch pwned-config) ';touch pwned-q'.yaml"
-    write_workspace(workspace, data).rename(workspace / config_name)
-    (workspace / ".venv" / "bin").mkdir(parents=True)
-    (workspace / ".venv" / "bin" / "activate").write_text("# fake venv\n")
-    (workspace / "slurm").mkdir()
-    shutil.copy(REPO / "slurm" / "ray-cluster.sh", workspace / "slurm" / "ray-cluster.sh")
-    stubs, log = tmp_path / "stubs", tmp_path / "calls.log"
+@pytest.fixture
+def sbatch_args(tmp_path: Path, monkeypatch) -> Path:
+    """A stub sbatch first on PATH; the path where it writes the arguments it got (absent: never called)."""
+    stubs = tmp_path / "stubs"
     stubs.mkdir()
-    for name in EXPECTED_STUBS:
-        (stubs / name).write_text(STUB.format(log=log))
-        (stubs / name).chmod(stat.S_IRWXU)
-
-    options = slurm.SlurmOptions(nodes=2, time="UNLIMITED", partition="a.b-c_,d-e", account="_x.-y", gpus_per_node=2)
+    (stubs / "sbatch").write_text(SBATCH_STUB)
+    (stubs / "sbatch").chmod(stat.S_IRWXU)
+    monkeypatch.setenv("PATH", f"{stubs}:{os.environ['PATH']}")
+    monkeypatch.setenv("SBATCH_ARGS", str(tmp_path / "sbatch-args"))
+    workspace = tmp_path / "work"
+    workspace.mkdir()
+    write_workspace(workspace)
     monkeypatch.chdir(workspace)
-    config = load_config(Path(config_name))
-    script = tmp_path / "job.sbatch"
-    script.write_text(slurm.render(config, Path(config_name), options, workspace))
-    assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
+    return tmp_path / "sbatch-args"
 
-    env = {
-        "PATH": f"{stubs}:/usr/bin:/bin",
-        "HOME": str(tmp_path),
-        "SLURM_JOB_NODELIST": "node-[a-b]",
-        "SLURM_JOB_ID": "42",
-    }
-    done = subprocess.run(
-        ["bash", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False
-    )
 
-    assert done.returncode == 0, done.stderr
-    assert not [path for path in tmp_path.rglob("pwned*")], "a marker file appeared"
-    made = calls(log)
-    assert {call[0] for call in made} <= EXPECTED_STUBS
-    assert ["distill-bench", "run", config_name, "--address", "auto"] in made
-    ray_starts = [call for call in made if call[0] == "srun" and "ray-start" in call]
-    assert len(ray_starts) == 2 and all("--gpus-per-node=2" in call for call in ray_starts)
-    assert ["python", "-m", "bench.slurm", "wait", "2"] in [call[:5] for call in made]
-    assert done.stdout.strip().splitlines()[-1].startswith("ray-cluster: 'distill-bench run ")
-    assert done.stdout.strip().endswith("exited with status 0")
-    assert (workspace / data["run"]["results_dir"] / "unit-run").is_dir()  # the literal name, made by mkdir -p
+def test_submit_writes_the_script_to_the_job_dir_and_prints_job_log_and_results(sbatch_args: Path) -> None:
+    result = CliRunner().invoke(app, ["slurm", "submit", "config.yaml", "--time", "30"])
+
+    assert result.exit_code == 0, result.output
+    job_dir = Path("results/unit-run/slurm")
+    assert result.stdout.splitlines() == [
+        "job: 4242",
+        f"log: {job_dir / 'slurm-4242.out'}",
+        "results: results/unit-run",
+    ]
+    assert sbatch_args.read_text().splitlines() == [
+        "--parsable",
+        f"--output={job_dir}/slurm-%j.out",
+        str(job_dir / "job.sbatch"),
+    ]
+    rendered = CliRunner().invoke(app, ["slurm", "config.yaml", "--time", "30"]).stdout
+    assert (job_dir / "job.sbatch").read_text() == rendered
+
+
+def test_submit_to_a_job_dir_with_a_percent_keeps_it_literal(sbatch_args: Path) -> None:
+    result = CliRunner().invoke(app, ["slurm", "submit", "config.yaml", "--job-dir", "jobs/100%"])
+    assert result.exit_code == 0, result.output
+    assert "--output=jobs/100%%/slurm-%j.out" in sbatch_args.read_text().splitlines()
+    assert "log: jobs/100%/slurm-4242.out" in result.stdout.splitlines()
+
+
+def test_sbatch_refusing_the_job_is_one_line_and_exit_1(sbatch_args: Path, monkeypatch) -> None:
+    monkeypatch.setenv("SBATCH_FAILS", "Invalid partition name specified")
+    result = CliRunner().invoke(app, ["slurm", "submit", "config.yaml", "--partition", "nope"])
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        "sbatch failed (exit 1): sbatch: error: Batch job submission failed: Invalid partition name specified"
+    ]
+
+
+def test_submit_without_sbatch_says_so(sbatch_args: Path, monkeypatch) -> None:
+    monkeypatch.setenv("PATH", str(sbatch_args.parent / "empty"))
+    result = CliRunner().invoke(app, ["slurm", "submit", "config.yaml"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("sbatch: not found") and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("option", "value"), HOSTILE, ids=[f"{o}={v!r}"[:40] for o, v in HOSTILE])
+def test_hostile_option_values_never_reach_sbatch(sbatch_args: Path, option: str, value: str) -> None:
+    result = CliRunner().invoke(app, ["slurm", "submit", "config.yaml", f"{option}={value}"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(option) and len(result.stderr.strip().splitlines()) == 1
+    assert not sbatch_args.exists(), "sbatch ran"
+    assert not Path("results").exists()  # nothing written either
 
 
 # -- helpers behind `python -m bench.slurm` ---------------------------------------------------------------
@@ -293,3 +346,53 @@ def test_an_exited_unreaped_step_counts_as_dead() -> None:
     assert not slurm.process_alive(child.pid)  # a zombie until reaped: exited all the same
     child.wait()
     assert slurm.process_alive(os.getpid())
+
+
+def test_supervise_passes_output_through_and_keeps_the_last_summary_line(tmp_path: Path) -> None:
+    out, summary = io.BytesIO(), tmp_path / "summary"
+    script = 'echo one; echo "summary: first"; echo "summary: last"; echo two; exit 4'
+    assert slurm.supervise(["bash", "-c", script], summary, out) == 4
+    assert out.getvalue() == b"one\nsummary: first\nsummary: last\ntwo\n"
+    assert summary.read_text() == "summary: last\n"
+
+
+def test_supervise_replaces_an_earlier_summary_and_reports_a_signal_as_a_shell_does(tmp_path: Path) -> None:
+    summary = tmp_path / "summary"
+    summary.write_text("summary: from the attempt before a requeue\n")
+    assert slurm.supervise(["bash", "-c", "kill -KILL $$"], summary, io.BytesIO()) == 128 + 9
+    assert not summary.exists()
+
+
+def test_supervise_returns_when_the_command_exits_though_a_child_keeps_its_output_open(
+    tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setattr(slurm, "DRAIN_S", 0.2)
+    pid_file = tmp_path / "pid"
+    script = f'sleep 60 & echo $! > {pid_file}; echo "summary: done"; exit 0'
+    started = time.monotonic()
+    try:
+        assert slurm.supervise(["bash", "-c", script], tmp_path / "summary", io.BytesIO()) == 0
+        assert time.monotonic() - started < 30
+        assert (tmp_path / "summary").read_text() == "summary: done\n"
+    finally:
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+def test_supervise_of_a_command_that_cannot_run(tmp_path: Path) -> None:
+    out = io.BytesIO()
+    assert slurm.supervise([str(tmp_path / "missing")], tmp_path / "summary", out) == 127
+    assert out.getvalue().decode().startswith(f"ray-cluster: cannot run {tmp_path / 'missing'}: ")
+
+
+def test_stored_cells_counts_committed_cells_only(tmp_path: Path) -> None:
+    for table, name in (("eval_scores", "a"), ("perf_summary", "b"), ("eval_samples", "c"), ("eval_scores", ".d")):
+        (tmp_path / table).mkdir(exist_ok=True)
+        (tmp_path / table / f"{name}.parquet").touch()
+    assert slurm.stored_cells(tmp_path) == 2
+    assert slurm.stored_cells(tmp_path / "absent") == 0
+
+
+def test_supervise_gives_the_signal_handlers_back(tmp_path: Path) -> None:
+    before = {signum: signal.getsignal(signum) for signum in slurm.FORWARDED_SIGNALS}
+    slurm.supervise(["true"], tmp_path / "summary", io.BytesIO())
+    assert {signum: signal.getsignal(signum) for signum in slurm.FORWARDED_SIGNALS} == before
