@@ -1,0 +1,98 @@
+"""The worker-join path of slurm/ray-cluster.sh with two real Ray nodes on this machine.
+
+One slurmd per host means a multi-node allocation cannot run here, so `scontrol` names two nodes and `srun`
+runs its command locally: the script starts a real Ray head and a real worker that joins it with the job's
+token, waits for both with `python -m bench.slurm wait`, runs the command on the cluster, and tears both
+down. Only Ray is needed, not Slurm.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import REPO
+
+pytestmark = pytest.mark.slurm
+
+SCONTROL = """#!/usr/bin/env bash
+[[ $1 == show ]] && printf 'node-a\\nnode-b\\n'
+true
+"""
+SRUN = """#!/usr/bin/env bash
+# srun on one machine: drop srun's options (and the node -w names), run the command here.
+while [[ $# -gt 0 && $1 == -* ]]; do
+  [[ $1 == -w ]] && shift
+  shift
+done
+exec "$@"
+"""
+PROBE = """
+import ray
+ray.init(address="auto", log_to_driver=False)
+alive = [node for node in ray.nodes() if node["Alive"]]
+print(f"summary: {len(alive)} nodes joined; cpus {ray.cluster_resources()['CPU']:g}")
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _ray_processes(token_path: Path) -> list[int]:
+    """Ray processes started for this test: their environment names its token file."""
+    mine = f"RAY_AUTH_TOKEN_PATH={token_path}".encode()
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if mine in environ.read_bytes().split(b"\0"):
+                found.append(int(environ.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_worker_node_joins_the_head_with_the_job_token_and_both_stop_after(tmp_path: Path) -> None:
+    if shutil.which("ray", path=str(Path(sys.executable).parent)) is None:
+        pytest.skip("ray is not installed next to this Python")
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    for name, text in (("scontrol", SCONTROL), ("srun", SRUN)):
+        (stubs / name).write_text(text)
+        (stubs / name).chmod(0o755)
+    job_dir = tmp_path / "job"
+    env = {
+        **os.environ,
+        "PATH": f"{stubs}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "PYTHONPATH": str(REPO),
+        "SLURM_JOB_NODELIST": "node-[a-b]",
+        "SLURM_JOB_ID": "join",
+        "RAY_PORT": str(_free_port()),
+        "DISTILL_GPUS_PER_NODE": "0",
+        "DISTILL_RUN_DIR": str(tmp_path / "run"),
+        "DISTILL_JOB_DIR": str(job_dir),
+    }
+    token = job_dir / "ray-auth-token-join"
+    try:
+        done = subprocess.run(
+            ["bash", str(REPO / "slurm" / "ray-cluster.sh"), sys.executable, "-c", PROBE],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=240, check=False,
+        )  # fmt: skip
+        lines = done.stdout.strip().splitlines()
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert lines[-1].startswith("summary: 2 nodes joined;"), lines[-5:]
+        for node in ("node-a", "node-b"):
+            assert "Ray runtime started" in (job_dir / f"ray-{node}-join.log").read_text()
+        assert not token.exists(), "the job's token outlived it"
+        assert not _ray_processes(token), "a Ray process outlived the job"
+    finally:
+        for pid in _ray_processes(token):
+            os.kill(pid, 9)
