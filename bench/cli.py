@@ -360,8 +360,8 @@ def slurm_job(
 
     with config_errors():
         config, _ = load_checked(config_path)
-    paths = JobPaths.here(config, job_dir)
     try:
+        paths = JobPaths.here(config, job_dir)
         options = SlurmOptions(nodes, time, partition, account, gpus_per_node, cpu, grace_s)
         script = render(config, config_path, options, paths)
     except SlurmOptionError as error:

@@ -137,6 +137,10 @@ class JobPaths:
     venv: Path | None  # activated before anything runs (the environment distill-bench was started from)
     cluster_script: Path = CLUSTER_SCRIPT
 
+    def __post_init__(self) -> None:
+        if "\\" in str(self.job_dir):  # it turns off sbatch's %j in the log's name: every job would share one
+            raise SlurmOptionError(f"--job-dir: {_shown(str(self.job_dir))} contains a backslash")
+
     @classmethod
     def here(cls, config: BenchConfig, job_dir: Path | None = None) -> JobPaths:
         """For a job submitted from the current directory and Python environment; the job's files default
@@ -202,9 +206,6 @@ SBATCH_TIMEOUT_S = 120.0  # sbatch retries an unreachable controller for a while
 
 def submit(script_text: str, paths: JobPaths, run_dir: Path, sbatch: str = "sbatch") -> Submission:
     """Write the script into the job dir and submit it with its log beside it; the job id from `--parsable`."""
-    if "\\" in str(paths.job_dir):
-        # A backslash turns off the %j in the log's name (sbatch(1), filename patterns).
-        raise SubmitError(f"--job-dir: {_shown(str(paths.job_dir))} contains a backslash")
     paths.job_dir.mkdir(parents=True, exist_ok=True)
     script = paths.job_dir / "job.sbatch"
     script.write_text(script_text)

@@ -237,6 +237,13 @@ def test_submit_to_a_job_dir_with_a_percent_keeps_it_literal(sbatch_args: Path) 
     assert "log: jobs/100%/slurm-4242.out" in result.stdout.splitlines()
 
 
+def test_a_job_dir_with_a_backslash_is_refused_before_sbatch(sbatch_args: Path) -> None:
+    """sbatch turns off the %j in a log name that has a backslash: every job would share one log."""
+    result = CliRunner().invoke(app, ["slurm", "submit", "config.yaml", "--job-dir", "jobs\\x"])
+    assert result.exit_code == 2 and result.stderr.startswith("--job-dir: ")
+    assert not sbatch_args.exists()
+
+
 def test_sbatch_refusing_the_job_is_one_line_and_exit_1(sbatch_args: Path, monkeypatch) -> None:
     monkeypatch.setenv("SBATCH_FAILS", "Invalid partition name specified")
     result = CliRunner().invoke(app, ["slurm", "submit", "config.yaml", "--partition", "nope"])
