@@ -37,7 +37,20 @@ def missing_slurm() -> str | None:
     return None
 
 
-def _free_port() -> int:
+def processes_with_env(entry: str) -> list[int]:
+    """PIDs of running processes whose environment holds `entry` ("NAME=value"): what a job started, found by
+    a variable every process it started inherits, however it was detached from its parent."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if entry.encode() in environ.read_bytes().split(b"\0"):
+                found.append(int(environ.parent.name))
+        except OSError:
+            continue  # exited meanwhile
+    return found
+
+
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
@@ -54,8 +67,8 @@ def write_slurm_conf(root: Path, node: str, cpus: int, memory_mb: int) -> Path:
     conf.write_text(
         f"""ClusterName=local
 SlurmctldHost={node}(127.0.0.1)
-SlurmctldPort={_free_port()}
-SlurmdPort={_free_port()}
+SlurmctldPort={free_port()}
+SlurmdPort={free_port()}
 AuthType=auth/none
 CredType=cred/none
 SlurmUser=root

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import REPO
+from tests.slurm.conftest import free_port, processes_with_env
 
 pytestmark = pytest.mark.slurm
 
@@ -41,25 +41,6 @@ print(f"summary: {len(alive)} nodes joined; cpus {ray.cluster_resources()['CPU']
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _ray_processes(token_path: Path) -> list[int]:
-    """Ray processes started for this test: their environment names its token file."""
-    mine = f"RAY_AUTH_TOKEN_PATH={token_path}".encode()
-    found = []
-    for environ in Path("/proc").glob("[0-9]*/environ"):
-        try:
-            if mine in environ.read_bytes().split(b"\0"):
-                found.append(int(environ.parent.name))
-        except OSError:
-            continue
-    return found
-
-
 def test_a_worker_node_joins_the_head_with_the_job_token_and_both_stop_after(tmp_path: Path) -> None:
     if shutil.which("ray", path=str(Path(sys.executable).parent)) is None:
         pytest.skip("ray is not installed next to this Python")
@@ -75,7 +56,7 @@ def test_a_worker_node_joins_the_head_with_the_job_token_and_both_stop_after(tmp
         "PYTHONPATH": str(REPO),
         "SLURM_JOB_NODELIST": "node-[a-b]",
         "SLURM_JOB_ID": "join",
-        "RAY_PORT": str(_free_port()),
+        "RAY_PORT": str(free_port()),
         "DISTILL_GPUS_PER_NODE": "0",
         "DISTILL_RUN_DIR": str(tmp_path / "run"),
         "DISTILL_JOB_DIR": str(job_dir),
@@ -92,7 +73,7 @@ def test_a_worker_node_joins_the_head_with_the_job_token_and_both_stop_after(tmp
         for node in ("node-a", "node-b"):
             assert "Ray runtime started" in (job_dir / f"ray-{node}-join.log").read_text()
         assert not token.exists(), "the job's token outlived it"
-        assert not _ray_processes(token), "a Ray process outlived the job"
+        assert not processes_with_env(f"RAY_AUTH_TOKEN_PATH={token}"), "a Ray process outlived the job"
     finally:
-        for pid in _ray_processes(token):
+        for pid in processes_with_env(f"RAY_AUTH_TOKEN_PATH={token}"):
             os.kill(pid, 9)

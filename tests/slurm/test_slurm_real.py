@@ -25,7 +25,7 @@ from bench.plan import build_plan
 from bench.slurm import JobPaths, SlurmOptions, render, stored_cells
 from bench.slurm import submit as submit_script
 from tests.integration.conftest import REPO, TOY_MODELS, TOY_SERVE
-from tests.slurm.conftest import FAKE_GPUS, LocalSlurm
+from tests.slurm.conftest import FAKE_GPUS, LocalSlurm, processes_with_env
 
 pytestmark = pytest.mark.slurm
 
@@ -88,19 +88,6 @@ def submit(slurm: LocalSlurm, config: Path) -> Job:
     return Job(printed["job"], config, Path(printed["log"]), Path(printed["results"]))
 
 
-def left_running(job_id: str) -> list[int]:
-    """Processes the job started (its Ray, vLLM servers, lm-eval) that are still running: they inherit its id."""
-    mine = f"SLURM_JOB_ID={job_id}".encode()
-    found = []
-    for environ in Path("/proc").glob("[0-9]*/environ"):
-        try:
-            if mine in environ.read_bytes().split(b"\0"):
-                found.append(int(environ.parent.name))
-        except OSError:
-            continue
-    return found
-
-
 def quality(run_dir: Path) -> dict[tuple[str, str, str], float]:
     return {
         (r["model"], r["task"], r["metric"]): r["value"] for r in store.read_table(run_dir, "eval_scores").to_pylist()
@@ -120,7 +107,7 @@ def test_a_clean_job_completes_and_stores_every_cell(clean_job: tuple[Job, dict]
     job, state = clean_job
     assert (state["JobState"], state["ExitCode"]) == ("COMPLETED", "0:0"), job.log.read_text()[-3000:]
     assert store.done_cell_keys(job.run_dir) == job.cell_keys()
-    assert not left_running(job.job_id), "a process of the job outlived it"
+    assert not processes_with_env(f"SLURM_JOB_ID={job.job_id}"), "a process of the job outlived it"
 
 
 def test_a_clean_job_log_ends_with_the_run_summary_and_no_ray_noise(clean_job: tuple[Job, dict]) -> None:
@@ -175,7 +162,7 @@ def test_a_requeued_job_resumes_and_stores_every_cell_exactly_once(
     assert len(samples) == len(job.cell_keys())
     clean = quality(clean_job[0].run_dir)
     assert {key: value for key, value in quality(job.run_dir).items() if key in clean} == clean
-    assert not left_running(job.job_id)
+    assert not processes_with_env(f"SLURM_JOB_ID={job.job_id}")
 
 
 def test_a_requeued_job_log_tells_each_attempt_and_ends_with_the_final_summary(requeued_job: tuple[Job, dict]) -> None:
@@ -250,4 +237,4 @@ def test_ray_starts_with_the_gpus_its_step_sees_on_an_exclusive_node(
 
     last = job.log.read_text().splitlines()[-1]
     assert (state["JobState"], last) == ("COMPLETED", f"summary: gpus on node {FAKE_GPUS} ray 1.0"), last
-    assert not left_running(job.job_id)
+    assert not processes_with_env(f"SLURM_JOB_ID={job.job_id}")

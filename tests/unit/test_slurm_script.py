@@ -19,6 +19,7 @@ import pytest
 
 from bench import slurm
 from bench.config import load_config
+from tests.slurm.conftest import processes_with_env
 from tests.unit.test_config import valid_config_data, write_workspace
 
 REPO = Path(__file__).resolve().parents[2]
@@ -114,7 +115,7 @@ class Job:
     def run(self, mode: str) -> tuple[int, list[str]]:
         process = self.start(mode)
         stdout, stderr = process.communicate(timeout=60)
-        assert not self.left_running(), "a stub outlived the job"
+        assert not processes_with_env(f"STUB_LOG={self.log}"), "a stub outlived the job"
         return process.returncode, stdout.strip().splitlines()
 
     def stopped_by(self, signum: int, mode: str) -> tuple[int, list[str]]:
@@ -126,20 +127,8 @@ class Job:
         assert self.started.exists(), process.communicate()
         process.send_signal(signum)
         stdout, _ = process.communicate(timeout=60)
-        assert not self.left_running(), "a stub outlived the job"
+        assert not processes_with_env(f"STUB_LOG={self.log}"), "a stub outlived the job"
         return process.returncode, stdout.strip().splitlines()
-
-    def left_running(self) -> list[int]:
-        """Processes started by this job (its stubs' environment names this job's call log) still running."""
-        mine = f"STUB_LOG={self.log}".encode()
-        found = []
-        for environ in Path("/proc").glob("[0-9]*/environ"):
-            try:
-                if mine in environ.read_bytes().split(b"\0"):
-                    found.append(int(environ.parent.name))
-            except OSError:
-                continue  # exited meanwhile, or not ours to read
-        return found
 
     def calls(self, name: str) -> list[list[str]]:
         return [call for call in calls(self.log) if call[0] == name]
