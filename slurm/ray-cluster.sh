@@ -33,6 +33,7 @@ step_pids=()
 run_pid=""
 stopped_by=""  # TERM or USR1 once Slurm asked the job to stop
 signals=0
+steps_stop_s=10  # how long the teardown waits for the `ray start` steps to end (Slurm's KillWait is 30 s)
 last_line="ray-cluster: FAILED before Ray started (the error is above)"
 
 stop() {
@@ -50,8 +51,15 @@ trap 'stop USR1' USR1
 cleanup() {
   trap '' TERM USR1  # the teardown runs to its end (Slurm's KillWait bounds it)
   # `ray start --block` under srun does not stop on `ray stop`: end the steps, then clean up what is left.
+  # Bounded: when Slurm is ending the job itself, srun waits out KillWait for its step, and this teardown
+  # must finish (and print the last line) before Slurm's SIGKILL.
   for pid in "${step_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${step_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  local deadline=$((SECONDS + steps_stop_s))
+  for pid in "${step_pids[@]}"; do
+    while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
   ray stop --force >/dev/null 2>&1 || true
   rm -f "${RAY_AUTH_TOKEN_PATH:-}"
   if [[ $stopped_by == USR1 && -n $run_pid ]]; then

@@ -83,6 +83,8 @@ ReturnToService=2
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 SchedulerType=sched/builtin
+SchedulerParameters=sched_interval=2
+AuthInfo=cred_expire=10
 StateSaveLocation={root}/state
 SlurmdSpoolDir={root}/spool
 SlurmctldPidFile={root}/slurmctld.pid
@@ -132,7 +134,8 @@ class LocalSlurm:
         return self.wait_until(job_id, lambda s: s["JobState"] in TERMINAL_STATES, timeout_s, "finished")
 
     def requeued_now(self, job_id: str) -> None:
-        """After a requeue Slurm holds a batch job back for about two minutes (BeginTime): release it now."""
+        """After a requeue Slurm holds a batch job back (BeginTime; cred_expire, 120 s by default, 10 s here):
+        release it now."""
         self.wait_until(job_id, lambda s: s["JobState"] == "PENDING", 60, "pending again")
         self.command("scontrol", "update", f"JobId={job_id}", "StartTime=now")
 
