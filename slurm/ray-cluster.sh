@@ -24,7 +24,9 @@ mkdir -p "$job_dir"
 # Each `ray start` step asks for the job's GPUs itself: with --exclusive the job holds every GPU of the node
 # (SLURM_GPUS_ON_NODE) while a step sees only what it requested (CUDA_VISIBLE_DEVICES), and Ray refuses to
 # start with more GPUs than it sees. `bench.slurm ray-start` passes Ray the count the step sees (0 on CPU).
-step=(--nodes=1 --ntasks=1)
+# --whole: the step gets every CPU the job holds on its node; by default a one-task step gets one CPU, and
+# where Slurm binds tasks to their CPUs (task/affinity, task/cgroup) Ray and every vLLM server would share it.
+step=(--nodes=1 --ntasks=1 --whole)
 if ((gpus > 0)); then
   step+=(--gpus-per-node="$gpus")
 fi
