@@ -8,7 +8,7 @@
 # script's reason. Each node's `ray start` output goes to ray-<node>-<job>.log in the job dir, not the log.
 # Signals: TERM (Slurm preempts, requeues or cancels the job) and USR1 (sbatch --signal, before the time
 # limit) stop the run with TERM; after USR1 the job requeues itself if this attempt stored any cell.
-# The decisions live in bench/slurm.py (`python -m bench.slurm ...`); this file only sequences them.
+# The decisions live in bench/slurm_job.py (`python -m bench.slurm_job ...`); this file only sequences them.
 set -euo pipefail
 
 mapfile -t nodes < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
@@ -23,7 +23,7 @@ mkdir -p "$job_dir"
 
 # Each `ray start` step asks for the job's GPUs itself: with --exclusive the job holds every GPU of the node
 # (SLURM_GPUS_ON_NODE) while a step sees only what it requested (CUDA_VISIBLE_DEVICES), and Ray refuses to
-# start with more GPUs than it sees. `bench.slurm ray-start` passes Ray the count the step sees (0 on CPU).
+# start with more GPUs than it sees. `bench.slurm_job ray-start` passes Ray the count the step sees (0 on CPU).
 # --whole: the step gets every CPU the job holds on its node; by default a one-task step gets one CPU, and
 # where Slurm binds tasks to their CPUs (task/affinity, task/cgroup) Ray and every vLLM server would share it.
 step=(--nodes=1 --ntasks=1 --whole)
@@ -79,7 +79,7 @@ requeue() {
   # Near the time limit: come back and resume, unless this attempt stored nothing (a cell longer than the
   # time limit would requeue forever).
   local stored
-  stored=$(python -m bench.slurm stored "$run_dir" 2>/dev/null) || stored=$stored_before
+  stored=$(python -m bench.slurm_job stored "$run_dir" 2>/dev/null) || stored=$stored_before
   if ((stored <= stored_before)); then
     last_line+="; no cell was stored in this attempt, so the job is not requeued (give it a longer --time)"
   elif scontrol requeue "$job" >/dev/null 2>&1; then
@@ -95,7 +95,7 @@ requeue() {
 # repository); srun hands RAY_AUTH_TOKEN_PATH to every step and the driver inherits it.
 export RAY_AUTH_MODE=token
 export RAY_AUTH_TOKEN_PATH="$job_dir/ray-auth-token-$job"
-python -m bench.slurm token "$RAY_AUTH_TOKEN_PATH"
+python -m bench.slurm_job token "$RAY_AUTH_TOKEN_PATH"
 # Ray starts workers at niceness 15 and the vLLM servers would inherit it.
 export RAY_worker_niceness=${RAY_worker_niceness:-0}
 
@@ -103,25 +103,25 @@ head_ip=$(srun --nodes=1 --ntasks=1 -w "$head_node" hostname --ip-address | awk 
 export RAY_ADDRESS="$head_ip:$port"
 
 srun "${step[@]}" -w "$head_node" \
-  python -m bench.slurm ray-start --head --node-ip-address="$head_ip" --port="$port" --block \
+  python -m bench.slurm_job ray-start --head --node-ip-address="$head_ip" --port="$port" --block \
   >>"$job_dir/ray-$head_node-$job.log" 2>&1 &
 step_pids+=("$!")
 steps=("$head_node=$!")
 for node in "${nodes[@]:1}"; do
-  srun "${step[@]}" -w "$node" python -m bench.slurm ray-start --address="$RAY_ADDRESS" --block \
+  srun "${step[@]}" -w "$node" python -m bench.slurm_job ray-start --address="$RAY_ADDRESS" --block \
     >>"$job_dir/ray-$node-$job.log" 2>&1 &
   step_pids+=("$!")
   steps+=("$node=$!")
 done
 
 # Bounded: fails within seconds when a `ray start` step exits, and after 300 s if nodes never join.
-if ! reason=$(python -m bench.slurm wait "${#nodes[@]}" "${steps[@]}"); then
+if ! reason=$(python -m bench.slurm_job wait "${#nodes[@]}" "${steps[@]}"); then
   last_line="ray-cluster: FAILED: ${reason:-the cluster wait failed} (see $job_dir/ray-*-$job.log); '$*' did not run"
   exit 1
 fi
 
-stored_before=$(python -m bench.slurm stored "$run_dir")
-python -m bench.slurm supervise "$summary_file" -- "$@" &
+stored_before=$(python -m bench.slurm_job stored "$run_dir")
+python -m bench.slurm_job supervise "$summary_file" -- "$@" &
 run_pid=$!
 while :; do  # a trap cuts `wait` short; wait again until the run itself has exited
   seen=$signals

@@ -2,7 +2,7 @@
 
 One slurmd per host means a multi-node allocation cannot run here, so `scontrol` names two nodes and `srun`
 runs its command locally: the script starts a real Ray head and a real worker that joins it with the job's
-token, waits for both with `python -m bench.slurm wait`, runs the command on the cluster, and tears both
+token, waits for both with `python -m bench.slurm_job wait`, runs the command on the cluster, and tears both
 down. Only Ray is needed, not Slurm.
 """
 

@@ -22,8 +22,9 @@ from bench import store
 from bench.cli import app
 from bench.config import load_config
 from bench.plan import build_plan
-from bench.slurm import JobPaths, SlurmOptions, render, stored_cells
+from bench.slurm import JobPaths, SlurmOptions, render
 from bench.slurm import submit as submit_script
+from bench.slurm_job import stored_cells
 from tests.integration.conftest import REPO, TOY_MODELS, TOY_SERVE
 from tests.slurm.conftest import FAKE_GPUS, LocalSlurm, processes_with_env
 

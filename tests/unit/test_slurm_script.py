@@ -1,7 +1,7 @@
 """The rendered batch script and slurm/ray-cluster.sh, executed without Slurm or Ray.
 
 Every external command is a stub on PATH that logs its arguments; `srun ... --block` blocks like a Ray node
-and prints shutdown noise; `python -m bench.slurm` runs the real module except `wait` (it needs a Ray
+and prints shutdown noise; `python -m bench.slurm_job` runs the real module except `wait` (it needs a Ray
 cluster); `distill-bench` is a fake run whose behaviour each test picks. tests/slurm runs the same script on
 a real Slurm.
 """
@@ -34,7 +34,7 @@ case "$(basename "$0")" in
       [[ $arg == --block ]] && { echo "raylet ERR shutdown noise"; exec sleep 60; }
     done
     true ;;
-  python) [[ $1 == -m && $2 == bench.slurm && $3 != wait ]] && exec "$REAL_PYTHON" "$@"; true ;;
+  python) [[ $1 == -m && $2 == bench.slurm_job && $3 != wait ]] && exec "$REAL_PYTHON" "$@"; true ;;
   distill-bench) exec "$REAL_PYTHON" "$FAKE_RUN" "$@" ;;
 esac
 """
@@ -148,7 +148,7 @@ def test_the_most_hostile_valid_values_render_a_script_that_runs_only_the_expect
 ) -> None:
     """Values at the edge of what validation lets through, plus a workspace, config file, results directory,
     venv and job dir whose names are shell code: the script parses, and executed it runs only the stubs (and
-    the real `python -m bench.slurm`), with the config path intact, and no marker file appears."""
+    the real `python -m bench.slurm_job`), with the config path intact, and no marker file appears."""
     workspace = tmp_path / "work $(touch pwned-cd) `touch pwned-tick`"
     workspace.mkdir()
     data = valid_config_data()
@@ -171,7 +171,7 @@ def test_the_most_hostile_valid_values_render_a_script_that_runs_only_the_expect
     assert [call[-len(run) :] for call in job.calls("python") if "supervise" in call] == [["python", *run][1:]]
     ray_starts = [call for call in job.calls("srun") if "ray-start" in call]
     assert len(ray_starts) == 2 and all("--gpus-per-node=2" in call for call in ray_starts)
-    assert ["python", "-m", "bench.slurm", "wait", "2"] in [call[:5] for call in job.calls("python")]
+    assert ["python", "-m", "bench.slurm_job", "wait", "2"] in [call[:5] for call in job.calls("python")]
     assert lines[-1] == SUMMARY
     assert (workspace / data["run"]["results_dir"] / "unit-run").is_dir()  # the literal name, made by mkdir -p
 
