@@ -17,11 +17,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
+import click
 import typer
 from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
+from typer.core import TyperGroup
 
 from bench.config import BenchConfig, load_config, results_root_problem
 from bench.configfile import ConfigError
@@ -384,8 +386,38 @@ def compact(
         console.print(line, soft_wrap=True, highlight=False)
 
 
-@app.command()
-def slurm(
+class _RenderByDefault(TyperGroup):
+    """`distill-bench slurm CONFIG ...` is `distill-bench slurm render CONFIG ...`, as it was before `submit`."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["render", *args]
+        return super().parse_args(ctx, args)
+
+
+slurm_app = typer.Typer(
+    cls=_RenderByDefault,
+    help="Slurm: a batch script that starts Ray across the allocation and runs a config on it; `render` prints it "
+    "(the default: `distill-bench slurm CONFIG`), `submit` submits it with sbatch.\n\n"
+    "Example: distill-bench slurm submit configs/r1-distill.yaml --nodes 2 --partition gpu",
+    no_args_is_help=True,
+)
+app.add_typer(slurm_app, name="slurm")
+
+SLURM_RENDER_HELP = """Print the batch script (`distill-bench slurm CONFIG` does the same).
+
+Example: distill-bench slurm configs/r1-distill.yaml --nodes 2 --partition gpu > job.sbatch && sbatch job.sbatch
+"""
+SLURM_SUBMIT_HELP = """Write the batch script into the job dir, submit it with sbatch; print the job id, log, results.
+
+A preempted, requeued or timed-out job resumes after the cells it stored; its log ends with the run's summary line.
+
+Example: distill-bench slurm submit configs/r1-distill.yaml --nodes 2 --partition gpu
+"""
+
+
+def slurm_job(
+    ctx: typer.Context,
     config_path: ConfigArg,
     nodes: Annotated[int, typer.Option(help="Nodes to allocate.")] = 1,
     time: Annotated[
@@ -398,24 +430,40 @@ def slurm(
         typer.Option(help="Default: 0 for a config priced as cpu-core, else the largest tensor_parallel_size."),
     ] = None,
     cpu: Annotated[bool, typer.Option("--cpu", help="A CPU partition: request no GPUs (--gpus-per-node 0).")] = False,
+    grace_s: Annotated[
+        int, typer.Option(help="Seconds before the time limit at which the run stops and the job requeues itself.")
+    ] = 300,
+    job_dir: Annotated[
+        Path | None,
+        typer.Option(metavar="DIR", help="The job's script, log, Ray logs and token; default: <run dir>/slurm."),
+    ] = None,
 ) -> None:
-    """Print a Slurm batch script that starts Ray across the allocation and runs this config on it.
-
-    Example: distill-bench slurm configs/r1-distill.yaml --nodes 2 --partition gpu > job.sbatch && sbatch job.sbatch
-    """
-    from bench.slurm import SlurmOptionError, SlurmOptions, render
+    """`slurm render` and `slurm submit` (the command's name says which): one set of options, one script."""
+    from bench.slurm import JobPaths, SlurmOptionError, SlurmOptions, SubmitError, render, submit
 
     with config_errors():
         config, _ = load_checked(config_path)
     try:
-        if cpu and gpus_per_node:
-            raise SlurmOptionError(f"--cpu: asks for no GPUs, but --gpus-per-node is {gpus_per_node}")
-        options = SlurmOptions(nodes, time, partition, account, 0 if cpu else gpus_per_node)
-        script = render(config, config_path, options, Path.cwd())
+        paths = JobPaths.here(config, job_dir)
+        options = SlurmOptions(nodes, time, partition, account, gpus_per_node, cpu, grace_s)
+        script = render(config, config_path, options, paths)
     except SlurmOptionError as error:
         err_console.print(Text(str(error), style="red"), soft_wrap=True)
         raise typer.Exit(EXIT_CONFIG_ERROR) from None
-    print(script, end="")
+    if ctx.info_name == "render":
+        print(script, end="")
+        return
+    try:
+        job = submit(script, paths, config.run_dir())
+    except (SubmitError, OSError) as error:
+        err_console.print(Text(str(error), style="red"), soft_wrap=True)
+        raise typer.Exit(1) from None
+    for line in (f"job: {job.job_id}", f"log: {job.log}", f"results: {job.run_dir}"):
+        console.print(line, soft_wrap=True, highlight=False, markup=False)
+
+
+slurm_app.command("render", help=SLURM_RENDER_HELP)(slurm_job)
+slurm_app.command("submit", help=SLURM_SUBMIT_HELP)(slurm_job)
 
 
 toy_app = typer.Typer(help="The toy teacher/student pair and task suite (quickstart and tests).", no_args_is_help=True)

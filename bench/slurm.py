@@ -1,9 +1,14 @@
-"""`distill-bench slurm`: render the Slurm batch script for a config. The only Slurm-aware code in bench/.
+"""`distill-bench slurm`: render (and submit) the Slurm batch script for a config. The only Slurm-aware code
+in bench/.
 
 The script is thin by design: allocation and environment, then `slurm/ray-cluster.sh`, which starts Ray
 across the allocation and runs `distill-bench run CONFIG --address auto` on the head node. What that shell
-script needs decided (GPUs a step sees, the job's Ray token, whether the cluster came up) lives here, behind
-`python -m bench.slurm SUBCOMMAND`, so that tests can drive it without Slurm or Ray.
+script needs decided inside the job lives in `bench.slurm_job`.
+
+Preemption and time limits: the job is requeueable, and Slurm signals the batch shell (USR1) `grace_s` before
+the time limit. Either way the run is stopped with SIGTERM: it abandons the cells in flight (a cell's rows are
+written atomically when it finishes, so none is half-stored) and the cells already stored stay. A requeued
+job runs the same command again, which skips every stored cell: each cell's rows end up stored exactly once.
 
 Every option value ends up in a `#SBATCH` line, and a newline there starts a new script line that bash runs:
 options are validated against Slurm's own formats (never quoted and hoped for), so no whitespace, control
@@ -12,15 +17,10 @@ character, quote or `$` can reach the script.
 
 from __future__ import annotations
 
-import argparse
-import os
 import re
-import secrets
 import shlex
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from bench.config import MAX_TENSOR_PARALLEL, BenchConfig
 
 MAX_NODES = 100_000  # above any real cluster; bounds what reaches the script
 MAX_OPTION_CHARS = 256
+MAX_SIGNAL_LEAD_S = 65_535  # the most seconds sbatch --signal accepts
 CPU_DEVICE_TYPE = "cpu-core"  # the price-table key of a CPU run: such a config asks for no GPUs
 
 # Slurm's --time formats: minutes, minutes:seconds, hours:minutes:seconds, days-hours, days-hours:minutes,
@@ -53,6 +54,8 @@ class SlurmOptions:
     partition: str | None = None
     account: str | None = None
     gpus_per_node: int | None = None  # default: 0 for a cpu-core config, else the largest tensor_parallel_size
+    cpu: bool = False  # a CPU partition: no GPUs requested
+    grace_s: int = 300  # stop the run this long before the time limit, and requeue the job to resume
 
     def __post_init__(self) -> None:
         if not 1 <= self.nodes <= MAX_NODES:
@@ -67,6 +70,30 @@ class SlurmOptions:
                 )
         if self.gpus_per_node is not None and not 0 <= self.gpus_per_node <= MAX_TENSOR_PARALLEL:
             raise SlurmOptionError(f"--gpus-per-node: {self.gpus_per_node} is not between 0 and {MAX_TENSOR_PARALLEL}")
+        if self.cpu and self.gpus_per_node:
+            raise SlurmOptionError(f"--cpu: asks for no GPUs, but --gpus-per-node is {self.gpus_per_node}")
+        if not 1 <= self.grace_s <= MAX_SIGNAL_LEAD_S:
+            raise SlurmOptionError(f"--grace-s: {self.grace_s} is not between 1 and {MAX_SIGNAL_LEAD_S}")
+        limit_s = time_limit_s(self.time)
+        if limit_s is not None and self.grace_s >= limit_s:
+            # Slurm would signal the job as it starts: it would stop at once, and find nothing to requeue for.
+            raise SlurmOptionError(f"--grace-s: {self.grace_s} s is not less than --time {self.time} ({limit_s} s)")
+
+
+def time_limit_s(text: str) -> int | None:
+    """Seconds in a validated Slurm --time value; None for no limit (UNLIMITED, INFINITE, or 0, as sbatch reads it)."""
+    if text.upper() in ("UNLIMITED", "INFINITE"):
+        return None
+    days, _, clock = text.rpartition("-")
+    parts = [int(part) for part in clock.split(":")]
+    if days:  # D-H, D-H:M, D-H:M:S
+        hours, minutes, seconds = (*parts, 0, 0)[:3]
+    elif len(parts) == 3:  # H:M:S
+        hours, minutes, seconds = parts
+    else:  # M, M:S
+        hours, minutes, seconds = 0, parts[0], (parts[1] if len(parts) == 2 else 0)
+    limit = ((int(days or 0) * 24 + hours) * 60 + minutes) * 60 + seconds
+    return limit or None
 
 
 def _shown(value: str) -> str:
@@ -76,8 +103,10 @@ def _shown(value: str) -> str:
 
 
 def gpus_per_node(config: BenchConfig, options: SlurmOptions) -> int:
-    """GPUs to request on each node: the option, else none for a config priced as CPU cores (a CPU partition),
-    else the largest tensor_parallel_size (every server runs on one node)."""
+    """GPUs to request on each node: none for --cpu, else the option, else none for a config priced as CPU
+    cores (a CPU partition), else the largest tensor_parallel_size (every server runs on one node)."""
+    if options.cpu:
+        return 0
     if options.gpus_per_node is not None:
         return options.gpus_per_node
     if config.hardware.device_type == CPU_DEVICE_TYPE:
@@ -85,12 +114,36 @@ def gpus_per_node(config: BenchConfig, options: SlurmOptions) -> int:
     return max(model.serve.tensor_parallel_size for model in config.models)
 
 
-def render(config: BenchConfig, config_path: Path, options: SlurmOptions, repo: Path) -> str:
-    """The sbatch script text."""
+CLUSTER_SCRIPT = Path(__file__).resolve().parents[1] / "slurm" / "ray-cluster.sh"  # of this checkout
+
+
+@dataclass(frozen=True)
+class JobPaths:
+    """Where a job runs and what it uses. Relative paths are relative to `workdir`, where the job starts."""
+
+    workdir: Path  # the job cds here first: the config's relative paths (results, tasks, prices) start here
+    job_dir: Path  # the job's own files: script, log, each node's Ray output, the Ray token, the summary line
+    venv: Path | None  # activated before anything runs (the environment distill-bench was started from)
+    cluster_script: Path = CLUSTER_SCRIPT
+
+    def __post_init__(self) -> None:
+        if "\\" in str(self.job_dir):  # it turns off sbatch's %j in the log's name: every job would share one
+            raise SlurmOptionError(f"--job-dir: {_shown(str(self.job_dir))} contains a backslash")
+
+    @classmethod
+    def here(cls, config: BenchConfig, job_dir: Path | None = None) -> JobPaths:
+        """For a job submitted from the current directory and Python environment; the job's files default
+        to <run dir>/slurm."""
+        venv = Path(sys.prefix) if sys.prefix != sys.base_prefix else None  # a bare interpreter: PATH as exported
+        return cls(Path.cwd(), job_dir or config.run_dir() / "slurm", venv)
+
+
+def render(config: BenchConfig, config_path: Path, options: SlurmOptions, paths: JobPaths) -> str:
+    """The sbatch script text. Its `--output` is relative to the submit directory; `submit` puts it in the
+    job dir."""
     if not _JOB_NAME.fullmatch(config.run.name):  # the config's own pattern; never trust it twice removed
         raise SlurmOptionError(f"run.name: {_shown(config.run.name)} cannot name a Slurm job")
     gpus = gpus_per_node(config, options)
-    run_dir = Path(config.run.results_dir) / config.run.name
     directives = [
         f"--job-name=distill-bench-{config.run.name}",
         f"--nodes={options.nodes}",
@@ -98,7 +151,12 @@ def render(config: BenchConfig, config_path: Path, options: SlurmOptions, repo: 
         *([f"--gpus-per-node={gpus}"] if gpus else []),
         "--exclusive",
         f"--time={options.time}",
-        f"--output=slurm-{config.run.name}-%j.out",  # in the submit directory: it must exist before the job
+        f"--output=slurm-{config.run.name}-%j.out",
+        # Preempted or requeued: the job comes back and resumes after the stored cells. Near the time limit
+        # the batch shell (B:) gets USR1, stops the run and requeues the job itself if it stored anything.
+        "--requeue",
+        "--open-mode=append",  # a requeued job continues its log rather than erasing the earlier attempts
+        f"--signal=B:USR1@{options.grace_s}",
     ]
     directives += [f"--partition={options.partition}"] if options.partition else []
     directives += [f"--account={options.account}"] if options.account else []
@@ -107,123 +165,53 @@ def render(config: BenchConfig, config_path: Path, options: SlurmOptions, repo: 
         "#!/usr/bin/env bash",
         *(f"#SBATCH {directive}" for directive in directives),
         "set -euo pipefail",
-        f"cd {shlex.quote(str(repo))}",
-        f"mkdir -p {shlex.quote(str(run_dir))}",
-        "source .venv/bin/activate",
-        # What ray-cluster.sh asks every srun step for, and where it keeps the job's Ray token.
-        f"export DISTILL_GPUS_PER_NODE={gpus} DISTILL_JOB_DIR={shlex.quote(str(run_dir))}",
-        f"bash slurm/ray-cluster.sh {shlex.join(command)}",
+        f"cd {shlex.quote(str(paths.workdir))}",
+        f"mkdir -p {shlex.quote(str(config.run_dir()))} {shlex.quote(str(paths.job_dir))}",
+        *([f"source {shlex.quote(str(paths.venv / 'bin' / 'activate'))}"] if paths.venv else []),
+        # What ray-cluster.sh asks every srun step for, where the run stores cells (it counts them before it
+        # requeues the job), and where it keeps the job's own files.
+        f"export DISTILL_GPUS_PER_NODE={gpus} DISTILL_RUN_DIR={shlex.quote(str(config.run_dir()))} "
+        f"DISTILL_JOB_DIR={shlex.quote(str(paths.job_dir))}",
+        # exec: the signals Slurm sends the batch shell must reach the script that handles them.
+        f"exec bash {shlex.quote(str(paths.cluster_script))} {shlex.join(command)}",
     ]
     return "\n".join(lines) + "\n"
 
 
-# -- helpers for slurm/ray-cluster.sh (`python -m bench.slurm ...`) ---------------------------------------
+class SubmitError(RuntimeError):
+    """sbatch could not be run or refused the job; the message is one line."""
 
 
-def visible_gpus(environ: dict[str, str], requested: int) -> int:
-    """GPUs this srun step can use: the devices in its CUDA_VISIBLE_DEVICES (what Slurm bound to the step,
-    which with --exclusive may be fewer than SLURM_GPUS_ON_NODE says, and Ray refuses to start with more),
-    else what was requested (0 on a CPU partition)."""
-    devices = environ.get("CUDA_VISIBLE_DEVICES")
-    if devices is None:
-        return requested
-    return len([device for device in devices.split(",") if device.strip()])
+@dataclass(frozen=True)
+class Submission:
+    job_id: str
+    script: Path
+    log: Path  # the job's stdout and stderr, every attempt of a requeued job appended
+    run_dir: Path
 
 
-def write_token(path: Path) -> None:
-    """A fresh Ray auth token for this job, readable only by its user (created 0600, never widened)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as file:
-        file.write(secrets.token_hex(32))
+SBATCH_TIMEOUT_S = 120.0  # sbatch retries an unreachable controller for a while on its own; then it is down
 
 
-def process_alive(pid: int) -> bool:
-    """The process exists and has not exited (a zombie counts as exited)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True  # no /proc: existence is all we know
-
-
-_COUNT_NODES = (
-    "import ray; ray.init(address='auto', log_to_driver=False, configure_logging=False); "
-    "print(len([n for n in ray.nodes() if n['Alive']]))"
-)
-
-
-def count_ray_nodes(timeout_s: float) -> int | None:
-    """Alive nodes of the cluster at RAY_ADDRESS, or None when it did not answer in time. A subprocess, because
-    `ray.init` against a dead head blocks without a bound of its own."""
+def submit(script_text: str, paths: JobPaths, run_dir: Path, sbatch: str = "sbatch") -> Submission:
+    """Write the script into the job dir and submit it with its log beside it; the job id from `--parsable`."""
+    paths.job_dir.mkdir(parents=True, exist_ok=True)
+    script = paths.job_dir / "job.sbatch"
+    script.write_text(script_text)
+    output = str(paths.job_dir).replace("%", "%%") + "/slurm-%j.out"  # %% is a literal % in the name
     try:
         done = subprocess.run(
-            [sys.executable, "-c", _COUNT_NODES], capture_output=True, text=True, timeout=timeout_s, check=False
-        )
+            [sbatch, "--parsable", f"--output={output}", str(script)],
+            capture_output=True, text=True, timeout=SBATCH_TIMEOUT_S, check=False,
+        )  # fmt: skip
+    except FileNotFoundError:
+        raise SubmitError(f"{sbatch}: not found; on a machine without Slurm, `distill-bench slurm CONFIG` prints "
+                          "the script") from None  # fmt: skip
     except subprocess.TimeoutExpired:
-        return None
-    lines = done.stdout.split()
-    return int(lines[-1]) if done.returncode == 0 and lines and lines[-1].isdigit() else None
-
-
-def wait_for_cluster(
-    want_nodes: int,
-    steps: dict[str, int],
-    deadline_s: float = 300.0,
-    probe_timeout_s: float = 20.0,
-    poll_s: float = 5.0,
-    count: Callable[[float], int | None] = count_ray_nodes,
-    alive: Callable[[int], bool] = process_alive,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
-) -> str | None:
-    """Wait until `want_nodes` Ray nodes are alive. None on success, else the reason: a `ray start` step (node
-    name -> srun PID) exited, or the deadline passed. Every probe is bounded, so a dead head fails the job
-    within a probe's timeout rather than hanging the allocation."""
-    end = clock() + deadline_s
-    while True:
-        dead = [node for node, pid in steps.items() if not alive(pid)]
-        if dead:
-            return f"ray start exited on {', '.join(dead)} (its error is above)"
-        seen = count(min(probe_timeout_s, max(end - clock(), 1.0)))
-        if seen is not None and seen >= want_nodes:
-            return None
-        if clock() >= end:
-            return f"Ray cluster did not reach {want_nodes} nodes in {deadline_s:.0f} s (saw {seen or 0})"
-        sleep(poll_s)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m bench.slurm ray-start ARGS | token PATH | wait NODES NODE=PID...`, from slurm/ray-cluster.sh."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["ray-start"]:  # `ray start ARGS --num-gpus=<GPUs this step sees>`; ARGS go to Ray untouched
-        gpus = visible_gpus(dict(os.environ), int(os.environ.get("DISTILL_GPUS_PER_NODE", "0")))
-        os.execvp("ray", ["ray", "start", *argv[1:], f"--num-gpus={gpus}"])
-        return 127  # not reached: exec replaces this process
-    parser = argparse.ArgumentParser(prog="python -m bench.slurm")
-    sub = parser.add_subparsers(dest="command", required=True)
-    token = sub.add_parser("token", help="write a fresh Ray auth token to PATH (mode 0600)")
-    token.add_argument("path", type=Path)
-    wait = sub.add_parser("wait", help="wait for NODES Ray nodes while every NODE=PID step is alive")
-    wait.add_argument("nodes", type=int)
-    wait.add_argument("steps", nargs="*", metavar="NODE=PID")
-    wait.add_argument("--deadline-s", type=float, default=300.0)
-    args = parser.parse_args(argv)
-    if args.command == "token":
-        write_token(args.path)
-        return 0
-    steps = {node: int(pid) for node, _, pid in (step.rpartition("=") for step in args.steps)}
-    reason = wait_for_cluster(args.nodes, steps, deadline_s=args.deadline_s)
-    if reason is not None:
-        print(reason, flush=True)  # ray-cluster.sh puts it on the job log's last line
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        raise SubmitError(f"{sbatch}: no answer in {SBATCH_TIMEOUT_S:.0f} s (is slurmctld up?)") from None
+    problem = [line.strip() for line in done.stderr.splitlines() if line.strip()]
+    job_id = done.stdout.strip().split(";")[0]  # --parsable: "ID" or "ID;CLUSTER"
+    if done.returncode != 0 or not job_id.isdigit():
+        reason = problem[-1] if problem else f"printed {_shown(done.stdout.strip())}"
+        raise SubmitError(f"{sbatch} failed (exit {done.returncode}): {reason}")
+    return Submission(job_id, script, paths.job_dir / f"slurm-{job_id}.out", run_dir)

@@ -41,7 +41,7 @@ def dom(site) -> str:
 
 def entry_bodies(dom: str) -> dict[str, str]:
     """Rank -> the DOM of that entry's <tbody> (its row and drill-down, which holds tables of its own)."""
-    board = dom[dom.index("<table class=\"board\">") : dom.index("Controls (not ranked)")]
+    board = dom[dom.index('<table class="board">') : dom.index("Controls (not ranked)")]
     pieces = board.split('<tbody class="entry" id="entry-')[1:]
     return {piece[: piece.index('"')]: piece for piece in pieces}
 

@@ -4,10 +4,7 @@ add a line to it; the helpers slurm/ray-cluster.sh calls (GPUs a step sees, the 
 from __future__ import annotations
 
 import os
-import shutil
 import stat
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +12,6 @@ from typer.testing import CliRunner
 
 from bench import slurm
 from bench.cli import app
-from bench.config import load_config
 from tests.unit.test_config import valid_config_data, write_workspace
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,7 +37,17 @@ def test_slurm_script_allocates_the_largest_model_and_runs_against_ray(tmp_path:
     assert "#SBATCH --nodes=2" in lines and "#SBATCH --gpus-per-node=4" in lines
     assert "#SBATCH --partition=gpu" in lines
     assert any(line.startswith("export DISTILL_GPUS_PER_NODE=4 ") for line in lines)
-    assert lines[-1] == "bash slurm/ray-cluster.sh distill-bench run config.yaml --address auto"
+    assert "#SBATCH --requeue" in lines and "#SBATCH --signal=B:USR1@300" in lines
+    assert lines[-1] == f"exec bash {slurm.CLUSTER_SCRIPT} distill-bench run config.yaml --address auto"
+
+
+def test_render_is_the_default_slurm_command(tmp_path: Path, monkeypatch) -> None:
+    write_workspace(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    plain = CliRunner().invoke(app, ["slurm", "config.yaml", "--time", "30"])
+    named = CliRunner().invoke(app, ["slurm", "render", "config.yaml", "--time", "30"])
+    assert plain.exit_code == named.exit_code == 0
+    assert plain.stdout == named.stdout and "#SBATCH --time=30" in plain.stdout
 
 
 @pytest.mark.parametrize("flags", [[], ["--cpu"], ["--gpus-per-node", "0"]])
@@ -142,154 +148,119 @@ def test_slurm_names_are_accepted(value: str) -> None:
     assert slurm.SlurmOptions(partition=value, account=value).partition == value
 
 
-# -- the rendered script, executed with stub commands ---------------------------------------------------
-
-EXPECTED_STUBS = {"scontrol", "srun", "python", "ray", "distill-bench"}
-STUB = """#!/usr/bin/env bash
-{{ printf '%s\\0' "$(basename "$0")" "$@"; printf '\\x1e'; }} >> '{log}'
-case "$(basename "$0")" in
-  scontrol) printf 'node-a\\nnode-b\\n' ;;
-  srun) for arg in "$@"; do [[ $arg == hostname ]] && echo 10.0.0.1; done; true ;;
-esac
-"""
-
-
-def calls(log: Path) -> list[list[str]]:
-    return [record.split("\0")[:-1] for record in log.read_text().split("\x1e") if record]
-
-
-def test_the_most_hostile_valid_values_render_a_script_that_runs_only_the_expected_commands(
-    tmp_path: Path, monkeypatch
-) -> None:
-    """Values at the edge of what validation lets through, plus a config file and results directory whose names
-    are shell code: the script parses, and executed with every external command stubbed, it runs only the
-    stubs, with the config path intact, and no marker file appears."""
-    workspace = tmp_path / "work $(touch pwned-cd) `touch pwned-tick`"
-    workspace.mkdir()
-    data = valid_config_data()
-    data["run"]["results_dir"] = "results $(touch pwned-results);touch pwned-semi"
-    config_name = "c $(touch pwned-config) ';touch pwned-q'.yaml"
-    write_workspace(workspace, data).rename(workspace / config_name)
-    (workspace / ".venv" / "bin").mkdir(parents=True)
-    (workspace / ".venv" / "bin" / "activate").write_text("# fake venv\n")
-    (workspace / "slurm").mkdir()
-    shutil.copy(REPO / "slurm" / "ray-cluster.sh", workspace / "slurm" / "ray-cluster.sh")
-    stubs, log = tmp_path / "stubs", tmp_path / "calls.log"
-    stubs.mkdir()
-    for name in EXPECTED_STUBS:
-        (stubs / name).write_text(STUB.format(log=log))
-        (stubs / name).chmod(stat.S_IRWXU)
-
-    options = slurm.SlurmOptions(nodes=2, time="UNLIMITED", partition="a.b-c_,d-e", account="_x.-y", gpus_per_node=2)
-    monkeypatch.chdir(workspace)
-    config = load_config(Path(config_name))
-    script = tmp_path / "job.sbatch"
-    script.write_text(slurm.render(config, Path(config_name), options, workspace))
-    assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
-
-    env = {
-        "PATH": f"{stubs}:/usr/bin:/bin",
-        "HOME": str(tmp_path),
-        "SLURM_JOB_NODELIST": "node-[a-b]",
-        "SLURM_JOB_ID": "42",
-    }
-    done = subprocess.run(
-        ["bash", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False
-    )
-
-    assert done.returncode == 0, done.stderr
-    assert not [path for path in tmp_path.rglob("pwned*")], "a marker file appeared"
-    made = calls(log)
-    assert {call[0] for call in made} <= EXPECTED_STUBS
-    assert ["distill-bench", "run", config_name, "--address", "auto"] in made
-    ray_starts = [call for call in made if call[0] == "srun" and "ray-start" in call]
-    assert len(ray_starts) == 2 and all("--gpus-per-node=2" in call for call in ray_starts)
-    assert ["python", "-m", "bench.slurm", "wait", "2"] in [call[:5] for call in made]
-    assert done.stdout.strip().splitlines()[-1].startswith("ray-cluster: 'distill-bench run ")
-    assert done.stdout.strip().endswith("exited with status 0")
-    assert (workspace / data["run"]["results_dir"] / "unit-run").is_dir()  # the literal name, made by mkdir -p
-
-
-# -- helpers behind `python -m bench.slurm` ---------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("30", 1800),
+        ("30:15", 1815),
+        ("04:00:00", 14400),
+        ("2-0", 172800),
+        ("1-02:30", 95400),
+        ("1-02:30:15", 95415),
+        ("UNLIMITED", None),
+        ("infinite", None),
+        ("0", None),  # sbatch reads a zero limit as none
+    ],
+)
+def test_time_limits_in_seconds(value: str, seconds: int | None) -> None:
+    assert slurm.time_limit_s(value) == seconds
 
 
 @pytest.mark.parametrize(
-    ("environ", "expected"),
-    [
-        ({}, 3),
-        ({"CUDA_VISIBLE_DEVICES": "0"}, 1),
-        ({"CUDA_VISIBLE_DEVICES": "0,1"}, 2),
-        ({"CUDA_VISIBLE_DEVICES": ""}, 0),
-    ],
+    ("time", "grace_s", "ok"),
+    [("5", 299, True), ("5", 300, False), ("UNLIMITED", 65535, True), ("1-0", 0, False), ("1-0", 65536, False)],
 )
-def test_ray_gets_the_gpus_the_step_sees(environ: dict[str, str], expected: int) -> None:
-    assert slurm.visible_gpus(environ, requested=3) == expected
+def test_the_stop_signal_must_come_before_the_time_limit(time: str, grace_s: int, ok: bool) -> None:
+    """Slurm would send USR1 as the job starts: it would stop before doing anything."""
+    if ok:
+        assert slurm.SlurmOptions(time=time, grace_s=grace_s).grace_s == grace_s
+    else:
+        with pytest.raises(slurm.SlurmOptionError, match="^--grace-s: "):
+            slurm.SlurmOptions(time=time, grace_s=grace_s)
 
 
-def test_ray_start_passes_the_visible_gpu_count(monkeypatch) -> None:
-    seen: list[list[str]] = []
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
-    monkeypatch.setenv("DISTILL_GPUS_PER_NODE", "2")
-    monkeypatch.setattr(os, "execvp", lambda file, args: seen.append(args))
-    slurm.main(["ray-start", "--head", "--block"])
-    assert seen == [["ray", "start", "--head", "--block", "--num-gpus=1"]]
+# -- `distill-bench slurm submit`, with a stub sbatch ----------------------------------------------------
+
+SBATCH_STUB = """#!/usr/bin/env bash
+printf '%s\\n' "$@" > "$SBATCH_ARGS"
+if [[ -n ${SBATCH_FAILS:-} ]]; then
+  echo "sbatch: error: Batch job submission failed: $SBATCH_FAILS" >&2
+  exit 1
+fi
+echo "4242;local"
+"""
 
 
-def test_the_job_token_is_fresh_and_private(tmp_path: Path) -> None:
-    first, second = tmp_path / "job" / "a", tmp_path / "job" / "b"
-    assert slurm.main(["token", str(first)]) == 0
-    slurm.write_token(second)
-    assert stat.S_IMODE(first.stat().st_mode) == 0o600
-    assert len(first.read_text()) == 64 and first.read_text() != second.read_text()
+@pytest.fixture
+def sbatch_args(tmp_path: Path, monkeypatch) -> Path:
+    """A stub sbatch first on PATH; the path where it writes the arguments it got (absent: never called)."""
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    (stubs / "sbatch").write_text(SBATCH_STUB)
+    (stubs / "sbatch").chmod(stat.S_IRWXU)
+    monkeypatch.setenv("PATH", f"{stubs}:{os.environ['PATH']}")
+    monkeypatch.setenv("SBATCH_ARGS", str(tmp_path / "sbatch-args"))
+    workspace = tmp_path / "work"
+    workspace.mkdir()
+    write_workspace(workspace)
+    monkeypatch.chdir(workspace)
+    return tmp_path / "sbatch-args"
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
+def test_submit_writes_the_script_to_the_job_dir_and_prints_job_log_and_results(sbatch_args: Path) -> None:
+    result = CliRunner().invoke(app, ["slurm", "submit", "config.yaml", "--time", "30"])
 
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-
-def test_a_dead_head_fails_the_wait_at_once_naming_the_node() -> None:
-    clock = FakeClock()
-    reason = slurm.wait_for_cluster(
-        2, {"node-a": 1, "node-b": 2}, count=lambda _: 1, alive=lambda pid: pid != 1, clock=clock, sleep=clock.sleep
-    )
-    assert reason is not None and "node-a" in reason and clock.now == 0
-
-
-def test_the_wait_ends_at_its_deadline_and_each_probe_is_bounded() -> None:
-    clock, probes = FakeClock(), []
-
-    def hanging(timeout_s: float) -> None:
-        probes.append(timeout_s)
-        clock.now += timeout_s  # a probe against a head that never answers uses its whole timeout
-        return None
-
-    reason = slurm.wait_for_cluster(
-        2, {"node-a": 1}, deadline_s=60, count=hanging, alive=lambda _: True, clock=clock, sleep=clock.sleep
-    )
-    assert reason == "Ray cluster did not reach 2 nodes in 60 s (saw 0)"
-    assert max(probes) <= 20 and clock.now <= 60 + 20 + 5
+    assert result.exit_code == 0, result.output
+    job_dir = Path("results/unit-run/slurm")
+    assert result.stdout.splitlines() == [
+        "job: 4242",
+        f"log: {job_dir / 'slurm-4242.out'}",
+        "results: results/unit-run",
+    ]
+    assert sbatch_args.read_text().splitlines() == [
+        "--parsable",
+        f"--output={job_dir}/slurm-%j.out",
+        str(job_dir / "job.sbatch"),
+    ]
+    rendered = CliRunner().invoke(app, ["slurm", "config.yaml", "--time", "30"]).stdout
+    assert (job_dir / "job.sbatch").read_text() == rendered
 
 
-def test_the_wait_succeeds_when_every_node_joined() -> None:
-    clock, answers = FakeClock(), iter([None, 1, 2])
-    reason = slurm.wait_for_cluster(
-        2, {}, count=lambda _: next(answers), alive=lambda _: True, clock=clock, sleep=clock.sleep
-    )
-    assert reason is None and clock.now == 10
+def test_submit_to_a_job_dir_with_a_percent_keeps_it_literal(sbatch_args: Path) -> None:
+    result = CliRunner().invoke(app, ["slurm", "submit", "config.yaml", "--job-dir", "jobs/100%"])
+    assert result.exit_code == 0, result.output
+    assert "--output=jobs/100%%/slurm-%j.out" in sbatch_args.read_text().splitlines()
+    assert "log: jobs/100%/slurm-4242.out" in result.stdout.splitlines()
 
 
-def test_an_exited_unreaped_step_counts_as_dead() -> None:
-    child = subprocess.Popen(["true"])
-    deadline = time.monotonic() + 10
-    while slurm.process_alive(child.pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not slurm.process_alive(child.pid)  # a zombie until reaped: exited all the same
-    child.wait()
-    assert slurm.process_alive(os.getpid())
+def test_a_job_dir_with_a_backslash_is_refused_before_sbatch(sbatch_args: Path) -> None:
+    """sbatch turns off the %j in a log name that has a backslash: every job would share one log."""
+    result = CliRunner().invoke(app, ["slurm", "submit", "config.yaml", "--job-dir", "jobs\\x"])
+    assert result.exit_code == 2 and result.stderr.startswith("--job-dir: ")
+    assert not sbatch_args.exists()
+
+
+def test_sbatch_refusing_the_job_is_one_line_and_exit_1(sbatch_args: Path, monkeypatch) -> None:
+    monkeypatch.setenv("SBATCH_FAILS", "Invalid partition name specified")
+    result = CliRunner().invoke(app, ["slurm", "submit", "config.yaml", "--partition", "nope"])
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        "sbatch failed (exit 1): sbatch: error: Batch job submission failed: Invalid partition name specified"
+    ]
+
+
+def test_submit_without_sbatch_says_so(sbatch_args: Path, monkeypatch) -> None:
+    monkeypatch.setenv("PATH", str(sbatch_args.parent / "empty"))
+    result = CliRunner().invoke(app, ["slurm", "submit", "config.yaml"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("sbatch: not found") and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("option", "value"), HOSTILE, ids=[f"{o}={v!r}"[:40] for o, v in HOSTILE])
+def test_hostile_option_values_never_reach_sbatch(sbatch_args: Path, option: str, value: str) -> None:
+    result = CliRunner().invoke(app, ["slurm", "submit", "config.yaml", f"{option}={value}"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(option) and len(result.stderr.strip().splitlines()) == 1
+    assert not sbatch_args.exists(), "sbatch ran"
+    assert not Path("results").exists()  # nothing written either
