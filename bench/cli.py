@@ -185,7 +185,7 @@ def plan(
             str(gpus[cell.model]),
             Text("yes", style="green") if is_done else Text("no"),
         )  # fmt: skip
-    console.print(table)
+    print_table(table)
     to_run = len(pending_cells(cells, done))
     console.print(f"{_plural(len(cells), 'cell')}, {len(cells) - to_run} done, {to_run} to run", soft_wrap=True)
     if estimate:
@@ -218,7 +218,7 @@ def _print_estimate(result: Estimate) -> None:
         _amount(result.total(lambda model: model.gpu_hours), "{:,.1f}"),
         _amount(result.total(lambda model: model.usd(result.rates)), "{:,.0f}"),
     )  # fmt: skip
-    Console(width=_natural_width(table)).print(table)  # every number whole, also off a terminal
+    print_table(table)
     console.print("assumptions:", soft_wrap=True, highlight=False)
     for line in assumption_lines(result):
         console.print(f"  {line}", soft_wrap=True, highlight=False, markup=False)
@@ -265,6 +265,18 @@ def _natural_width(table: Table) -> int:
     return Measurement.get(measuring, measuring.options, table).maximum
 
 
+def print_table(table: Table) -> None:
+    """A table on stdout: fitted to a terminal; elsewhere at the width it needs.
+
+    Off a terminal (Slurm logs, CI) rich assumes 80 columns and cuts names to "toy-st…", which could be either
+    student: a log gets the table at the width it needs, every name whole.
+    """
+    if console.is_terminal:
+        console.print(table)
+    else:
+        Console(width=_natural_width(table)).print(table)
+
+
 def _print_comparison(results_dir: Path, output: OutputFormat) -> bool:
     """Print the comparison; False when there is no teacher/student pair to compare."""
     from bench.report import render_table, to_json, to_markdown
@@ -273,13 +285,7 @@ def _print_comparison(results_dir: Path, output: OutputFormat) -> bool:
     if not rows:
         return False
     if output is OutputFormat.table:
-        table = render_table(rows)
-        if console.is_terminal:
-            console.print(table)
-        else:
-            # Off a terminal (Slurm logs, CI) rich assumes 80 columns and cuts names to "toy-st…", which could
-            # be either student: a log gets the table at the width it needs, every name whole.
-            Console(width=_natural_width(table)).print(table)
+        print_table(render_table(rows))
         for row in rows:
             console.print(row.summary, soft_wrap=True, highlight=False, markup=False)
     else:

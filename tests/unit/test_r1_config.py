@@ -75,6 +75,15 @@ def test_plans_every_cell_with_its_gpus():
     assert len(teacher_rows) == 3 + 3 and all(line.split("│")[6].strip() == "8" for line in teacher_rows)
 
 
+def test_off_a_terminal_the_plan_names_every_model_in_full():
+    """A log (Slurm, CI) at rich's default 80 columns: no model name is cut to "r1-distill-l…"."""
+    result = CliRunner().invoke(app, ["plan", CONFIG], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    assert "…" not in result.stdout
+    for model in load_config(REPO / CONFIG).models:
+        assert f"│ {model.name} " in result.stdout
+
+
 def test_estimate_prints_gpu_hours_and_dollars_per_model_and_the_assumptions():
     result = invoke("plan", CONFIG, "--estimate")
     assert result.exit_code == 0, result.output
