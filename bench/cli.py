@@ -277,17 +277,23 @@ def print_table(table: Table) -> None:
         Console(width=_natural_width(table)).print(table)
 
 
+RICH_TABLE_ROWS = 300  # above this, the table is plain aligned text: rich lays out each cell, twice
+
+
 def _print_comparison(results_dir: Path, output: OutputFormat) -> bool:
     """Print the comparison; False when there is no teacher/student pair to compare."""
-    from bench.report import render_table, to_json, to_markdown
+    from bench.report import render_table, render_text, to_json, to_markdown
 
     rows = _comparison_rows(results_dir)
     if not rows:
         return False
     if output is OutputFormat.table:
-        print_table(render_table(rows))
-        for row in rows:
-            console.print(row.summary, soft_wrap=True, highlight=False, markup=False)
+        if len(rows) > RICH_TABLE_ROWS:  # a leaderboard-sized results tree: the same columns, in seconds less
+            print(render_text(rows), end="")
+        else:
+            print_table(render_table(rows))
+        console.file.flush()
+        print("\n".join(row.summary for row in rows))  # text as it is: no markup, no wrapping
     else:
         # Plain print: machine-readable output must not be wrapped or styled by rich.
         print(to_json(rows) if output is OutputFormat.json else to_markdown(rows))

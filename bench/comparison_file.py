@@ -140,6 +140,7 @@ def save(run: Path, rows: pa.Table, key: str, cell_keys: Collection[str]) -> Non
         b"cell_keys": json.dumps(sorted(cell_keys)).encode(),
     }
     try:
-        store.write_table(run / NAME, rows.replace_schema_metadata(metadata))
+        # Not fsynced: derived data; a file a crash left torn is unreadable, hence stale, and recomputed.
+        store.write_table(run / NAME, rows.replace_schema_metadata(metadata), durable=False)
     except OSError:  # a read-only tree: the rows were computed, they just are not kept
         return

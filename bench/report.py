@@ -234,25 +234,60 @@ _TERMINAL_TEXT = {0, 1, 2, 10, 11}  # left-aligned: names, verdict, load
 _NO_WRAP = {"diff CI", "verdict", "load"}
 
 
+def _terminal_cells(rows: Sequence[ComparisonRow]) -> list[tuple[str, bool, list[str]]]:
+    """(header, left-aligned, cells) of each terminal column that is not empty in every row."""
+    cells = [[cell(row) for row in rows] for _, cell in _TERMINAL_COLUMNS]
+    return [
+        (_TERMINAL_COLUMNS[index][0], index in _TERMINAL_TEXT, column)
+        for index, column in enumerate(cells)
+        if index < 2 or any(value != "-" for value in column)
+    ]
+
+
+def _title(rows: Sequence[ComparisonRow], most_runs: int | None = None) -> str:
+    runs = sorted({row.run_id for row in rows})
+    if most_runs is not None and len(runs) > most_runs:
+        return f"student vs teacher ({len(runs)} runs, {runs[0]} .. {runs[-1]})"
+    return f"student vs teacher ({', '.join(runs)})"
+
+
+def _caption(rows: Sequence[ComparisonRow], where: str) -> str:
+    confidence = "/".join(sorted({f"{row.confidence:.0%}" for row in rows}))
+    return (
+        f"x = student / teacher, its {confidence} CI {where}; b/c = documents right only for the student / only for "
+        "the teacher, p = exact McNemar; * = some blocks paired across sessions"
+    )
+
+
 def render_table(rows: Sequence[ComparisonRow]) -> Table:
     """A compact rich table of the rows, in the order given (all columns: `to_json` / `to_markdown`)."""
-    runs = sorted({row.run_id for row in rows})
-    confidence = "/".join(sorted({f"{row.confidence:.0%}" for row in rows}))
-    table = Table(
-        title=Text(f"student vs teacher ({', '.join(runs)})"),
-        caption=f"x = student / teacher, its {confidence} CI below; b/c = documents right only for the student / "
-        "only for the teacher, p = exact McNemar; * = some blocks paired across sessions",
-    )
-    cells = [[cell(row) for row in rows] for _, cell in _TERMINAL_COLUMNS]
-    shown = [i for i, column in enumerate(cells) if i < 2 or any(value != "-" for value in column)]
-    for index in shown:
-        header = _TERMINAL_COLUMNS[index][0]
-        justify = "left" if index in _TERMINAL_TEXT else "right"
-        table.add_column(header, justify=justify, no_wrap=header in _NO_WRAP)
+    table = Table(title=Text(_title(rows)), caption=_caption(rows, "below"))
+    columns = _terminal_cells(rows)
+    for header, left, _ in columns:
+        table.add_column(header, justify="left" if left else "right", no_wrap=header in _NO_WRAP)
     for position in range(len(rows)):
         # Text, not markup: names come from a results tree, and "[/]" in one would end the table in a traceback.
-        table.add_row(*(Text(cells[index][position]) for index in shown))
+        table.add_row(*(Text(cells[position]) for _, _, cells in columns))
     return table
+
+
+def render_text(rows: Sequence[ComparisonRow]) -> str:
+    """The terminal table's columns as plain aligned text, each interval beside its ratio: for thousands of
+    rows, where rich's layout (tens of microseconds per cell, twice) would take most of a minute."""
+    columns = [(head, left, [cell.replace("\n", " ") for cell in cells]) for head, left, cells in _terminal_cells(rows)]
+    widths = [max(len(header), *(len(cell) for cell in cells)) for header, _, cells in columns]
+
+    def line(values: Sequence[str]) -> str:
+        padded = (
+            value.ljust(width) if left else value.rjust(width)
+            for value, width, (_, left, _) in zip(values, widths, columns, strict=True)
+        )
+        return " | ".join(padded).rstrip()
+
+    body = [line([cells[position] for _, _, cells in columns]) for position in range(len(rows))]
+    rule = "-+-".join("-" * width for width in widths)
+    header = line([header for header, _, _ in columns])
+    return "\n".join([_title(rows, most_runs=5), header, rule, *body, _caption(rows, "in parentheses")]) + "\n"
 
 
 def markdown_text(text: str) -> str:
@@ -274,5 +309,13 @@ def to_markdown(rows: Sequence[ComparisonRow]) -> str:
 
 
 def to_json(rows: Sequence[ComparisonRow]) -> str:
-    """The rows as a JSON list of objects (sorted keys; missing values are null)."""
-    return json.dumps([dataclasses.asdict(row) for row in rows], indent=2, sort_keys=True, allow_nan=False) + "\n"
+    """The rows as a JSON list of objects, one per line (sorted keys; missing values are null).
+
+    One line per row rather than `indent=2`: json's C encoder only writes compact objects, and the indenting
+    Python one takes a second per few thousand rows.
+    """
+    if not rows:
+        return "[]\n"
+    names = [field.name for field in dataclasses.fields(rows[0])]
+    lines = [json.dumps({name: getattr(row, name) for name in names}, sort_keys=True, allow_nan=False) for row in rows]
+    return "[\n" + ",\n".join(f"  {line}" for line in lines) + "\n]\n"

@@ -197,8 +197,12 @@ def _ensure_dir(directory: Path) -> None:
     _fsync_dir(directory.parent)
 
 
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write `path` via a hidden temp file in the same directory: fsync, rename, fsync the directory."""
+def _atomic_write(path: Path, write: Callable[[IO[bytes]], None], durable: bool = True) -> None:
+    """Write `path` via a hidden temp file in the same directory: fsync, rename, fsync the directory.
+
+    Not `durable`: no fsyncs (milliseconds each), for files derived from others (a stored comparison): readers
+    still see the old file or the new one, and one a crash left torn reads as damaged and is recomputed.
+    """
     _ensure_dir(path.parent)
     fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TEMP_SUFFIX)
     temp = Path(temp_name)
@@ -206,12 +210,14 @@ def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(temp, path)
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    if durable:
+        _fsync_dir(path.parent)
 
 
 def remove_files(paths: Sequence[Path]) -> None:
@@ -260,9 +266,10 @@ def records_table(record: type, rows: Sequence[Any], metadata: dict[bytes, bytes
     return _records_table(record.__name__, target, record, rows, {})
 
 
-def write_table(path: Path, table: pa.Table) -> Path:
-    """Atomically write an Arrow table as a standalone Parquet file (its schema metadata kept)."""
-    _atomic_write(path, lambda handle: pq.write_table(table, handle))
+def write_table(path: Path, table: pa.Table, durable: bool = True) -> Path:
+    """Atomically write an Arrow table as a standalone Parquet file (its schema metadata kept); `durable` as in
+    `_atomic_write`."""
+    _atomic_write(path, lambda handle: pq.write_table(table, handle), durable)
     return path
 
 

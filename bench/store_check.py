@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +149,8 @@ def _file_version(metadata: dict[bytes, bytes] | None, data: pa.Table, current: 
         except (UnicodeDecodeError, ValueError):
             raise Damaged(SkipKind.VERSION, f"schema_version {raw[:20]!r} is not a version") from None
     if "schema_version" in data.column_names and data.num_rows:
-        versions |= {pc.min(data["schema_version"]).as_py(), pc.max(data["schema_version"]).as_py()}
+        # Nulls are left to `_check_values` (a required column): they are no version.
+        versions |= {value for value in pc.min_max(data["schema_version"]).as_py().values() if value is not None}
     for version in versions:
         check_version(version, current)
     # The oldest: a file whose rows say 1 and metadata 2 may lack what 2 added.
@@ -180,32 +182,39 @@ def _check_missing(what: str, expected: pa.Schema, present: list[str], optional:
         raise Damaged(SkipKind.SCHEMA, f"missing {len(missing)} {noun}: {names}{hint}")
 
 
+@cache
+def _value_columns(expected: pa.Schema) -> tuple[frozenset[str], frozenset[str]]:
+    """(required, floating) column names of a schema."""
+    required = frozenset(f.name for f in expected if not f.nullable)
+    return required, frozenset(f.name for f in expected if pa.types.is_floating(f.type))
+
+
 def _check_values(expected: pa.Schema, data: pa.Table, owners: dict[str, tuple[frozenset[str], str]]) -> None:
     """Nulls only where the schema allows them, finite floats, and rows that belong where the file lies.
 
     `owners` maps a column to the values its rows may have, and how a message names them. Each check is one
     vectorised test over the file (all float columns at once); only a file that fails it is looked at column
-    by column, for the message.
+    by column, in the schema's order, for the message.
     """
     rows = data.num_rows
-    for field in expected:
-        if field.name in data.column_names and not field.nullable and data[field.name].null_count:
-            count = data[field.name].null_count
-            raise Damaged(SkipKind.VALUES, f"{count} of {rows} rows have no {field.name!r} (required)")
-    floats = [f.name for f in expected if pa.types.is_floating(f.type) and f.name in data.column_names]
-    chunks = [chunk for name in floats for chunk in data[name].chunks]  # every float column is float64
-    if chunks and rows and pc.all(pc.is_finite(pa.concat_arrays(chunks))).as_py() is False:
-        for name in floats:
-            bad = pc.sum(pc.invert(pc.is_finite(data[name]))).as_py() or 0
+    required, floating = _value_columns(expected)
+    named = list(zip(data.column_names, data.columns, strict=True))
+    nulls = any(column.null_count for name, column in named if name in required)
+    chunks = [chunk for name, column in named if name in floating for chunk in column.chunks]
+    if nulls or (rows and chunks and pc.all(pc.is_finite(pa.concat_arrays(chunks))).as_py() is False):
+        for name, column in named:
+            if name in required and column.null_count:
+                raise Damaged(SkipKind.VALUES, f"{column.null_count} of {rows} rows have no {name!r} (required)")
+            bad = (pc.sum(pc.invert(pc.is_finite(column))).as_py() or 0) if name in floating else 0
             if bad:
                 reason = f"{bad} of {rows} rows have NaN or infinity in {name!r} (a missing value is null)"
                 raise Damaged(SkipKind.VALUES, reason)
-    for column, (allowed, named) in owners.items():
+    for column, (allowed, described) in owners.items():
         values = pa.array(sorted(allowed), pa.string())
         if rows and not pc.all(pc.is_in(data[column], values)).as_py():
             others = pc.filter(data[column], pc.invert(pc.is_in(data[column], values)))
             share = "rows say" if len(others) == rows else f"{len(others)} of {rows} rows say"
-            raise Damaged(SkipKind.FOREIGN, f"{share} {column} {others[0].as_py()!r}, not {named}")
+            raise Damaged(SkipKind.FOREIGN, f"{share} {column} {others[0].as_py()!r}, not {described}")
 
 
 def compacted_cell_keys(metadata: dict[bytes, bytes] | None) -> frozenset[str]:
@@ -249,14 +258,16 @@ def read_cell_file(
         cells = (frozenset({path.stem}), f"{path.stem!r} (the file's name)")
     present = _check_types(expected, found)
     try:
-        data = parquet.read(columns=present)
+        # No thread pool: these files are small, and handing their few columns to threads costs more than it saves.
+        data = parquet.read(columns=present, use_threads=False)
     except Exception as error:  # noqa: BLE001 - as above: a torn page, a bad encoding, a short read
         raise Damaged(SkipKind.UNREADABLE, f"not a readable Parquet file ({one_line(error)})") from None
     _check_missing(table, expected, present, added_after(_file_version(found.metadata, data, current)))
     folder = f"{run_id!r} (the folder's name; a copied or renamed run folder?)"
     owners = {"run_id": (frozenset({run_id}), folder), "cell_key": cells}
     _check_values(expected, data, owners)
-    columns = [
-        data[f.name] if f.name in present else pa.chunked_array([pa.nulls(data.num_rows, f.type)]) for f in expected
-    ]
+    if len(present) == len(expected):  # every column, in the schema's order (`_check_types` keeps it)
+        return pa.Table.from_arrays(data.columns, schema=expected)
+    have = set(present)
+    columns = [data[f.name] if f.name in have else pa.chunked_array([pa.nulls(len(data), f.type)]) for f in expected]
     return pa.Table.from_arrays(columns, schema=expected)

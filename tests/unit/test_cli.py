@@ -160,3 +160,7 @@ def test_comparison_off_a_terminal_prints_every_name_whole(monkeypatch: pytest.M
     assert result.exit_code == 0, result.output
     assert "…" not in result.output
     assert all(result.output.count(name) == 2 for name in names)  # once in the table, once in its summary line
+    monkeypatch.setattr(cli, "RICH_TABLE_ROWS", 1)  # a leaderboard-sized tree: plain text, the same names whole
+    plain = CliRunner().invoke(app, ["compare", "."])
+    assert plain.exit_code == 0 and plain.output.splitlines()[1].startswith("student ")
+    assert all(plain.output.count(name) == 2 for name in names)

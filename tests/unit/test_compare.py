@@ -215,6 +215,19 @@ def test_markdown_and_rich_table(results):
     assert "J/tok" not in text and "capacity" not in text  # columns empty in every row are left out
 
 
+def test_plain_text_table_has_the_terminal_tables_columns_one_line_per_row(results):
+    rows = compare.compare_results(results)
+    lines = report.render_text(rows).splitlines()
+    assert lines[0] == "student vs teacher (r1)"
+    assert [cell.strip() for cell in lines[1].split(" | ")][:4] == ["student", "teacher", "task / metric", "teacher"]
+    assert "J/tok x" not in lines[1] and len(lines) == 3 + len(rows) + 1  # title, header, rule, rows, caption
+    first = [cell.strip() for cell in lines[3].split(" | ")]
+    assert first[:3] == ["small", "big", "toy_add acc"] and "-0.083..-0.011" in first and "2.50" in first
+    console = Console(record=True, width=300)
+    console.print(report.render_table(rows))
+    assert "tok/s x" in console.export_text() and "tok/s x" in lines[1]
+
+
 def test_no_results_gives_no_rows(tmp_path):
     assert compare.compare_results(tmp_path) == []
     assert report.to_json([]) == "[]\n"

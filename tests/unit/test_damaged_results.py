@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from bench import compare, pairing, report, store
+from bench import compact, compare, pairing, report, store
 from bench.cli import app
 from bench.records import EvalScore
 from bench.store_check import SkipKind
@@ -120,6 +120,17 @@ class Case:
 def truncate(path: Path) -> None:
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
+
+
+def compacted(results: Path, table: str) -> Path:
+    """r1 compacted (`distill-bench compact`), and the path of `table`'s compacted file."""
+    compact.compact_run(results / "r1")
+    return results / "r1" / table / f"{store.COMPACTED_STEM}.parquet"
+
+
+def listing(keys: list[str]) -> Callable[[pa.Table], pa.Table]:
+    """A compacted file's metadata listing `keys` as its cells."""
+    return lambda table: table.replace_schema_metadata(store.compacted_metadata(keys))
 
 
 CASES = [
@@ -232,6 +243,17 @@ CASES = [
         frozenset(SMALL_ADD),
     ),
     Case(
+        "no schema_version in any row",  # was a traceback: the version check met None
+        lambda r: rewrite(
+            cell(r, "eval_samples", "small-toy_add"),
+            set_column("schema_version", lambda c: pa.array([None] * len(c), pa.int32())),
+        ),
+        "402 of 402 rows have no 'schema_version' (required)",
+        f"r1/{SAMPLES}.parquet",
+        SkipKind.VALUES,
+        frozenset(SMALL_ADD),
+    ),
+    Case(
         "phantom rows of another run",
         lambda r: rewrite(
             cell(r, "eval_samples", "small-toy_add"), set_column("run_id", lambda c: pa.array(["r2"] * len(c)))
@@ -306,6 +328,22 @@ CASES = [
         "r1/perf_summary",
         SkipKind.NOT_A_CELL,
         frozenset(R1),
+    ),
+    Case(
+        "a truncated compacted file",
+        lambda r: truncate(compacted(r, "eval_samples")),
+        "not a readable Parquet file (",
+        "r1/eval_samples/compacted.parquet",
+        SkipKind.UNREADABLE,
+        frozenset(R1),
+    ),
+    Case(
+        "compacted rows of a cell the file does not list",
+        lambda r: rewrite(compacted(r, "eval_scores"), listing(["big-toy_add", "big-toy_sort"])),
+        "rows say cell_key 'small-toy_add', not one of the 2 cells the compacted file lists",
+        "r1/eval_scores/compacted.parquet",
+        SkipKind.FOREIGN,
+        frozenset(R1 | {("r1", "small", None, "chat")}),  # no score left: small's row without quality
     ),
     Case(
         "run.json not JSON",
