@@ -11,7 +11,16 @@ import unicodedata
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from bench.configfile import UNPRINTABLE_CATEGORIES, ConfigError, error_lines, read_yaml
 from bench.flags import harness_flag_owner, redact_args
@@ -30,8 +39,18 @@ MAX_BOOTSTRAP_SAMPLES = 1_000_000  # samples × documents are held in memory at 
 MAX_FLOAT = 1e9  # seconds (31 years), req/s, $/hour: nothing real comes near; time APIs overflow far above
 MAX_REQUESTS = 10_000_000  # requests of one level: each is planned in memory before the level starts
 MAX_TOKENS = 10_000_000  # tokens of one synthetic prompt or output: above the longest context of any model
+MAX_EVAL_IN_FLIGHT = 4096  # lm-eval requests in flight, prompts per request: 4x vLLM's largest default batch
 NORMAL_TAIL_SDS = 4  # a normal length without `max` is checked against the context at mean + 4 sd
 FREE_TEXT_FIELDS = frozenset({"note"})  # string fields that may span lines (a price's note)
+
+
+def _within_any_batch(value: int) -> int:
+    if value > MAX_EVAL_IN_FLIGHT:
+        raise ValueError(f"must be at most {MAX_EVAL_IN_FLIGHT} (far above any server's batch; each is held open)")
+    return value
+
+
+InFlight = Annotated[int, Field(gt=0), AfterValidator(_within_any_batch)]  # lm-eval requests or prompts in flight
 
 
 def _unprintable(text: str) -> str | None:
@@ -90,6 +109,17 @@ class ServeConfig(Section):
     )
     extra_args: tuple[str, ...] = Field((), description="Extra vLLM server arguments, e.g. ['--enforce-eager'].")
     startup_timeout_s: PositiveFloat = Field(600, description="How long to wait for the server to be healthy.")
+    # How fast, not what (bench.evaluate): excluded from dumps (exclude=True), hence from every cell and model key,
+    # so changing them never re-runs stored cells; `redacted_dump` writes them back into run.json.
+    eval_concurrency: InFlight | None = Field(
+        None,
+        exclude=True,
+        description="lm-eval HTTP requests in flight against this server; default: enough to fill the server's "
+        "batch (its --max-num-seqs, else vLLM's default: 256 on GPU, 128 per rank on CPU).",
+    )
+    eval_batch_size: InFlight | None = Field(
+        None, exclude=True, description="Prompts per lm-eval request; default 1 on GPU, 8 on the CPU build."
+    )
 
     @field_validator("tensor_parallel_size")
     @classmethod
@@ -134,6 +164,12 @@ class TaskConfig(Section):
     limit: PositiveInt | None = Field(None, description="Evaluate only the first N documents per task.")
     max_gen_toks: PositiveInt | None = Field(
         None, description="Generation budget for generate_until tasks; default: the task's own."
+    )
+    max_concurrency: InFlight | None = Field(
+        None,
+        exclude=True,  # how fast, not what: out of cell keys, like serve.eval_concurrency
+        description="Cap on lm-eval requests in flight for this task, for every model (below each model's "
+        "serve.eval_concurrency): for long generations that would queue past lm-eval's request timeout.",
     )
 
     @field_validator("name")
@@ -431,8 +467,15 @@ def longest_length(lengths: LengthDistribution) -> int:
 def redacted_dump(config: BenchConfig) -> dict:
     """The config as JSON data for storage (run.json): secret-looking extra_args values redacted."""
     data = config.model_dump(mode="json")
-    for model in data["models"]:
-        model["serve"]["extra_args"] = redact_args(model["serve"]["extra_args"])
+    for model, dumped in zip(config.models, data["models"], strict=True):
+        dumped["serve"]["extra_args"] = redact_args(dumped["serve"]["extra_args"])
+        # Excluded from dumps so that cell keys ignore them; the manifest still records the config as written.
+        dumped["serve"] |= {
+            "eval_concurrency": model.serve.eval_concurrency,
+            "eval_batch_size": model.serve.eval_batch_size,
+        }
+    for task, dumped in zip(config.tasks, data["tasks"], strict=True):
+        dumped["max_concurrency"] = task.max_concurrency
     return data
 
 

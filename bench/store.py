@@ -57,8 +57,8 @@ from bench import store_check
 from bench.records import CellFailure, EvalSample, EvalScore, ModelRecord, PerfProbe, PerfRequest, PerfSummary
 from bench.store_check import Damaged, SkipKind, SkippedFile, StoreError
 
-SCHEMA_VERSION = 3  # 2: eval_scores.higher_is_better; 3: perf blocks/session_id, coalesced requests, SLO
-# attainment, sweeps (perf_probes), models server/loadgen cpus
+SCHEMA_VERSION = 4  # 2: eval_scores.higher_is_better; 3: perf blocks/session_id, coalesced requests, SLO
+# attainment, sweeps (perf_probes), models server/loadgen cpus; 4: eval_scores.eval_concurrency and eval_batch_size
 TOOL_NAME = "distill-bench"
 MANIFEST_NAME = "run.json"
 
@@ -78,7 +78,7 @@ FAILURES_TABLE = "failures"
 # older version may lack them (reading fills nulls); every other column must be in every file. Add a column
 # here when adding it to a record. Names that no record has yet are ignored (version 3 is on its way).
 COLUMNS_ADDED: dict[str, dict[str, int]] = {
-    "eval_scores": {"higher_is_better": 2},
+    "eval_scores": {"higher_is_better": 2, "eval_concurrency": 4, "eval_batch_size": 4},
     "models": {"server_cpus": 3, "loadgen_cpus": 3},
     "perf_requests": {"coalesced": 3, "block": 3, "session_id": 3},
     "perf_summary": {
