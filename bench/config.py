@@ -11,7 +11,16 @@ import unicodedata
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from bench.configfile import UNPRINTABLE_CATEGORIES, ConfigError, error_lines, read_yaml
 from bench.flags import harness_flag_owner, redact_args
@@ -31,9 +40,19 @@ MAX_BOOTSTRAP_SAMPLES = 1_000_000  # samples × documents are held in memory at 
 MAX_FLOAT = 1e9  # seconds (31 years), req/s, $/hour: nothing real comes near; time APIs overflow far above
 MAX_REQUESTS = 10_000_000  # requests of one level: each is planned in memory before the level starts
 MAX_TOKENS = 10_000_000  # tokens of one synthetic prompt or output: above the longest context of any model
+MAX_EVAL_IN_FLIGHT = 4096  # lm-eval requests in flight, prompts per request: 4x vLLM's largest default batch
 NORMAL_TAIL_SDS = 4  # a normal length without `max` is checked against the context at mean + 4 sd
 MAX_SAMPLES_PER_QUESTION = 1024  # lm-eval holds every sample of every document in memory until it scores them
 FREE_TEXT_FIELDS = frozenset({"note"})  # string fields that may span lines (a price's note)
+
+
+def _within_any_batch(value: int) -> int:
+    if value > MAX_EVAL_IN_FLIGHT:
+        raise ValueError(f"must be at most {MAX_EVAL_IN_FLIGHT} (far above any server's batch; each is held open)")
+    return value
+
+
+InFlight = Annotated[int, Field(gt=0), AfterValidator(_within_any_batch)]  # lm-eval requests or prompts in flight
 
 
 def _unprintable(text: str) -> str | None:
@@ -107,6 +126,17 @@ class ServeConfig(Section):
         if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_REPLICAS):
             return value
         raise ValueError(f"must be a whole number from 1 to {MAX_REPLICAS} (servers of one model), or 'auto'")
+    # How fast, not what (bench.evaluate): excluded from dumps (exclude=True), hence from every cell and model key,
+    # so changing them never re-runs stored cells; `redacted_dump` writes them back into run.json.
+    eval_concurrency: InFlight | None = Field(
+        None,
+        exclude=True,
+        description="lm-eval HTTP requests in flight against this server; default: enough to fill the server's "
+        "batch (its --max-num-seqs, else vLLM's default: 256 on GPU, 128 per rank on CPU).",
+    )
+    eval_batch_size: InFlight | None = Field(
+        None, exclude=True, description="Prompts per lm-eval request; default 1 on GPU, 8 on the CPU build."
+    )
 
     @field_validator("tensor_parallel_size")
     @classmethod
@@ -218,10 +248,16 @@ class TaskConfig(Section):
         1,
         description="Samples generated per document (lm-eval's `repeats`), e.g. 64 for pass@1 averaged over 64 "
         "samples as in the DeepSeek-R1 paper. Above 1 the task must sample and its filters must keep every sample "
-        "(see configs/tasks/r1); requests then carry no per-request seed, so the samples differ.",
+        "(see configs/tasks/r1); each repeat is seeded apart (bench.lmeval_model), so the samples differ.",
     )
     estimate: TaskEstimate | None = Field(
         None, description="Documents and tokens per document, for `plan --estimate`; not used by a run."
+    )
+    max_concurrency: InFlight | None = Field(
+        None,
+        exclude=True,  # how fast, not what: out of cell keys, like serve.eval_concurrency
+        description="Cap on lm-eval requests in flight for this task, for every model (below each model's "
+        "serve.eval_concurrency): for long generations that would queue past lm-eval's request timeout.",
     )
 
     @field_validator("name")
@@ -534,8 +570,15 @@ def longest_length(lengths: LengthDistribution) -> int:
 def redacted_dump(config: BenchConfig) -> dict:
     """The config as JSON data for storage (run.json): secret-looking extra_args values redacted."""
     data = config.model_dump(mode="json")
-    for model in data["models"]:
-        model["serve"]["extra_args"] = redact_args(model["serve"]["extra_args"])
+    for model, dumped in zip(config.models, data["models"], strict=True):
+        dumped["serve"]["extra_args"] = redact_args(dumped["serve"]["extra_args"])
+        # Excluded from dumps so that cell keys ignore them; the manifest still records the config as written.
+        dumped["serve"] |= {
+            "eval_concurrency": model.serve.eval_concurrency,
+            "eval_batch_size": model.serve.eval_batch_size,
+        }
+    for task, dumped in zip(config.tasks, data["tasks"], strict=True):
+        dumped["max_concurrency"] = task.max_concurrency
     return data
 
 

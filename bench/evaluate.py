@@ -9,6 +9,23 @@ Working directory: local task YAMLs (`TaskConfig.include_path`) may name `data_f
 root, and `datasets` resolves those against the current directory. Runs start in the repo root;
 `evaluate_task` checks the files up front and names a missing one instead of failing deep inside lm-eval.
 
+Requests in flight. lm-eval queues every request of a task at once (sorted longest first) behind a semaphore of
+`num_concurrent` HTTP requests, each carrying `batch_size` prompts; vLLM batches every sequence it holds into
+one step, up to its `max_num_seqs`. Fewer sequences in flight than that leave the server idle between steps
+(the old constant, 4 requests of 1 prompt); more only wait in its queue, where the wait counts against
+lm-eval's per-request timeout. So the default keeps exactly the server's batch in flight: requests × prompts
+per request = its `--max-num-seqs` from `extra_args`, else vLLM's default for the engine. Prompts per request:
+1 on a GPU, so that a finished sequence frees its slot at once rather than when its request's slowest
+sequence ends; 8 on the CPU build, where the API server shares the engine's cores and every HTTP request it
+parses is compute the model does not get (measured: tests/perf/eval_concurrency.py, BENCHMARKS.md). A model's
+`serve.eval_concurrency` / `serve.eval_batch_size` replace the defaults; a task's `max_concurrency` caps the
+requests for every model (long generations that would queue past the timeout).
+
+Scores do not depend on these: requests are greedy (temperature 0) or score given tokens, and lm-eval puts the
+answers back in document order. So they are out of every cell key (a changed setting reuses stored cells) and
+recorded with the scores instead (`eval_scores.eval_concurrency`, `.eval_batch_size`);
+tests/integration/test_eval_concurrency.py checks the claim sample by sample.
+
 Importing this module is cheap: lm-eval (torch, transformers, datasets) is imported inside `evaluate_task`.
 """
 
@@ -27,11 +44,33 @@ from typing import Any
 
 import yaml
 
-from bench.config import TaskConfig
+from bench.config import ModelConfig, ServeConfig, TaskConfig
+from bench.flags import flag_value
 from bench.hashing import task_config_hash
 from bench.records import EvalSample, EvalScore
 
 log = logging.getLogger(__name__)
+
+# vLLM's default `max_num_seqs` for its OpenAI server (EngineArgs.get_batch_defaults, vLLM 0.32): on a GPU 256,
+# raised to 1024 on GPUs of 70 GiB and more other than the A100 (256 in flight fill a quarter of their batch;
+# `--max-num-seqs` in extra_args or serve.eval_concurrency asks for more); on the CPU build 128 per rank.
+VLLM_GPU_MAX_NUM_SEQS = 256
+VLLM_CPU_MAX_NUM_SEQS_PER_RANK = 128
+CPU_PROMPTS_PER_REQUEST = 8  # measured on the toy pair: 1.3-1.5x faster multiple-choice evals than 1 at 128 in flight
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """How lm-eval sends a task: `requests` HTTP requests in flight (its `num_concurrent`), each carrying
+    `prompts_per_request` prompts (its `batch_size`)."""
+
+    requests: int
+    prompts_per_request: int
+
+    @property
+    def sequences(self) -> int:
+        """What the server can batch at once."""
+        return self.requests * self.prompts_per_request
 
 
 @dataclass(frozen=True)
@@ -41,8 +80,28 @@ class Endpoint:
     base_url: str  # e.g. "http://127.0.0.1:8000/v1"
     served_model: str  # the name the server serves the model under
     tokenizer: str  # local path or hub id; lm-eval counts loglikelihood tokens with it
-    num_concurrent: int = 4  # requests in flight at once
+    in_flight: InFlight
     max_length: int | None = None  # context length in tokens; None asks the server (`max_model_len`)
+
+
+def server_max_num_seqs(serve: ServeConfig, gpu_count: int) -> int:
+    """The most sequences the server batches: its `--max-num-seqs` (extra_args) or vLLM's default."""
+    value = flag_value(serve.extra_args, "--max-num-seqs")
+    if value is not None and value.isdigit() and int(value) > 0:
+        return int(value)
+    return VLLM_GPU_MAX_NUM_SEQS if gpu_count else VLLM_CPU_MAX_NUM_SEQS_PER_RANK * serve.tensor_parallel_size
+
+
+def in_flight(model: ModelConfig, task: TaskConfig, gpu_count: int) -> InFlight:
+    """Requests in flight for one model on one task, on `gpu_count` GPUs (0: the CPU build): the model's
+    settings, else enough requests of the engine's prompts per request to fill the server's batch; the task's
+    `max_concurrency` caps the requests."""
+    serve = model.serve
+    prompts = serve.eval_batch_size or (1 if gpu_count else CPU_PROMPTS_PER_REQUEST)
+    requests = serve.eval_concurrency or max(1, server_max_num_seqs(serve, gpu_count) // prompts)
+    if task.max_concurrency is not None:
+        requests = min(requests, task.max_concurrency)
+    return InFlight(requests=requests, prompts_per_request=prompts)
 
 
 def evaluate_task(endpoint: Endpoint, task: TaskConfig, seed: int) -> tuple[list[EvalScore], list[EvalSample]]:
@@ -55,7 +114,7 @@ def evaluate_task(endpoint: Endpoint, task: TaskConfig, seed: int) -> tuple[list
     if task.include_path is not None:
         check_data_files(Path(task.include_path))
     results = _simple_evaluate(endpoint, task, seed)
-    return scores_from_results(results), samples_from_results(results)
+    return scores_from_results(results, endpoint.in_flight), samples_from_results(results)
 
 
 def _simple_evaluate(endpoint: Endpoint, task: TaskConfig, seed: int) -> dict[str, Any]:
@@ -135,7 +194,9 @@ def _model_args(endpoint: Endpoint, seed: int) -> dict[str, Any]:
         # lm-eval's API backends encode without special tokens unless told; the HF backend and vLLM (given
         # text) add the tokenizer's BOS, and models are trained with it. A tokenizer without BOS adds nothing.
         "add_bos_token": True,
-        "num_concurrent": endpoint.num_concurrent,
+        "num_concurrent": endpoint.in_flight.requests,
+        # Several prompts per request: a list of token-id lists, answered in one response (choices by index).
+        "batch_size": endpoint.in_flight.prompts_per_request,
         "seed": seed,  # sent with every request
     }
     # lm-eval assumes 2048 tokens and left-truncates prompts to fit; a longer prompt than the server takes
@@ -196,8 +257,9 @@ def leaf_tasks(results: dict[str, Any]) -> list[str]:
     return list(results["n-samples"])
 
 
-def scores_from_results(results: dict[str, Any]) -> list[EvalScore]:
-    """One EvalScore per (leaf task, metric, filter) of an lm-eval results dict; stderr "N/A" becomes None."""
+def scores_from_results(results: dict[str, Any], sent: InFlight) -> list[EvalScore]:
+    """One EvalScore per (leaf task, metric, filter) of an lm-eval results dict whose requests were `sent`;
+    stderr "N/A" becomes None."""
     version = results.get("lm_eval_version") or importlib.metadata.version("lm_eval")
     scores = []
     for task in leaf_tasks(results):
@@ -222,6 +284,8 @@ def scores_from_results(results: dict[str, Any]) -> list[EvalScore]:
                     num_fewshot=int(results["n-shot"][task]),
                     lm_eval_version=str(version),
                     task_config_hash=config_hash,
+                    eval_concurrency=sent.requests,
+                    eval_batch_size=sent.prompts_per_request,
                 )
             )
     return scores

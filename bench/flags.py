@@ -45,6 +45,17 @@ def harness_flag_owner(arg: str) -> str | None:
     return None
 
 
+def flag_value(args: Sequence[str], flag: str) -> str | None:
+    """The value the server gets for `flag` (`--max-num-seqs 8`, `--max_num_seqs=8`; the last one wins, as in
+    argparse), or None when `args` do not set it."""
+    value = None
+    for index, arg in enumerate(args):
+        name, equals, inline = arg.partition("=")
+        if _flag_name(name) == flag:
+            value = inline if equals else (args[index + 1] if index + 1 < len(args) else None)
+    return value
+
+
 REDACTED = "<redacted>"
 _SECRET_WORDS = frozenset({"token", "key", "apikey", "secret", "password", "passwd", "credential", "credentials"})
 _SECRET_VALUE = re.compile(r"(sk-|hf_|ghp_|github_pat_|xox[abp]-|AKIA)[A-Za-z0-9_-]{8,}")

@@ -11,7 +11,9 @@ How: `generate_until` splits the requests into rounds, round i holding the i-th 
 content and the round alone, not of the order lm-eval happens to send it in. lm-eval places the i-th clone's
 answer at position i of the document's responses (what `take_first_k` reads), and the rounds preserve that.
 Rounds run one after the other, each at the model's full concurrency. Greedy requests (temperature 0, the
-default) keep the base seed, so their payloads are exactly `local-completions`'.
+default) keep the base seed, so their payloads are exactly `local-completions`'. With `batch_size` above 1 a
+payload carries several prompts and one seed, from all its prompts: they are distinct within a round, so
+they still sample apart, and a rerun at the same batch size gets the same samples.
 
 Importing this module registers the model; lm-eval is imported here, so only the evaluate stage imports it.
 """
@@ -55,9 +57,6 @@ class DistillCompletionsAPI(LocalCompletionsAPI):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if self._batch_size != 1:
-            # A batched payload carries one seed for all its prompts: identical prompts would sample alike.
-            raise ValueError(f"{MODEL_NAME} sends one prompt per request; batch_size must be 1, not {self._batch_size}")
         self._round = 0
 
     def generate_until(self, requests: list, disable_tqdm: bool = False) -> list[str]:

@@ -51,6 +51,9 @@ class EvalScore:
     num_fewshot: int
     lm_eval_version: str
     task_config_hash: str
+    # How lm-eval sent the requests (scores do not depend on it); None in rows stored before schema 4.
+    eval_concurrency: int | None = None  # HTTP requests in flight at most
+    eval_batch_size: int | None = None  # prompts per request
 
 
 @dataclass(frozen=True)

@@ -64,9 +64,10 @@ class ModelWorker:
         return [int(gpu) for gpu in ray.get_gpu_ids()]
 
     def evaluate(self, task: TaskConfig) -> tuple[list[EvalScore], list[EvalSample]]:
-        from bench.evaluate import Endpoint, evaluate_task
+        from bench.evaluate import Endpoint, evaluate_task, in_flight
 
-        endpoint = Endpoint(base_url=self.server.base_url, served_model=self.model.name, tokenizer=self.model.source)
+        sent = in_flight(self.model, task, self.server.hardware.gpu_count)
+        endpoint = Endpoint(self.server.base_url, self.model.name, self.model.source, sent)
         result = evaluate_task(endpoint, task, self.seed)
         self.server.check_alive(during=f"eval {task.name}")
         return result

@@ -209,7 +209,7 @@ def test_pass_at_1_over_k_samples_through_lm_eval(task, tmp_path, monkeypatch):
         (index, "pass_at_1", right_samples / SAMPLES) for index, right_samples in enumerate(CORRECT_SAMPLES)
     ]
     assert all(len(json.loads(s.response)) == SAMPLES for s in samples)  # every sample is kept
-    (score,) = evaluate.scores_from_results(results)
+    (score,) = evaluate.scores_from_results(results, evaluate.InFlight(1, 1))
     assert (score.task, score.metric, score.filter, score.n) == (task, "pass_at_1", "all-samples", len(docs))
     assert score.value == pytest.approx(sum(CORRECT_SAMPLES) / SAMPLES / len(docs))
 
