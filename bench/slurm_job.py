@@ -22,6 +22,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # how a job step or a job is told to end
+
 
 def visible_gpus(environ: dict[str, str], requested: int) -> int:
     """GPUs this srun step can use: the devices in its CUDA_VISIBLE_DEVICES (what Slurm bound to the step,
@@ -31,6 +33,38 @@ def visible_gpus(environ: dict[str, str], requested: int) -> int:
     if devices is None:
         return requested
     return len([device for device in devices.split(",") if device.strip()])
+
+
+def ray_start_command(args: Sequence[str], environ: dict[str, str]) -> list[str]:
+    """`ray start ARGS --num-gpus=<GPUs this step sees>`."""
+    gpus = visible_gpus(environ, int(environ.get("DISTILL_GPUS_PER_NODE", "0")))
+    return ["ray", "start", *args, f"--num-gpus={gpus}"]
+
+
+RAY_STOP = ("ray", "stop", "--force", "--grace-period", "2")  # ray stop waits 16 s for zombies by default
+RAY_STOP_TIMEOUT_S = 30.0
+
+
+def ray_node(command: Sequence[str]) -> int:
+    """One srun step's Ray node: run `ray start ... --block` until it exits or the step is ended (TERM, INT,
+    HUP); either way stop this node's Ray before returning. `ray start --block` alone ignores the step's
+    SIGTERM until Slurm's SIGKILL (KillWait later), and Ray's daemons, in sessions of their own, can outlive
+    the step; so a preempted job would take KillWait to end, and leave Ray running on its nodes."""
+    node = subprocess.Popen(list(command))
+    stopping = threading.Event()
+    before = {signum: signal.signal(signum, lambda *_: stopping.set()) for signum in STOP_SIGNALS}
+    try:
+        while node.poll() is None and not stopping.wait(0.5):
+            pass
+    finally:
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            subprocess.run(RAY_STOP, stdout=subprocess.DEVNULL, timeout=RAY_STOP_TIMEOUT_S, check=False)
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+        if node.poll() is None:
+            node.kill()
+    status = node.wait()
+    return 128 - status if status < 0 else status
 
 
 def write_token(path: Path) -> None:
@@ -102,7 +136,6 @@ def wait_for_cluster(
 
 
 SUMMARY_PREFIX = b"summary: "  # `distill-bench run`'s last stdout line (CONTRACT: run summary line)
-FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 DRAIN_S = 5.0  # after the command exits, how long its output may still arrive (a child holding the pipe)
 
 
@@ -116,7 +149,7 @@ def supervise(command: Sequence[str], summary_path: Path, out: BinaryIO) -> int:
     except OSError as error:
         out.write(f"ray-cluster: cannot run {shlex.join(command)}: {error}\n".encode())
         return 127
-    before = {signum: signal.signal(signum, lambda got, _frame: _send(child, got)) for signum in FORWARDED_SIGNALS}
+    before = {signum: signal.signal(signum, lambda got, _frame: _send(child, got)) for signum in STOP_SIGNALS}
     last: list[bytes] = []
 
     def pump() -> None:
@@ -157,10 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`python -m bench.slurm_job ray-start ARGS | token PATH | wait NODES NODE=PID... | supervise FILE -- CMD... |
     stored RUN_DIR`, from slurm/ray-cluster.sh."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["ray-start"]:  # `ray start ARGS --num-gpus=<GPUs this step sees>`; ARGS go to Ray untouched
-        gpus = visible_gpus(dict(os.environ), int(os.environ.get("DISTILL_GPUS_PER_NODE", "0")))
-        os.execvp("ray", ["ray", "start", *argv[1:], f"--num-gpus={gpus}"])
-        return 127  # not reached: exec replaces this process
+    if argv[:1] == ["ray-start"]:  # ARGS go to `ray start` untouched
+        return ray_node(ray_start_command(argv[1:], dict(os.environ)))
     parser = argparse.ArgumentParser(prog="python -m bench.slurm_job")
     sub = parser.add_subparsers(dest="command", required=True)
     token = sub.add_parser("token", help="write a fresh Ray auth token to PATH (mode 0600)")

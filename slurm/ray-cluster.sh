@@ -35,7 +35,7 @@ step_pids=()
 run_pid=""
 stopped_by=""  # TERM or USR1 once Slurm asked the job to stop
 signals=0
-steps_stop_s=10  # how long the teardown waits for the `ray start` steps to end (Slurm's KillWait is 30 s)
+steps_stop_s=5  # how long the teardown waits for the `ray start` steps to end (Slurm's KillWait is 30 s)
 last_line="ray-cluster: FAILED before Ray started (the error is above)"
 
 stop() {
@@ -52,9 +52,9 @@ trap 'stop USR1' USR1
 
 cleanup() {
   trap '' TERM USR1  # the teardown runs to its end (Slurm's KillWait bounds it)
-  # `ray start --block` under srun does not stop on `ray stop`: end the steps, then clean up what is left.
-  # Bounded: when Slurm is ending the job itself, srun waits out KillWait for its step, and this teardown
-  # must finish (and print the last line) before Slurm's SIGKILL.
+  # End the steps: each one's `bench.slurm_job ray-start` stops its node's Ray on SIGTERM. Bounded: when Slurm
+  # is ending the job itself, srun may wait out KillWait for its step, and this teardown must finish (and
+  # print the last line) before Slurm's SIGKILL. Then stop whatever of Ray is left on this node.
   for pid in "${step_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   local deadline=$((SECONDS + steps_stop_s))
   for pid in "${step_pids[@]}"; do
@@ -62,7 +62,7 @@ cleanup() {
     kill -KILL "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
   done
-  ray stop --force >/dev/null 2>&1 || true
+  ray stop --force --grace-period 2 >/dev/null 2>&1 || true  # 16 s by default, waiting for unreaped zombies
   rm -f "${RAY_AUTH_TOKEN_PATH:-}"
   if [[ $stopped_by == USR1 && -n $run_pid ]]; then
     requeue

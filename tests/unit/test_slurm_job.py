@@ -8,6 +8,7 @@ import os
 import signal
 import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -29,13 +30,57 @@ def test_ray_gets_the_gpus_the_step_sees(environ: dict[str, str], expected: int)
     assert slurm_job.visible_gpus(environ, requested=3) == expected
 
 
-def test_ray_start_passes_the_visible_gpu_count(monkeypatch) -> None:
-    seen: list[list[str]] = []
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
-    monkeypatch.setenv("DISTILL_GPUS_PER_NODE", "2")
-    monkeypatch.setattr(os, "execvp", lambda file, args: seen.append(args))
-    slurm_job.main(["ray-start", "--head", "--block"])
-    assert seen == [["ray", "start", "--head", "--block", "--num-gpus=1"]]
+def test_ray_start_passes_the_visible_gpu_count() -> None:
+    environ = {"CUDA_VISIBLE_DEVICES": "0", "DISTILL_GPUS_PER_NODE": "2"}
+    command = slurm_job.ray_start_command(["--head", "--block"], environ)
+    assert command == ["ray", "start", "--head", "--block", "--num-gpus=1"]
+
+
+# A stand-in for `ray`: `start` blocks, as `ray start --block` does, ignoring SIGTERM as it does under srun.
+FAKE_RAY = """#!/usr/bin/env bash
+echo "$*" >> "$RAY_CALLS"
+if [[ $1 == start ]]; then
+  [[ -n ${RAY_START_EXIT:-} ]] && exit "$RAY_START_EXIT"
+  trap '' TERM
+  touch "$RAY_STARTED"
+  exec sleep 60
+fi
+"""
+
+
+def fake_ray(tmp_path: Path) -> dict[str, str]:
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    (stubs / "ray").write_text(FAKE_RAY)
+    (stubs / "ray").chmod(stat.S_IRWXU)
+    return {
+        **os.environ,
+        "PATH": f"{stubs}:{os.environ['PATH']}",
+        "RAY_CALLS": str(tmp_path / "calls"),
+        "RAY_STARTED": str(tmp_path / "started"),
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+    }
+
+
+def test_an_ended_step_stops_its_ray_node_at_once(tmp_path: Path) -> None:
+    """SIGTERM to the step (Slurm ending it, or ray-cluster.sh's teardown) stops this node's Ray and ends the
+    step within seconds, though `ray start --block` itself ignores SIGTERM."""
+    env = fake_ray(tmp_path)
+    step = subprocess.Popen([sys.executable, "-m", "bench.slurm_job", "ray-start", "--head", "--block"], env=env)
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "started").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    step.send_signal(signal.SIGTERM)
+    assert step.wait(timeout=20) == 128 + signal.SIGKILL  # the blocked `ray start`, killed after `ray stop`
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert calls == ["start --head --block --num-gpus=0", "stop --force --grace-period 2"]
+
+
+def test_a_ray_node_that_exits_by_itself_is_stopped_too_and_its_status_kept(tmp_path: Path) -> None:
+    env = {**fake_ray(tmp_path), "RAY_START_EXIT": "3"}  # its head died, say: Ray's daemons may linger
+    step = [sys.executable, "-m", "bench.slurm_job", "ray-start", "--address=10.0.0.1:6379", "--block"]
+    assert subprocess.run(step, env=env, timeout=20, check=False).returncode == 3
+    assert (tmp_path / "calls").read_text().splitlines()[-1] == "stop --force --grace-period 2"
 
 
 def test_the_job_token_is_fresh_and_private(tmp_path: Path) -> None:
@@ -143,6 +188,6 @@ def test_stored_cells_counts_committed_cells_only(tmp_path: Path) -> None:
 
 
 def test_supervise_gives_the_signal_handlers_back(tmp_path: Path) -> None:
-    before = {signum: signal.getsignal(signum) for signum in slurm_job.FORWARDED_SIGNALS}
+    before = {signum: signal.getsignal(signum) for signum in slurm_job.STOP_SIGNALS}
     slurm_job.supervise(["true"], tmp_path / "summary", io.BytesIO())
-    assert {signum: signal.getsignal(signum) for signum in slurm_job.FORWARDED_SIGNALS} == before
+    assert {signum: signal.getsignal(signum) for signum in slurm_job.STOP_SIGNALS} == before

@@ -19,6 +19,7 @@ import pytest
 
 from bench import slurm
 from bench.config import load_config
+from bench.slurm_job import RAY_STOP
 from tests.slurm.conftest import processes_with_env
 from tests.unit.test_config import valid_config_data, write_workspace
 
@@ -187,7 +188,7 @@ def test_the_log_ends_with_the_run_summary_after_teardown_and_ray_output_goes_to
         assert "raylet ERR shutdown noise" in (job.job_dir / f"ray-{node}-42.log").read_text()
     order = [call[0] for call in calls(job.log)]
     assert order.index("distill-bench") < order.index("ray")  # `ray stop` after the run
-    assert job.calls("ray") == [["ray", "stop", "--force"]]
+    assert job.calls("ray") == [list(RAY_STOP)]
     assert not list(job.job_dir.glob("ray-auth-token-*"))
 
 
@@ -205,7 +206,7 @@ def test_sigterm_to_the_batch_shell_stops_the_run_and_still_tears_down(job: Job)
     assert status == 143
     assert "fake run: stopping on SIGTERM" in lines
     assert lines[-1].startswith("ray-cluster: stopped by Slurm (SIGTERM")
-    assert job.calls("ray") == [["ray", "stop", "--force"]]
+    assert job.calls("ray") == [list(RAY_STOP)]
     assert ["scontrol", "requeue", "42"] not in job.calls("scontrol")
 
 
@@ -217,7 +218,7 @@ def test_usr1_before_the_time_limit_stops_the_run_and_requeues_the_job_after_pro
     assert ["scontrol", "requeue", "42"] in job.calls("scontrol")
     assert lines[-1].startswith("ray-cluster: time limit near (SIGUSR1)")
     assert lines[-1].endswith("cells stored in this attempt: 1; job 42 requeued to resume")
-    assert job.calls("ray") == [["ray", "stop", "--force"]]
+    assert job.calls("ray") == [list(RAY_STOP)]
 
 
 def test_usr1_without_progress_does_not_requeue(job: Job) -> None:
