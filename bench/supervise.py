@@ -104,16 +104,15 @@ def remove_segments(segments: Iterable[Path]) -> list[str]:
     return removed
 
 
-def kill_descendants(root: int, reap: bool) -> list[int]:
-    """SIGKILL every descendant of `root` until none is left (a process killed mid-fork can leave a child
-    behind, which the next round catches); `reap` when `root` is this process, a subreaper that must wait
-    for its dead children. Returns the pids killed."""
+def kill_descendants() -> list[int]:
+    """SIGKILL every descendant of this process (a subreaper: orphans of the tree are its children) until
+    none is left, reaping them; a process killed mid-fork can leave a child behind, which the next round
+    catches. Returns the pids killed."""
     killed: list[int] = []
     deadline = time.monotonic() + KILL_WAIT_S
     while time.monotonic() < deadline:
-        if reap:
-            _reap()
-        left = [pid for pid in descendants(root) if not _is_zombie(pid)]
+        _reap()
+        left = [pid for pid in descendants(os.getpid()) if not _is_zombie(pid)]
         if not left:
             break
         for pid in left:
@@ -121,8 +120,7 @@ def kill_descendants(root: int, reap: bool) -> list[int]:
                 os.kill(pid, signal.SIGKILL)
         killed.extend(pid for pid in left if pid not in killed)
         time.sleep(0.05)  # the kernel tears them down; the next round reaps them and checks for stragglers
-    if reap:
-        _reap()
+    _reap()
     return killed
 
 
@@ -200,7 +198,7 @@ def stop_tree(server: subprocess.Popen, grace_s: float) -> None:
             segments |= shm_segments(descendants(me))
             server.kill()
             server.wait()  # reaped here, so its status is kept: kill_descendants reaps any child
-    killed = kill_descendants(me, reap=True)
+    killed = kill_descendants()
     if killed:
         _say(f"killed {len(killed)} process(es) left after the server: {killed}")
     for removed in remove_segments(segments):
