@@ -111,17 +111,20 @@ def _read_batch(paths: Mapping[Path, str]) -> tuple[list[Path], list[dict]] | No
 
     connection = duckdb.connect()
     try:
+        connection.execute("set enable_progress_bar = false")  # it would print over the command's output
         query = "select file_name, value from parquet_kv_metadata(?) where key = ?"
         stored = set(connection.execute(query, [list(map(str, paths)), KEY_METADATA]).fetchall())
         fresh = [path for path, key in paths.items() if (str(path), key.encode()) in stored]
         if not fresh:
             return [], []
-        rows = connection.sql("select * from read_parquet(?)", params=[list(map(str, fresh))]).to_arrow_table()
+        result = connection.execute("select * from read_parquet(?)", [list(map(str, fresh))])
+        names = [column[0] for column in result.description]
+        rows = [dict(zip(names, values, strict=True)) for values in result.fetchall()]
     except duckdb.Error:
         return None
     finally:
         connection.close()
-    return fresh, rows.to_pylist()
+    return fresh, rows
 
 
 def _read_one(path: Path, key: str) -> pa.Table | None:

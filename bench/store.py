@@ -148,6 +148,7 @@ def _tool_version() -> str:
         return "unknown"
 
 
+@cache
 def record_schema(record: type) -> pa.Schema:
     """The Arrow schema of a record dataclass alone: its fields in declaration order, with the file metadata."""
     hints = typing.get_type_hints(record)

@@ -19,10 +19,12 @@ new `compare --format json` outputs must be equal row for row and value for valu
 
 Timing protocol: each variant runs each command (`compare --format json`, `compare` with its table,
 `leaderboard`) `--repeats` times in a fresh process (the old code at full scale `--baseline-repeats` times:
-tens of minutes each, so `--only new` skips it); the figures are the median and range of wall seconds and
-peak RSS (the child's `ru_maxrss`). Variants of the new code: "cold" (no comparison.parquet: every run
-compared from its cell files, and the files written), "warm" (every run's comparison.parquet current), and
-the same two on a compacted copy of the tree. Run it under the machine's lock:
+tens of minutes each, so `--only new` skips it); the figures are the median and range of wall seconds and peak
+RSS (the child's `ru_maxrss`), with its CPU seconds (user + system, which contention for the cores inflates
+least) and the load average as it ended (the machine is shared). Variants of the new code: "cold" (no
+comparison.parquet: every run compared from its cell files, and the files written), "warm" (every run's
+comparison.parquet current), and the same two on a compacted copy of the tree. Run it under the machine's
+lock:
 
     flock /tmp/heavy.lock .venv/bin/python tests/perf/results_scale.py --source results/quickstart --runs 670
 """
@@ -62,8 +64,10 @@ class Measurement:
     command: str
     repeat: int
     wall_s: float
+    cpu_s: float  # user + system of the process: what contention for the cores inflates least
     peak_rss_mb: float
     exit_code: int
+    load_1min: float  # the machine's load average as the command ended: other work on the cores
 
 
 # -- the tree -----------------------------------------------------------------------------------------
@@ -154,8 +158,8 @@ def old_code(rev: str, work: Path) -> Path:
     return target
 
 
-def run_cli(code: Path, args: list[str], stdout: Path) -> tuple[float, float, int]:
-    """(wall s, peak RSS MB, exit code) of one `distill-bench ARGS` in a fresh process with `code` first."""
+def run_cli(code: Path, args: list[str], stdout: Path) -> tuple[float, float, float, int]:
+    """(wall s, CPU s, peak RSS MB, exit code) of one `distill-bench ARGS` in a fresh process with `code` first."""
     env = {**os.environ, "PYTHONPATH": str(code), "COLUMNS": "200"}
     with stdout.open("wb") as out:
         started = time.perf_counter()
@@ -166,7 +170,7 @@ def run_cli(code: Path, args: list[str], stdout: Path) -> tuple[float, float, in
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode:
         print(f"  {args[0]} exited {process.returncode}: {stderr.decode(errors='replace')[-500:]}", flush=True)
-    return wall_s, usage.ru_maxrss / 1024, process.returncode
+    return wall_s, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, process.returncode
 
 
 def commands(tree: Path, out: Path) -> dict[str, list[str]]:
@@ -184,9 +188,14 @@ def measure(variant: str, code: Path, tree: Path, out: Path, repeats: int, befor
         for name, args in commands(tree, out).items():
             if before is not None:
                 before()
-            wall_s, rss_mb, code_ = run_cli(code, args, out / f"{variant}-{name}.out")
-            found.append(Measurement(variant, name, repeat, wall_s, rss_mb, code_))
-            print(f"  {variant:<22} {name:<12} repeat {repeat}: {wall_s:7.2f} s  {rss_mb:7.0f} MB", flush=True)
+            wall_s, cpu_s, rss_mb, code_ = run_cli(code, args, out / f"{variant}-{name}.out")
+            load = os.getloadavg()[0]
+            found.append(Measurement(variant, name, repeat, wall_s, cpu_s, rss_mb, code_, load))
+            print(
+                f"  {variant:<22} {name:<13} repeat {repeat}: {wall_s:7.2f} s wall {cpu_s:7.2f} s CPU {rss_mb:5.0f} MB"
+                f"  load {load:.1f}",
+                flush=True,
+            )
     return found
 
 
@@ -223,7 +232,7 @@ def check_equivalence(old: Path, source: Path, work: Path, runs: int, compact) -
             drop_comparisons(variant_tree)
         args = commands(variant_tree, scratch / label)
         for name in ("compare", "leaderboard"):
-            _, _, exit_code = run_cli(code, args[name], scratch / f"{label}-{name}.json")
+            *_, exit_code = run_cli(code, args[name], scratch / f"{label}-{name}.json")
             if exit_code:
                 return False
         results[label] = (
@@ -257,10 +266,11 @@ def summary_rows(found: list[Measurement]) -> list[dict]:
     rows = []
     for variant, command in dict.fromkeys((m.variant, m.command) for m in found):
         runs = [m for m in found if (m.variant, m.command) == (variant, command)]
-        walls, rss = [m.wall_s for m in runs], [m.peak_rss_mb for m in runs]
+        walls, cpus, rss = [m.wall_s for m in runs], [m.cpu_s for m in runs], [m.peak_rss_mb for m in runs]
         rows.append({
             "variant": variant, "command": command, "repeats": len(runs),
             "wall_s_median": statistics.median(walls), "wall_s_min": min(walls), "wall_s_max": max(walls),
+            "cpu_s_median": statistics.median(cpus), "cpu_s_min": min(cpus), "cpu_s_max": max(cpus),
             "peak_rss_mb_median": statistics.median(rss), "peak_rss_mb_min": min(rss), "peak_rss_mb_max": max(rss),
             "exit_codes": sorted({m.exit_code for m in runs}),
         })  # fmt: skip
@@ -268,13 +278,13 @@ def summary_rows(found: list[Measurement]) -> list[dict]:
 
 
 def print_table(rows: list[dict]) -> None:
-    print(
-        f"\n{'variant':<24} {'command':<12} {'n':>2} {'wall s median [range]':>26} {'peak RSS MB median [range]':>30}"
-    )
+    header = f"{'wall s median [range]':>26} {'CPU s median [range]':>26} {'peak RSS MB median [range]':>28}"
+    print(f"\n{'variant':<22} {'command':<13} {'n':>2} {header}")
     for row in rows:
         wall = f"{row['wall_s_median']:.2f} [{row['wall_s_min']:.2f}, {row['wall_s_max']:.2f}]"
+        cpu = f"{row['cpu_s_median']:.2f} [{row['cpu_s_min']:.2f}, {row['cpu_s_max']:.2f}]"
         rss = f"{row['peak_rss_mb_median']:.0f} [{row['peak_rss_mb_min']:.0f}, {row['peak_rss_mb_max']:.0f}]"
-        print(f"{row['variant']:<24} {row['command']:<12} {row['repeats']:>2} {wall:>26} {rss:>30}")
+        print(f"{row['variant']:<22} {row['command']:<13} {row['repeats']:>2} {wall:>26} {cpu:>26} {rss:>28}")
 
 
 def compact_tree(root: Path) -> None:
