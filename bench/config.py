@@ -52,7 +52,7 @@ def _within_any_batch(value: int) -> int:
     return value
 
 
-InFlight = Annotated[int, Field(gt=0), AfterValidator(_within_any_batch)]  # lm-eval requests or prompts in flight
+InFlightCount = Annotated[int, Field(gt=0), AfterValidator(_within_any_batch)]  # lm-eval requests or prompts
 
 
 def _unprintable(text: str) -> str | None:
@@ -128,13 +128,13 @@ class ServeConfig(Section):
         raise ValueError(f"must be a whole number from 1 to {MAX_REPLICAS} (servers of one model), or 'auto'")
     # How fast, not what (bench.evaluate): excluded from dumps (exclude=True), hence from every cell and model key,
     # so changing them never re-runs stored cells; `redacted_dump` writes them back into run.json.
-    eval_concurrency: InFlight | None = Field(
+    eval_concurrency: InFlightCount | None = Field(
         None,
         exclude=True,
         description="lm-eval HTTP requests in flight against this server; default: enough to fill the server's "
         "batch (its --max-num-seqs, else vLLM's default: 256 on GPU, 128 per rank on CPU).",
     )
-    eval_batch_size: InFlight | None = Field(
+    eval_batch_size: InFlightCount | None = Field(
         None, exclude=True, description="Prompts per lm-eval request; default 1 on GPU, 8 on the CPU build."
     )
 
@@ -253,7 +253,7 @@ class TaskConfig(Section):
     estimate: TaskEstimate | None = Field(
         None, description="Documents and tokens per document, for `plan --estimate`; not used by a run."
     )
-    max_concurrency: InFlight | None = Field(
+    max_concurrency: InFlightCount | None = Field(
         None,
         exclude=True,  # how fast, not what: out of cell keys, like serve.eval_concurrency
         description="Cap on lm-eval requests in flight for this task, for every model (below each model's "

@@ -11,20 +11,24 @@ root, and `datasets` resolves those against the current directory. Runs start in
 
 Requests in flight. lm-eval queues every request of a task at once (sorted longest first) behind a semaphore of
 `num_concurrent` HTTP requests, each carrying `batch_size` prompts; vLLM batches every sequence it holds into
-one step, up to its `max_num_seqs`. Fewer sequences in flight than that leave the server idle between steps
-(the old constant, 4 requests of 1 prompt); more only wait in its queue, where the wait counts against
-lm-eval's per-request timeout. So the default keeps exactly the server's batch in flight: requests × prompts
-per request = its `--max-num-seqs` from `extra_args`, else vLLM's default for the engine. Prompts per request:
-1 on a GPU, so that a finished sequence frees its slot at once rather than when its request's slowest
+one step, up to its `max_num_seqs`. Fewer sequences in flight than that leave part of every step's batch
+empty (the old constant: 4 requests of 1 prompt); more only wait in the server's queue, where the wait counts
+against lm-eval's per-request timeout. So the default keeps exactly the server's batch in flight: requests ×
+prompts per request = its `--max-num-seqs` from `extra_args`, else vLLM's default for the engine. Prompts per
+request: 1 on a GPU, so that a finished sequence frees its slot at once rather than when its request's slowest
 sequence ends; 8 on the CPU build, where the API server shares the engine's cores and every HTTP request it
 parses is compute the model does not get (measured: tests/perf/eval_concurrency.py, BENCHMARKS.md). A model's
 `serve.eval_concurrency` / `serve.eval_batch_size` replace the defaults; a task's `max_concurrency` caps the
 requests for every model (long generations that would queue past the timeout).
 
-Scores do not depend on these: requests are greedy (temperature 0) or score given tokens, and lm-eval puts the
-answers back in document order. So they are out of every cell key (a changed setting reuses stored cells) and
-recorded with the scores instead (`eval_scores.eval_concurrency`, `.eval_batch_size`);
-tests/integration/test_eval_concurrency.py checks the claim sample by sample.
+These settings are out of every cell key (a changed setting reuses stored cells) and recorded with the scores
+instead (`eval_scores.eval_concurrency`, `.eval_batch_size`). Requests are greedy (temperature 0) or score
+given tokens, and lm-eval puts answers back in document order, so what is sent at once cannot change an answer
+except through the numerics of the batch it lands in. On the CPU build that changes nothing: every sample is
+identical (tests/integration/test_eval_concurrency.py; 2,400 of 2,400 on the quickstart). On a GPU a batched
+kernel may move a logit in its last bits with the batch's make-up, which is timing-dependent at any setting
+above 1 (the old 4 included): a key holding the setting would not make a cell reproducible, only re-run it.
+Bitwise GPU reproducibility is vLLM's batch-invariant mode (VLLM_BATCH_INVARIANT=1 in the server's env).
 
 Importing this module is cheap: lm-eval (torch, transformers, datasets) is imported inside `evaluate_task`.
 """
