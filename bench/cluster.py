@@ -453,7 +453,7 @@ class Dispatch:
         """Cells past their deadline: the cell may hang forever, so its worker is replaced (a failure)."""
         now = self.workers.now()
         for handle, call in list(self.inflight.items()):
-            if call.deadline_s <= now:
+            if call.deadline_s <= now and handle in self.inflight:  # not dropped with a server released meanwhile
                 del self.inflight[handle]
                 message = f"timed out after {self.config.run.cell_timeout_s:.0f} s"
                 self._after_failure(call.run, call.cell, message, server_alive=False)

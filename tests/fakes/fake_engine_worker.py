@@ -13,7 +13,8 @@ from bench.serve import VllmServer
 from bench.worker import ModelWorker
 
 # What `bench.evaluate` imports for a local-completions eval (lm-eval pulls in torch, transformers, datasets).
-PRELOADED = ("lm_eval", "lm_eval.evaluator", "lm_eval.tasks", "lm_eval.models.openai_completions")
+PRELOADED = ("lm_eval", "lm_eval.evaluator", "lm_eval.tasks", "lm_eval.models.openai_completions", "datasets")
+
 
 class FakeEngineServer(VllmServer):
     """`VllmServer`'s life (start, health wait, pinning, stop) around the fake engine's process instead of vLLM's."""
@@ -36,9 +37,9 @@ class FakeEngineServer(VllmServer):
 class FakeEngineWorker(ModelWorker):
     """A `ModelWorker` serving the fake engine: what the scheduling simulation passes to the dispatch.
 
-    It imports lm-eval while its server starts. The product imports it in a server's first eval, where on a
-    GPU node its ~10 s are nothing next to a cell of minutes; in a cell of seconds they would be a third of
-    it, and the rates the longest-first estimates learn from the first cells would be off.
+    It imports lm-eval (and loads the tokenizer) while its server starts. The product does that in a server's
+    first eval, where on a GPU node its ~10 s are nothing next to a cell of minutes; in a cell of seconds
+    they would be most of it, and the rates the longest-first estimates learn from first cells would be off.
     """
 
     server_class = FakeEngineServer
@@ -48,4 +49,7 @@ class FakeEngineWorker(ModelWorker):
             os.environ.setdefault("HF_HUB_OFFLINE", "1")  # as bench.evaluate does before importing lm-eval
         for module in PRELOADED:
             importlib.import_module(module)
+        from transformers import AutoTokenizer
+
+        AutoTokenizer.from_pretrained(self.model.source)  # the tokenizer code lm-eval loads in every cell
         return super().start()

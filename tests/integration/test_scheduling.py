@@ -3,11 +3,13 @@
 OpenAI-compatible server that takes a fixed time per token), on a mixed plan: a TP-4 teacher and three
 TP-1 students, four tasks of different sizes.
 
-- 8 GPUs on one node, `replicas: auto`: prints the makespan against the lower bound and asserts it is
-  within 15 % (see `Spans` for what is counted).
-- 2 nodes × 4 GPUs, one server per model, the second node removed mid-run: the run finishes on the
-  survivor, every cell stored exactly once, and the stored rows are those of the run with replicas
-  (same cell keys, same rows): where a cell runs changes nothing it stores.
+- 8 GPUs on one node, `replicas: auto`: prints the makespan against the lower bound (see `Spans`) and
+  asserts it is within 15 %; with one server each the same plan is about 1.5x (tests/unit/test_dispatch.py
+  and the virtual-time model behind it).
+- 2 nodes × 4 GPUs, one server per model, the second node removed while cells run on it: the run finishes
+  on the survivor, every cell stored exactly once, with the cell keys and rows of the run with replicas
+  (where a cell ran changes nothing it stores). It runs part of the plan (the teacher and one student on
+  one task) to stay short.
 
 The fake's throughput per model is set through its `extra_args` (`--tokens-per-s`), which the fake engine
 reads and a vLLM server never sees here. Heavy: run under `flock /tmp/heavy.lock`.
@@ -38,9 +40,10 @@ pytestmark = pytest.mark.slow
 DOCUMENTS = {"sim_a": 96, "sim_b": 80, "sim_c": 64, "sim_d": 16}  # four sizes of one toy task
 TOKENS_PER_DOCUMENT = 16  # max_gen_toks: the fake engine books a generation's max_tokens
 # s1 is slow: with one server it would end long after the rest; replicas share its cells out.
-TOKENS_PER_S = {"teacher": 100.0, "s1": 60.0, "s2": 150.0, "s3": 100.0}
+TOKENS_PER_S = {"teacher": 100.0, "s1": 70.0, "s2": 100.0, "s3": 100.0}
 GPUS = {"teacher": 4, "s1": 1, "s2": 1, "s3": 1}
 TARGET_RATIO = 1.15
+TOY_DATA = REPO / "configs/tasks/toy/data/toy_add.jsonl"
 
 
 def write_tasks(directory: Path) -> Path:
@@ -49,7 +52,7 @@ def write_tasks(directory: Path) -> Path:
         task = {
             "task": name,
             "dataset_path": "json",
-            "dataset_kwargs": {"data_files": {"test": str(REPO / "configs/tasks/toy/data/toy_add.jsonl")}},
+            "dataset_kwargs": {"data_files": {"test": str(TOY_DATA)}},
             "test_split": "test",
             "output_type": "generate_until",
             "doc_to_text": "{{prompt}}",
@@ -64,22 +67,28 @@ def write_tasks(directory: Path) -> Path:
 
 
 def simulation_config(
-    results_dir: Path, tasks: Path, replicas: int | str, task_names: tuple[str, ...] = tuple(DOCUMENTS)
+    results_dir: Path,
+    tasks: Path,
+    replicas: int | str,
+    model_names: tuple[str, ...] = tuple(GPUS),
+    task_names: tuple[str, ...] = tuple(DOCUMENTS),
 ) -> BenchConfig:
-    """The mixed plan; `tasks` is shared by the runs compared (a task's include_path is part of its cell keys)."""
+    """The mixed plan, or part of it (the same cells: a cell's key is its model's and task's, not the plan's).
+    `tasks` is shared by the runs compared (a task's include_path is part of its cell keys)."""
 
-    def model(name: str, source: str, teacher: str | None = None) -> dict:
+    def model(name: str, source: str) -> dict:
         serve = {
             "tensor_parallel_size": GPUS[name],
             "replicas": replicas,
             "extra_args": ["--tokens-per-s", str(TOKENS_PER_S[name])],
         }
+        teacher = None if name == "teacher" else "teacher"
         return {"name": name, "source": str(TOY_MODELS / source), "teacher": teacher, "serve": serve}
 
     data = {
         "run": {"name": "sim", "results_dir": str(results_dir), "cell_retries": 1, "cell_timeout_s": 300},
         "hardware": {"device_type": "cpu-core", "prices": "configs/prices.yaml"},
-        "models": [model("teacher", "teacher")] + [model(s, "student-kd", "teacher") for s in ("s1", "s2", "s3")],
+        "models": [model(name, "teacher" if name == "teacher" else "student-kd") for name in model_names],
         "tasks": [
             {"name": name, "include_path": str(tasks), "limit": DOCUMENTS[name], "max_gen_toks": TOKENS_PER_DOCUMENT}
             for name in task_names
@@ -235,6 +244,10 @@ class Simulated:
 
 @pytest.fixture(scope="module")
 def tasks(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import datasets
+
+    # Build the data file's datasets cache once, here, rather than in every server's first cell at once.
+    datasets.load_dataset("json", data_files={"test": str(TOY_DATA)})
     return write_tasks(tmp_path_factory.mktemp("simulation") / "tasks")
 
 
@@ -260,7 +273,9 @@ def test_mixed_plan_on_eight_gpus_with_auto_replicas(with_replicas: Simulated) -
     assert spans.makespan_s / spans.lower_bound_s() <= TARGET_RATIO
 
 
-LOST_NODE_TASKS = ("sim_c", "sim_d")  # a subset of the mixed plan's cells: the same keys, a shorter run
+# Part of the mixed plan, the same cells: the TP-4 teacher and a TP-1 student on a task whose cells last
+# long enough to be in flight when the node goes.
+LOST_NODE_PLAN = {"model_names": ("teacher", "s1"), "task_names": ("sim_c",)}
 
 
 def test_a_lost_node_finishes_on_the_survivor_with_exactly_once_rows_as_with_replicas(
@@ -270,13 +285,13 @@ def test_a_lost_node_finishes_on_the_survivor_with_exactly_once_rows_as_with_rep
     lost_at: list[float] = []
 
     def lose_the_second_node(spans: Spans) -> None:
-        while not spans.of("evaluate"):  # every server up, a cell done, the others mid-flight on both nodes
+        while len(spans.of("start")) < 2:  # both servers up (the teacher fills a node): both cells in flight
             time.sleep(0.2)
         ray_cluster.remove_node(second, allow_graceful=False)
         lost_at.append(time.monotonic())
 
     try:
-        one_each = simulation_config(tmp_path, tasks, replicas=1, task_names=LOST_NODE_TASKS)
+        one_each = simulation_config(tmp_path, tasks, replicas=1, **LOST_NODE_PLAN)
         outcome, spans, dispatcher = simulate(
             monkeypatch, one_each, ray_cluster.address, gpus=8, during=lose_the_second_node
         )
@@ -284,11 +299,11 @@ def test_a_lost_node_finishes_on_the_survivor_with_exactly_once_rows_as_with_rep
         ray_cluster.shutdown()
     print("\n" + spans.report("2 nodes x 4 logical GPUs, one server per model, the second node lost mid-run"))
     assert lost_at, "the node was never removed"
-    assert (outcome.succeeded, outcome.failed) == (8, 0)
+    assert (outcome.succeeded, outcome.failed) == (2, 0)
     assert dispatcher.attempts, "no cell was in flight on the lost node"
     assert_exactly_once(one_each, outcome.run_dir)
-    assert len(spans.of("start")) > 4  # the lost servers were replaced on the survivor
-    # One server per model, cells retried after the loss: the cells and rows of the run with replicas.
+    assert len(spans.of("start")) == 3  # the lost server was replaced on the survivor
+    # One server per model, a cell retried after the loss: the cells and rows of the run with replicas.
     keys = {cell.key for cell in build_plan(one_each)}
     for table in ("eval_scores", "eval_samples"):
         with_replicas_rows = [

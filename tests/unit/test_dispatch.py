@@ -320,8 +320,10 @@ def test_without_gpus_replicas_are_ignored() -> None:
 # -- a mixed plan on eight GPUs: makespan against the lower bound -----------------------------------------
 
 
-MIXED_TASKS = {"t1": 120, "t2": 90, "t3": 60, "t4": 45, "t5": 30, "t6": 15}  # documents
-SECONDS_PER_DOCUMENT = {"teacher": 0.5, "s1": 0.5, "s2": 0.35, "s3": 0.25}  # the teacher is TP-4
+# The plan of the scheduling simulation (tests/integration/test_scheduling.py): four task sizes, a TP-4
+# teacher, three TP-1 students of which s1 is slow; each cell takes documents × 16 tokens / the model's rate.
+MIXED_TASKS = {"sim_a": 96, "sim_b": 80, "sim_c": 64, "sim_d": 16}  # documents
+TOKENS_PER_S = {"teacher": 100.0, "s1": 70.0, "s2": 100.0, "s3": 100.0}
 
 
 def mixed_config(student_replicas: int | str = "auto", teacher_replicas: int | str = "auto"):
@@ -339,17 +341,19 @@ def mixed_config(student_replicas: int | str = "auto", teacher_replicas: int | s
 def mixed_durations(model: str, method: str, target: str | None) -> float:
     if method == "start":
         return 2.0
-    return MIXED_TASKS[target] * SECONDS_PER_DOCUMENT[model]
+    return MIXED_TASKS[target] * 16 / TOKENS_PER_S[model]
 
 
 def lower_bound_s(gpus: int) -> float:
-    """max(Σ GPU-seconds / GPUs, longest job) of the mixed plan's eval cells."""
-    jobs = [
-        (mixed_durations(m, "evaluate", t), 4 if m == "teacher" else 1)
-        for m in SECONDS_PER_DOCUMENT
-        for t in MIXED_TASKS
-    ]
-    return max(sum(seconds * g for seconds, g in jobs) / gpus, max(seconds for seconds, _ in jobs))
+    """The work no schedule avoids, each model's first server start and every eval cell, as in the scheduling
+    simulation: max(Σ GPU-seconds / GPUs, longest chain of a start and a cell)."""
+    size = {model: 4 if model == "teacher" else 1 for model in TOKENS_PER_S}
+    start, cells = (
+        mixed_durations("", "start", None),
+        [(m, mixed_durations(m, "evaluate", t)) for m in TOKENS_PER_S for t in MIXED_TASKS],
+    )
+    work = sum(size[m] * seconds for m, seconds in cells) + sum(size[m] * start for m in size)
+    return max(work / gpus, start + max(seconds for _, seconds in cells))
 
 
 def test_mixed_plan_with_auto_replicas_is_within_15_percent_of_the_lower_bound() -> None:
@@ -366,7 +370,7 @@ def test_mixed_plan_with_auto_replicas_is_within_15_percent_of_the_lower_bound()
 def test_a_lost_node_moves_its_cells_to_the_survivors_exactly_once() -> None:
     fake = FakeCluster({"a": 4, "b": 4}, durations_s=mixed_durations, lost_at_s=(20.0, "b"))
     outcome = run_dispatch(mixed_config(), fake)
-    assert outcome.failed == [] and len(outcome.stored) == 24
+    assert outcome.failed == [] and len(outcome.stored) == len(MIXED_TASKS) * len(TOKENS_PER_S)
     assert [t for t, _, method, _ in outcome.log if method == "start" and t >= 20]  # replacements on node a
 
 
