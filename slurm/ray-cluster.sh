@@ -54,15 +54,20 @@ cleanup() {
   trap '' TERM USR1  # the teardown runs to its end (Slurm's KillWait bounds it)
   # End the steps: each one's `bench.slurm_job ray-start` stops its node's Ray on SIGTERM. Bounded: when Slurm
   # is ending the job itself, srun may wait out KillWait for its step, and this teardown must finish (and
-  # print the last line) before Slurm's SIGKILL. Then stop whatever of Ray is left on this node.
+  # print the last line) before Slurm's SIGKILL. A step killed before it ended may leave Ray on this node.
+  local deadline=$((SECONDS + steps_stop_s)) forced=""
   for pid in "${step_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  local deadline=$((SECONDS + steps_stop_s))
   for pid in "${step_pids[@]}"; do
     while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
-    kill -KILL "$pid" 2>/dev/null || true
+    if kill -0 "$pid" 2>/dev/null; then
+      forced=1
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
     wait "$pid" 2>/dev/null || true
   done
-  ray stop --force --grace-period 2 >/dev/null 2>&1 || true  # 16 s by default, waiting for unreaped zombies
+  if [[ -n $forced ]]; then
+    ray stop --force --grace-period 2 >/dev/null 2>&1 || true  # 16 s by default, waiting for unreaped zombies
+  fi
   rm -f "${RAY_AUTH_TOKEN_PATH:-}"
   if [[ $stopped_by == USR1 && -n $run_pid ]]; then
     requeue

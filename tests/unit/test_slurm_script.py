@@ -32,7 +32,11 @@ case "$(basename "$0")" in
   srun)
     for arg in "$@"; do
       [[ $arg == hostname ]] && echo 10.0.0.1
-      [[ $arg == --block ]] && { echo "raylet ERR shutdown noise"; exec sleep 60; }
+      if [[ $arg == --block ]]; then
+        echo "raylet ERR shutdown noise"
+        [[ -n ${STEP_IGNORES_TERM:-} ]] && trap '' TERM  # stuck: only SIGKILL ends it
+        exec sleep 60
+      fi
     done
     true ;;
   python) [[ $1 == -m && $2 == bench.slurm_job && $3 != wait ]] && exec "$REAL_PYTHON" "$@"; true ;;
@@ -91,7 +95,7 @@ class Job:
         paths = slurm.JobPaths(workspace, self.job_dir, venv)
         self.script.write_text(slurm.render(self.config, Path(config_name), options, paths))
 
-    def start(self, mode: str) -> subprocess.Popen[str]:
+    def start(self, mode: str, **extra_env: str) -> subprocess.Popen[str]:
         env = {
             "PATH": f"{self.stubs}:/usr/bin:/bin",
             "HOME": str(self.root),
@@ -103,6 +107,7 @@ class Job:
             "FAKE_RUN": str(self.root / "fake_run.py"),
             "FAKE_RUN_MODE": mode,
             "FAKE_RUN_STARTED": str(self.started),
+            **extra_env,
         }
         return subprocess.Popen(
             ["bash", str(self.script)],
@@ -113,8 +118,8 @@ class Job:
             text=True,
         )
 
-    def run(self, mode: str) -> tuple[int, list[str]]:
-        process = self.start(mode)
+    def run(self, mode: str, **extra_env: str) -> tuple[int, list[str]]:
+        process = self.start(mode, **extra_env)
         stdout, stderr = process.communicate(timeout=60)
         assert not processes_with_env(f"STUB_LOG={self.log}"), "a stub outlived the job"
         return process.returncode, stdout.strip().splitlines()
@@ -186,10 +191,14 @@ def test_the_log_ends_with_the_run_summary_after_teardown_and_ray_output_goes_to
     assert not [line for line in lines if "raylet ERR" in line]
     for node in ("node-a", "node-b"):
         assert "raylet ERR shutdown noise" in (job.job_dir / f"ray-{node}-42.log").read_text()
-    order = [call[0] for call in calls(job.log)]
-    assert order.index("distill-bench") < order.index("ray")  # `ray stop` after the run
-    assert job.calls("ray") == [list(RAY_STOP)]
+    assert job.calls("ray") == []  # each step, ended on SIGTERM, stopped its own node's Ray
     assert not list(job.job_dir.glob("ray-auth-token-*"))
+
+
+def test_a_step_that_does_not_end_on_sigterm_is_killed_and_ray_stopped_here(job: Job) -> None:
+    status, lines = job.run("summary", STEP_IGNORES_TERM="1")
+    assert (status, lines[-1]) == (0, SUMMARY)
+    assert job.calls("ray") == [list(RAY_STOP)]
 
 
 def test_without_a_summary_the_last_line_says_how_the_command_exited(job: Job) -> None:
@@ -199,14 +208,13 @@ def test_without_a_summary_the_last_line_says_how_the_command_exited(job: Job) -
 
 
 def test_sigterm_to_the_batch_shell_stops_the_run_and_still_tears_down(job: Job) -> None:
-    """What Slurm sends when it preempts, requeues or cancels the job: the run gets TERM, Ray is stopped,
+    """What Slurm sends when it preempts, requeues or cancels the job: the run gets TERM, the steps are ended,
     nothing is requeued by the script (Slurm decides), and the last line says so."""
     status, lines = job.stopped_by(signal.SIGTERM, "stores-a-cell")
 
     assert status == 143
     assert "fake run: stopping on SIGTERM" in lines
     assert lines[-1].startswith("ray-cluster: stopped by Slurm (SIGTERM")
-    assert job.calls("ray") == [list(RAY_STOP)]
     assert ["scontrol", "requeue", "42"] not in job.calls("scontrol")
 
 
@@ -218,7 +226,6 @@ def test_usr1_before_the_time_limit_stops_the_run_and_requeues_the_job_after_pro
     assert ["scontrol", "requeue", "42"] in job.calls("scontrol")
     assert lines[-1].startswith("ray-cluster: time limit near (SIGUSR1)")
     assert lines[-1].endswith("cells stored in this attempt: 1; job 42 requeued to resume")
-    assert job.calls("ray") == [list(RAY_STOP)]
 
 
 def test_usr1_without_progress_does_not_requeue(job: Job) -> None:
