@@ -261,6 +261,7 @@ class Dispatch:
     queue: list[Cell]  # cells not yet submitted (a retried cell goes back to the front), in run order
     exclusive: bool  # the servers share CPUs: one cell at a time, one server per model
     in_order: bool  # every model's first server fits at once (perf trials then keep their block order)
+    node_gpus: list[float]  # GPUs of each node at the start
     runs: dict[Replica, ModelRun] = field(default_factory=dict)  # the live servers
     inflight: dict[object, Call] = field(default_factory=dict)
     attempts: dict[str, int] = field(default_factory=dict)
@@ -279,11 +280,11 @@ class Dispatch:
         if not in_order:
             log.warning("the models do not all fit on the GPUs at once: perf trials run as models come up")
         queue = schedule.run_order(cells, config.run.seed, [m.name for m in config.models])
-        return cls(config, events, workers, models, placements, queue, exclusive=gpus <= 0, in_order=in_order)
+        return cls(config, events, workers, models, placements, queue, gpus <= 0, in_order, node_gpus)
 
     def run(self) -> None:
         self._reorder()
-        largest = max(self.workers.node_gpus().values(), default=0)
+        largest = max(self.node_gpus, default=0)
         placeable = []
         # Biggest first (estimated GPU-seconds), so where not every model fits, small ones fill the gaps; every
         # model's first server before any extra one, so extras never take the GPUs a first server needs.
@@ -298,6 +299,7 @@ class Dispatch:
             evals = sum(cell.kind == "eval" and cell.model == model.name for cell in self.queue)
             for _ in range(schedule.initial_replicas(model.serve.replicas, evals, self.exclusive) - 1):
                 self._start(self._new_run(model))
+        self._fill()
         self._submit()
         while self.inflight:
             self._handle_next()
@@ -359,6 +361,24 @@ class Dispatch:
             gpus = self.placements[name].num_gpus
             loads.append(schedule.ModelLoad(name, gpus, len(servers), idle, queued, self.start_s[name]))
         for name in schedule.replicas_to_add(loads, self._free_gpus()):
+            self._start(self._new_run(self.models[name]))
+
+    def _fill(self) -> None:
+        """`replicas: auto` at launch: GPUs that no server needs go to extra servers at once, by the config's
+        sizes of the queued evals per server (no rate is measured yet, and an idle GPU costs nothing)."""
+        auto = [run for run in self.runs.values() if run.model.serve.replicas == "auto"]
+        free = schedule.free_after([run.placement.num_gpus for run in self.runs.values()], self.node_gpus)
+        if self.exclusive or not self.in_order or not auto or free is None:
+            return
+        work = self._estimates().work
+        loads = [
+            schedule.ModelLoad(
+                run.model.name, run.placement.num_gpus, servers=1, idle=1, start_s=0.0,
+                queued_s=tuple(work.get(c.target) for c in self._queued(run.model.name) if c.kind == "eval"),
+            )
+            for run in auto
+        ]  # fmt: skip
+        for name in schedule.replicas_to_add(loads, free):
             self._start(self._new_run(self.models[name]))
 
     def _free_gpus(self) -> list[float]:

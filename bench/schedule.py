@@ -172,8 +172,13 @@ def releasable(queue: Sequence[Cell], workers: Mapping[Replica, WorkerState]) ->
 
 
 def fits_at_once(gpus_needed: Sequence[int], node_gpus: Sequence[float]) -> bool:
-    """Whether every model's server can be up at the same time: first-fit decreasing of each model's GPUs
-    (all on one node) into the nodes' GPUs. Models without GPUs (0) always fit."""
+    """Whether every model's server can be up at the same time (`free_after` finds room for all)."""
+    return free_after(gpus_needed, node_gpus) is not None
+
+
+def free_after(gpus_needed: Sequence[int], node_gpus: Sequence[float]) -> list[float] | None:
+    """Each node's GPUs left once every server is placed, first-fit decreasing, each server's GPUs on one
+    node; None when they do not all fit. Servers without GPUs (0) always fit."""
     free = sorted(node_gpus, reverse=True)
     for need in sorted(gpus_needed, reverse=True):
         if need <= 0:
@@ -183,8 +188,8 @@ def fits_at_once(gpus_needed: Sequence[int], node_gpus: Sequence[float]) -> bool
                 free[index] -= need
                 break
         else:
-            return False
-    return True
+            return None
+    return free
 
 
 # -- how many servers ------------------------------------------------------------------------------------

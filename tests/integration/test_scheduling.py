@@ -275,7 +275,7 @@ def test_mixed_plan_on_eight_gpus_with_auto_replicas(with_replicas: Simulated) -
 
 # Part of the mixed plan, the same cells: the TP-4 teacher and a TP-1 student on a task whose cells last
 # long enough to be in flight when the node goes.
-LOST_NODE_PLAN = {"model_names": ("teacher", "s1"), "task_names": ("sim_c",)}
+LOST_NODE_PLAN = {"model_names": ("teacher", "s2"), "task_names": ("sim_c",)}
 
 
 def test_a_lost_node_finishes_on_the_survivor_with_exactly_once_rows_as_with_replicas(

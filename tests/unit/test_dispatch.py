@@ -367,6 +367,15 @@ def test_mixed_plan_with_auto_replicas_is_within_15_percent_of_the_lower_bound()
     assert sum(replica.model != "teacher" for replica in outcome.starts) > 3  # students got extra servers
 
 
+@pytest.mark.parametrize("nodes", [{"a": 8}, {"a": 4, "b": 4}])
+def test_auto_replicas_take_the_gpus_no_first_server_needs_at_once(nodes: dict[str, float]) -> None:
+    outcome = run_dispatch(mixed_config(), FakeCluster(nodes, durations_s=mixed_durations))
+    at_launch = sorted(str(replica) for t, replica, method, _ in outcome.log if method == "start" and t == 0)
+    # Four first servers take 7 of 8 GPUs; the 8th goes to the student with the most queued work per server
+    # by the config's sizes (all equal here: the first in config order).
+    assert at_launch == ["s1", "s1#1", "s2", "s3", "teacher"]
+
+
 def test_a_lost_node_moves_its_cells_to_the_survivors_exactly_once() -> None:
     fake = FakeCluster({"a": 4, "b": 4}, durations_s=mixed_durations, lost_at_s=(20.0, "b"))
     outcome = run_dispatch(mixed_config(), fake)

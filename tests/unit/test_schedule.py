@@ -19,6 +19,7 @@ from bench.schedule import (
     estimate,
     eval_work_tokens,
     fits_at_once,
+    free_after,
     gpu_seconds,
     initial_replicas,
     lpt_order,
@@ -148,6 +149,12 @@ def test_in_order_the_head_trial_waits_for_its_server() -> None:
 def test_cells_of_a_model_without_a_worker_are_skipped() -> None:
     queue = [evals("kd"), perf("kd", 0), perf("teacher", 0)]
     assert submitted(queue, {"teacher": "idle"}, exclusive=True) == [perf("teacher", 0)]
+
+
+def test_free_after() -> None:
+    assert free_after([4, 1, 1, 1], [8]) == [1]
+    assert free_after([4, 1, 1, 1], [4, 4]) == [0, 1]  # first fit, largest first: the teacher fills a node
+    assert free_after([4, 4, 1], [4, 4]) is None
 
 
 def test_fits_at_once() -> None:
