@@ -54,7 +54,9 @@ def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: i
         # would then starve the server and skew its measurements.
         os.environ.setdefault("RAY_worker_niceness", "0")
     ray.init(
-        address=address,
+        # "local": always a fresh cluster of our own. A bare ray.init() would attach to whatever cluster
+        # /tmp/ray/ray_current_cluster or RAY_ADDRESS names, even one that has since died.
+        address=address or "local",
         num_cpus=num_cpus if address is None else None,
         num_gpus=num_gpus if address is None else None,
         include_dashboard=False,
