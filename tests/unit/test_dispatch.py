@@ -323,7 +323,7 @@ def test_without_gpus_replicas_are_ignored() -> None:
 # The plan of the scheduling simulation (tests/integration/test_scheduling.py): four task sizes, a TP-4
 # teacher, three TP-1 students of which s1 is slow; each cell takes documents × 16 tokens / the model's rate.
 MIXED_TASKS = {"sim_a": 96, "sim_b": 80, "sim_c": 64, "sim_d": 16}  # documents
-TOKENS_PER_S = {"teacher": 100.0, "s1": 70.0, "s2": 100.0, "s3": 100.0}
+TOKENS_PER_S = {"teacher": 100.0, "s1": 60.0, "s2": 120.0, "s3": 120.0}
 
 
 def mixed_config(student_replicas: int | str = "auto", teacher_replicas: int | str = "auto"):
