@@ -38,7 +38,15 @@ def comparison_row(**fields) -> compare.ComparisonRow:
     """
     defaults = {"run_id": "q1", "teacher": "teacher", "control": False, "confidence": 0.95, "n_blocks": 5}
     defaults |= {"blocks_cross_session": 0, "workload": "chat", "level": 8.0, "filter": "none", "metric": "acc"}
+    defaults |= {"compute_matched": False, **dict.fromkeys(MATCHED_FIELDS)}
     return make_record(compare.ComparisonRow, **(defaults | fields))
+
+
+# The compute-matched fields of a row (bench.matched), None in every other row.
+MATCHED_FIELDS = (
+    "baseline_task", "k", "teacher_tokens_per_answer", "student_tokens_per_answer", "teacher_usd_per_question",
+    "student_usd_per_question", "within_budget", "smallest_matching_k",
+)  # fmt: skip
 
 
 def task_row(student: str, task: str, kept: tuple[float, float, float], verdict: str, **fields):
