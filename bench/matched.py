@@ -8,14 +8,20 @@ quality row (Tango's continuity-corrected interval of the paired difference, non
 The answer is the smallest k at which the student matches the teacher (non-inferior or better), and whether
 that k is within the budget.
 
-$/question = output tokens per answer × $/Mtok output. $/Mtok comes from the run's perf results (measured
-per model on the same hardware); tokens per answer from the eval samples' responses, counted with the
-model's tokenizer (`generated_tokens`). Prompt tokens are not charged separately: $/Mtok output already
-spreads the serving cost (prefill included) over output tokens, as everywhere in distill-bench.
+$/question = output tokens per answer × $/Mtok output. $/Mtok is each model's mean over the blocks of a
+workload both ran (`PairedWorkload.means`, the price compare's break-even uses), measured on the same
+hardware. Tokens per answer are counted when the eval runs, with the tokenizer lm-eval was given, over every
+raw answer (`generated_tokens`; stored as `eval_samples.response_tokens`), so a comparison needs no model
+files: leaderboards are built on machines without the weights. Why not the server's `usage`: lm-eval drops
+it, and with several prompts per request it would be one sum for all of them, not a count per answer.
+Prompt tokens are not charged separately: $/Mtok output already spreads the serving cost (prefill included)
+over output tokens, as everywhere in distill-bench.
 
 The maj@k scores come from lm-eval itself (a task with `repeats:` and one `maj@k` filter per k, see
 bench/toy/tasks.py `sampled_task_yaml`), so this module scores nothing; it only pairs, prices and decides.
-Pure: no I/O, no heavy imports (the tokenizer is loaded lazily by `tokenizer_counter`).
+`pair_rows` turns one pair's stored samples into compare's rows (`compare.compute_matched` in the config):
+one per k, with the smallest matching k, or one no-data row saying what is missing. No I/O, no heavy
+imports (the tokenizer is loaded lazily by `tokenizer_counter`).
 """
 
 from __future__ import annotations
