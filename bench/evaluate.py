@@ -125,8 +125,9 @@ def evaluate_task(endpoint: Endpoint, task: TaskConfig, seed: int) -> tuple[list
     results = _simple_evaluate(endpoint, task, seed)
     from bench.matched import tokenizer_counter
 
-    # The tokenizer lm-eval was given (`_model_args`): it counts each answer's generated tokens.
-    samples = samples_from_results(results, tokenizer_counter(endpoint.tokenizer))
+    # The tokenizer lm-eval was given (`_model_args`) counts each answer's generated tokens, where there are any.
+    generates = any(config.get("output_type") == "generate_until" for config in results["configs"].values())
+    samples = samples_from_results(results, tokenizer_counter(endpoint.tokenizer) if generates else None)
     return scores_from_results(results, endpoint.in_flight), samples
 
 
