@@ -282,16 +282,20 @@ RICH_TABLE_ROWS = 300  # above this, the table is plain aligned text: rich lays 
 
 def _print_comparison(results_dir: Path, output: OutputFormat) -> bool:
     """Print the comparison; False when there is no teacher/student pair to compare."""
-    from bench.report import render_table, render_text, to_json, to_markdown
+    from bench.report import render_matched_table, render_table, render_text, to_json, to_markdown
 
     rows = _comparison_rows(results_dir)
     if not rows:
         return False
     if output is OutputFormat.table:
-        if len(rows) > RICH_TABLE_ROWS:  # a leaderboard-sized results tree: the same columns, in seconds less
-            print(render_text(rows), end="")
+        pairs = [row for row in rows if not row.compute_matched]
+        matched = [row for row in rows if row.compute_matched]  # compare.compute_matched: a table of their own
+        if len(pairs) > RICH_TABLE_ROWS:  # a leaderboard-sized results tree: the same columns, in seconds less
+            print(render_text(pairs), end="")
         else:
-            print_table(render_table(rows))
+            print_table(render_table(pairs))
+        if matched:
+            print_table(render_matched_table(matched))
         console.file.flush()
         print("\n".join(row.summary for row in rows))  # text as it is: no markup, no wrapping
     else:

@@ -162,6 +162,18 @@ class ComparisonRow:
     cost_verdict: str | None  # e.g. "≥ 2.1x cheaper", or the $/Mtok ratio with its interval
     control: bool  # a control row: two models of the same architecture, perf only
     summary: str
+    # Compute-matched rows (bench.matched, `compare.compute_matched`): the student's maj@k on the sampled `task`
+    # (filter maj@<k>) against the teacher's pass@1 on `baseline_task`; the $ of each at `workload`'s $/Mtok.
+    compute_matched: bool = False
+    baseline_task: str | None = None
+    k: int | None = None  # the student's answers per question
+    teacher_tokens_per_answer: float | None = None  # mean generated tokens (eval_samples.response_tokens)
+    student_tokens_per_answer: float | None = None
+    teacher_usd_per_question: float | None = None  # one answer
+    student_usd_per_question: float | None = None  # k answers
+    within_budget: bool | None = None  # k answers cost no more than the teacher's one; None: not priced
+    smallest_matching_k: int | None = None  # of the row's (pair, task, workload): the smallest k within budget
+    # whose verdict is non-inferior or better; None when none is
 
 
 def verdict(diff_ci_low: float, diff_ci_high: float, retention_margin: float, higher_is_better: bool = True) -> Verdict:
@@ -329,7 +341,7 @@ def _break_even(
     if distillation is None:
         return {}
     student, teacher = workload.values("usd_per_mtok_output")
-    teacher_rate = float(np.nanmean(teacher)) if np.isfinite(teacher).any() else None
+    _, teacher_rate = workload.means("usd_per_mtok_output")
     cost = tco.distillation_usd(distillation.training_usd, distillation.teacher_tokens, teacher_rate)
     result = tco.break_even(cost, teacher, student, confidence) if cost is not None else None
     if result is None:
@@ -360,6 +372,7 @@ def _row(
     fields: dict[str, Any] = dict.fromkeys(f.name for f in dataclasses.fields(ComparisonRow))
     fields.update(_fields(pair), n_paired=0, verdict=Verdict.NO_DATA, n_blocks=0, blocks_cross_session=0)
     fields.update(retention_margin=settings.retention_margin, confidence=settings.confidence, control=control)
+    fields.update(compute_matched=False)
     fields.update(_fields(quality) if quality else {})
     fields.update(_fields(perf) if perf else {})
     row = ComparisonRow(**{**fields, "summary": ""})
@@ -367,16 +380,9 @@ def _row(
     return dataclasses.replace(row, summary=report.summary(row))
 
 
-def _perfs(
-    perf: dict[tuple[str, str], list[dict[str, Any]]],
-    pair: Pair,
-    confidence: float,
-    distillation: pairing.Distillation | None = None,
-) -> list[PerfComparison]:
+def _workloads(perf: dict[tuple[str, str], list[dict[str, Any]]], pair: Pair) -> list[PairedWorkload]:
     teacher, student = perf.get((pair.run_id, pair.teacher), []), perf.get((pair.run_id, pair.student), [])
-    return [
-        compare_workload(workload, confidence, distillation) for workload in pairing.paired_workloads(teacher, student)
-    ]
+    return pairing.paired_workloads(teacher, student)
 
 
 def compare_runs(
@@ -412,19 +418,25 @@ def compare_runs(
     by_run: dict[str, list[Pair]] = {}
     for pair in students:
         by_run.setdefault(pair.run_id, []).append(pair)
+    from bench import matched  # matched uses this module's verdicts
+
+    matched_samples = matched.sample_groups(tables["eval_samples"], settings_of)
     rows = []
     for run_id in sorted(models):
         run_settings = settings_of[run_id]
         for pair in by_run.get(run_id, []):
-            perfs = _perfs(perf, pair, run_settings.confidence, distilled.get((run_id, pair.student)))
+            workloads = _workloads(perf, pair)
+            distillation = distilled.get((run_id, pair.student))
+            perfs = [compare_workload(workload, run_settings.confidence, distillation) for workload in workloads]
             rows += [
                 _row(pair, quality, perf_row, run_settings)
                 for quality, perf_row in itertools.product(qualities[pair] or [None], perfs or [None])
             ]
+            rows += matched.pair_rows(pair, run_settings, matched_samples, workloads)
         for first, second in run_settings.controls:
             if {first, second} <= models[run_id]:
                 control = Pair(run_id, first, second)
-                perfs = _perfs(perf, control, run_settings.confidence)
+                perfs = [compare_workload(workload, run_settings.confidence) for workload in _workloads(perf, control)]
                 rows += [_row(control, None, perf_row, run_settings, control=True) for perf_row in perfs or [None]]
     return rows
 
@@ -483,6 +495,6 @@ def _stored_row(row: dict[str, Any]) -> ComparisonRow:
 
 def _sort_key(row: ComparisonRow) -> tuple:
     return (
-        row.run_id, row.control, row.teacher, row.student, row.task or "", row.metric or "", row.workload or "",
-        row.level or 0,
+        row.run_id, row.control, row.teacher, row.student, row.compute_matched, row.task or "", row.metric or "",
+        row.workload or "", row.level or 0, row.k or 0,
     )  # fmt: skip

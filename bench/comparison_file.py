@@ -41,7 +41,9 @@ from bench import store
 NAME = "comparison.parquet"
 KEY_METADATA = b"comparison_key"
 # What a row depends on besides the run's files: these modules' source and these packages' versions.
-_CODE = ("compare", "comparison_file", "config", "pairing", "records", "report", "stats", "store", "store_check")
+_CODE = (
+    "compare", "comparison_file", "config", "matched", "pairing", "records", "report", "stats", "store", "store_check",
+)  # fmt: skip
 _PACKAGES = ("numpy", "scipy", "pyarrow")
 
 

@@ -406,6 +406,24 @@ class HardwareConfig(Section):
     )
 
 
+class ComputeMatchedConfig(Section):
+    """A compute-matched comparison (bench.matched): the student's maj@k on a sampled task against the
+    teacher's pass@1 on its greedy twin, at equal $ per question. Changes no measurement: in no cell key."""
+
+    task: str = Field(
+        min_length=1,
+        description="The sampled task (in `tasks`) whose lm-eval filters vote: one `maj@<k>` filter per k "
+        "(configs/tasks/toy_sampled shows one).",
+    )
+    baseline_task: str = Field(
+        min_length=1, description="The task (in `tasks`) whose teacher score is pass@1, e.g. the greedy 'toy_add'."
+    )
+    metric: str = Field("exact_match", min_length=1, description="The 0/1 metric both tasks report.")
+    k: tuple[PositiveInt, ...] = Field(
+        (), description="The k to report, e.g. [1, 3, 5]; default: every maj@k filter the sampled task stored."
+    )
+
+
 class CompareConfig(Section):
     """How student and teacher are judged against each other."""
 
@@ -418,6 +436,11 @@ class CompareConfig(Section):
         (),
         description="Pairs of model names of the same architecture, e.g. [[student-a, student-b]]: compare prints "
         "their cost ratios (second / first) as a control whose interval should contain 1.",
+    )
+    compute_matched: tuple[ComputeMatchedConfig, ...] = Field(
+        (),
+        description="Student maj@k against teacher pass@1 at equal $/question, e.g. [{task: toy_add_sampled, "
+        "baseline_task: toy_add}]: compare adds one row per k and the smallest k that matches within budget.",
     )
 
     @field_validator("bootstrap_samples")
@@ -537,6 +560,20 @@ class BenchConfig(Section):
                     raise ValueError(f"compare.controls[{index}]: unknown model {name!r}; models are {names}")
             if pair[0] == pair[1]:
                 raise ValueError(f"compare.controls[{index}]: a control compares two different models")
+        return self
+
+    @model_validator(mode="after")
+    def _compute_matched_names_two_tasks(self) -> BenchConfig:
+        names = [t.name for t in self.tasks]
+        for index, entry in enumerate(self.compare.compute_matched):
+            for key, name in (("task", entry.task), ("baseline_task", entry.baseline_task)):
+                if name not in names:
+                    raise ValueError(f"compare.compute_matched[{index}].{key}: unknown task {name!r}; tasks: {names}")
+            if entry.task == entry.baseline_task:
+                raise ValueError(
+                    f"compare.compute_matched[{index}].baseline_task: {entry.task!r} is the sampled task itself; "
+                    "name the greedy task the teacher answers once"
+                )
         return self
 
     def run_dir(self, results_dir: Path | None = None) -> Path:

@@ -41,7 +41,7 @@ import logging
 import math
 import os
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,9 @@ VLLM_CPU_MAX_NUM_SEQS_PER_RANK = 128
 # Quickstart's 12 eval cells, 128 sequences in flight: 16 requests of 8 prompts 1.35x faster than 128 of 1
 # (paired median of 3 interleaved rounds, tests/perf/eval_concurrency.py); 2.8x faster than the old 4 of 1.
 CPU_PROMPTS_PER_REQUEST = 8
+# lm-eval's API models generate at most this many tokens when neither the task nor the config sets
+# max_gen_toks (TemplateAPI's default, lm-eval 0.4).
+LMEVAL_DEFAULT_MAX_GEN_TOKS = 256
 
 
 @dataclass(frozen=True)
@@ -120,7 +123,12 @@ def evaluate_task(endpoint: Endpoint, task: TaskConfig, seed: int) -> tuple[list
     if task.include_path is not None:
         check_data_files(Path(task.include_path))
     results = _simple_evaluate(endpoint, task, seed)
-    return scores_from_results(results, endpoint.in_flight), samples_from_results(results)
+    from bench.matched import tokenizer_counter
+
+    # The tokenizer lm-eval was given (`_model_args`) counts each answer's generated tokens, where there are any.
+    generates = any(config.get("output_type") == "generate_until" for config in results["configs"].values())
+    samples = samples_from_results(results, tokenizer_counter(endpoint.tokenizer) if generates else None)
+    return scores_from_results(results, endpoint.in_flight), samples
 
 
 def _simple_evaluate(endpoint: Endpoint, task: TaskConfig, seed: int) -> dict[str, Any]:
@@ -297,19 +305,25 @@ def scores_from_results(results: dict[str, Any], sent: InFlight) -> list[EvalSco
     return scores
 
 
-def samples_from_results(results: dict[str, Any]) -> list[EvalSample]:
+def samples_from_results(results: dict[str, Any], count_tokens: Callable[[str], int] | None = None) -> list[EvalSample]:
     """One EvalSample per (leaf task, document, metric, filter) from lm-eval's logged samples.
 
     `response` is the filtered generation for generate_until tasks; for multiple_choice tasks it is the index
     (as a string, like `target`) of the choice with the highest unnormalised loglikelihood, the one `acc`
     scores. Metrics whose per-document value is not a number (corpus metrics such as BLEU or perplexity log
-    tuples that only their aggregation turns into a score) are left out.
+    tuples that only their aggregation turns into a score) are left out. With `count_tokens` (the model's
+    tokenizer), generate_until rows carry `response_tokens`: the mean generated tokens of the document's raw
+    answers, every repeat, whatever the filter kept.
     """
     rows = []
     for task in leaf_tasks(results):
         output_type = results["configs"][task].get("output_type")
+        tokens_of: dict[int, float | None] = {}  # per document: every filter's sample holds the same answers
         for sample in results["samples"][task]:
             response = _response(output_type, sample["filtered_resps"])
+            doc_id = int(sample["doc_id"])
+            if doc_id not in tokens_of:
+                tokens_of[doc_id] = _response_tokens(output_type, sample, count_tokens)
             for metric in sample["metrics"]:
                 value = _number(sample.get(metric))
                 if value is None:
@@ -323,9 +337,25 @@ def samples_from_results(results: dict[str, Any]) -> list[EvalSample]:
                         value=value,
                         target=str(sample["target"]),
                         response=response,
+                        response_tokens=tokens_of[doc_id],
                     )
                 )
     return rows
+
+
+def _response_tokens(
+    output_type: str | None, sample: dict[str, Any], count_tokens: Callable[[str], int] | None
+) -> float | None:
+    """Mean generated tokens over one document's raw answers (`resps`: one list of answers per request)."""
+    if output_type != "generate_until" or count_tokens is None or not sample.get("resps"):
+        return None
+    from bench.matched import mean_generated_tokens
+
+    answers = [answer for answer in sample["resps"][0] if isinstance(answer, str)]
+    arguments = sample.get("arguments") or [()]
+    settings = arguments[0][1] if len(arguments[0]) > 1 and isinstance(arguments[0][1], dict) else {}
+    limit = int(settings.get("max_gen_toks") or LMEVAL_DEFAULT_MAX_GEN_TOKS)
+    return mean_generated_tokens(answers, count_tokens, limit) if answers else None
 
 
 def _response(output_type: str | None, filtered: list[Any]) -> str:

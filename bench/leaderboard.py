@@ -33,6 +33,7 @@ import dataclasses
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from bench import store
@@ -44,6 +45,50 @@ PASSING = frozenset({"non-inferior", "better"})
 FILES = ("leaderboard.parquet", "controls.parquet", "leaderboard.md", "pareto.svg", "index.html")
 
 GroupKey = tuple[str, str, str, str | None, float | None]  # run, student, teacher, workload, level
+
+
+class MatchedStatus(StrEnum):
+    """What compute-matched quality says of an entry: does k answers' majority vote match the teacher's pass@1
+    at no more than the teacher's $/question, on every configured task?"""
+
+    MATCHED = "matched"  # yes, at `smallest_matching_k` (the largest of the tasks' smallest matching k)
+    NONE_WITHIN_BUDGET = "none-within-budget"  # on some task no affordable k is non-inferior
+    NOT_PRICED = "not-priced"  # an answer has no $ (results without response_tokens, or no $/Mtok)
+    NO_DATA = "no-data"  # no maj@k compared with a teacher pass@1 on some task
+
+
+def matched_status(rows: Sequence[ComparisonRow]) -> tuple[MatchedStatus | None, int | None]:
+    """(status, smallest matching k) of an entry's compute-matched rows; (None, None) without any."""
+    by_task: dict[tuple, list[ComparisonRow]] = {}
+    for row in rows:
+        if row.compute_matched:
+            by_task.setdefault((row.task, row.baseline_task, row.metric), []).append(row)
+    if not by_task:
+        return None, None
+    statuses, ks = set(), []
+    for task_rows in by_task.values():
+        compared = [row for row in task_rows if row.k is not None and row.n_paired > 0]
+        if not compared:
+            statuses.add(MatchedStatus.NO_DATA)
+        elif any(row.within_budget is None for row in compared):
+            statuses.add(MatchedStatus.NOT_PRICED)
+        elif compared[0].smallest_matching_k is None:
+            statuses.add(MatchedStatus.NONE_WITHIN_BUDGET)
+        else:
+            ks.append(compared[0].smallest_matching_k)
+    for status in (MatchedStatus.NO_DATA, MatchedStatus.NOT_PRICED, MatchedStatus.NONE_WITHIN_BUDGET):
+        if status in statuses:
+            return status, None
+    return MatchedStatus.MATCHED, max(ks)
+
+
+def matched_text(entry: LeaderboardEntry) -> str:
+    """The leaderboard cell: "k=3", or why no k matched within the teacher's $/question; "-" if not configured."""
+    if entry.matched_status is None:
+        return "-"
+    if entry.matched_status is MatchedStatus.MATCHED:
+        return f"k={entry.smallest_matching_k}"
+    return str(entry.matched_status).replace("-", " ")
 
 
 @dataclass(frozen=True)
@@ -85,6 +130,8 @@ class LeaderboardEntry:
     break_even_mtok: float | None = None  # output tokens (millions) that repay it; None: never, or no cost
     break_even_ci_low_mtok: float | None = None
     break_even_ci_high_mtok: float | None = None  # None with a saving whose interval reaches 0: unbounded
+    matched_status: MatchedStatus | None = None  # compute-matched quality (bench.matched); None: not configured
+    smallest_matching_k: int | None = None  # with status "matched": answers per question that match the teacher
 
     @property
     def key(self) -> GroupKey:
@@ -162,11 +209,19 @@ def mean_retention(quality: Sequence[ComparisonRow]) -> tuple[float | None, floa
     return mean, statistics.fmean(lows), statistics.fmean(highs)
 
 
+def quality_rows(rows: Sequence[ComparisonRow]) -> list[ComparisonRow]:
+    """The rows of task metrics compared at one answer each (compute-matched rows are apart)."""
+    return [row for row in rows if row.task is not None and not row.compute_matched]
+
+
 def _entry(key: GroupKey, rows: list[ComparisonRow]) -> LeaderboardEntry:
-    quality = [row for row in rows if row.task is not None]
+    quality = quality_rows(rows)
     verdicts = [str(row.verdict) for row in quality] or ["no-data"]
     mean, low, high = mean_retention(quality)
+    status, smallest = matched_status(rows)
     return LeaderboardEntry(
+        matched_status=status,
+        smallest_matching_k=smallest,
         rank=0,
         run_id=key[0],
         student=key[1],
@@ -263,6 +318,7 @@ _COLUMNS: tuple[tuple[str, Callable[[LeaderboardEntry], str]], ...] = (
     ("blocks", lambda e: str(e.n_blocks)),
     ("cost verdict", lambda e: markdown_text(e.cost_verdict or "-")),
     ("break-even Mtok [CI]", lambda e: break_even_text(e)),
+    ("compute-matched k", matched_text),
 )
 
 _CONTROL_COLUMNS: tuple[tuple[str, Callable[[ControlEntry], str]], ...] = (
@@ -297,7 +353,9 @@ READING = (
     "x = student / teacher, measured on the same hardware in the same run. [low, high] is an interval at the "
     "run's confidence. Quality kept: the mean over task metrics of the retention, with the mean of the "
     "per-task bounds (a conservative interval). Cost ratios: exp(mean per-block log ratio), t-interval over "
-    "the blocks. Controls: two models of the same architecture; their throughput interval should contain 1."
+    "the blocks. Controls: two models of the same architecture; their throughput interval should contain 1. "
+    "Compute-matched k: the fewest answers per question whose majority vote is non-inferior to the teacher's "
+    "pass@1 at no more than the teacher's $/question (compare.compute_matched)."
 )
 
 

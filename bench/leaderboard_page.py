@@ -24,10 +24,12 @@ from bench.leaderboard import (
     contains_one_text,
     format_interval,
     format_load,
+    matched_text,
+    quality_rows,
     quality_text,
     ratio_text,
 )
-from bench.report import format_value
+from bench.report import MATCHED_COLUMNS, format_value
 
 _PASSING_COLOR, _FAILING_COLOR = "#2ca02c", "#d62728"
 _LABELLED = 30  # entries named, with error bars, on the plot: the best-ranked (and those on the front)
@@ -233,6 +235,7 @@ _ENTRY_COLUMNS: tuple[tuple[str, Callable[[LeaderboardEntry], str]], ...] = (
     ("$/Mtok x [CI]", lambda e: ratio_text(e, "usd_per_mtok_ratio")),
     ("blocks", lambda e: str(e.n_blocks)),
     ("cost verdict", lambda e: html.escape(e.cost_verdict or "-")),
+    ("compute-matched k", lambda e: html.escape(matched_text(e))),
 )
 _TEXT_COLUMNS = 4  # the first columns are names (left-aligned); the rest are numbers
 
@@ -250,6 +253,8 @@ _TASK_COLUMNS: tuple[tuple[str, Callable[[ComparisonRow], str]], ...] = (
     ("McNemar p", lambda r: _p_value(r.mcnemar_p)),
     ("verdict", lambda r: _verdict(str(r.verdict))),
 )
+
+_MATCHED_COLUMNS = tuple((header, lambda r, cell=cell: html.escape(cell(r))) for header, cell in MATCHED_COLUMNS)
 
 _CONTROL_COLUMNS: tuple[tuple[str, Callable[[ControlEntry], str]], ...] = (
     ("model b / model a", lambda c: f"{html.escape(c.model_b)} / {html.escape(c.model_a)}"),
@@ -287,8 +292,14 @@ def _cost_list(entry: LeaderboardEntry) -> str:
 
 def _entry_rows(entry: LeaderboardEntry, rows: Sequence[ComparisonRow]) -> str:
     cells = "".join(f"<td>{cell(entry)}</td>" for _, cell in _ENTRY_COLUMNS)
-    tasks = [row for row in rows if row.task is not None]
+    tasks = quality_rows(rows)
     task_table = _table(_TASK_COLUMNS, tasks, "tasks") if tasks else "<p>No task compared.</p>"
+    matched = [row for row in rows if row.compute_matched]
+    if matched:
+        task_table += (
+            "<p>Compute-matched quality: the student's majority vote over k answers against the teacher's pass@1, "
+            f"and what each costs per question.</p>{_table(_MATCHED_COLUMNS, matched, 'tasks')}"
+        )
     summary = f"evidence: {len(tasks)} task metric(s), cost ratios over {entry.n_blocks} block(s)"
     drill = (
         # The leader's evidence is open on arrival: the first thing a reader checks is why it leads.

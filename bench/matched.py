@@ -8,26 +8,38 @@ quality row (Tango's continuity-corrected interval of the paired difference, non
 The answer is the smallest k at which the student matches the teacher (non-inferior or better), and whether
 that k is within the budget.
 
-$/question = output tokens per answer × $/Mtok output. $/Mtok comes from the run's perf results (measured
-per model on the same hardware); tokens per answer from the eval samples' responses, counted with the
-model's tokenizer (`generated_tokens`). Prompt tokens are not charged separately: $/Mtok output already
-spreads the serving cost (prefill included) over output tokens, as everywhere in distill-bench.
+$/question = output tokens per answer × $/Mtok output. $/Mtok is each model's mean over the blocks of a
+workload both ran (`PairedWorkload.means`, the price compare's break-even uses), measured on the same
+hardware. Tokens per answer are counted when the eval runs, with the tokenizer lm-eval was given, over every
+raw answer (`generated_tokens`; stored as `eval_samples.response_tokens`), so a comparison needs no model
+files: leaderboards are built on machines without the weights. Why not the server's `usage`: lm-eval drops
+it, and with several prompts per request it would be one sum for all of them, not a count per answer.
+Prompt tokens are not charged separately: $/Mtok output already spreads the serving cost (prefill included)
+over output tokens, as everywhere in distill-bench.
 
 The maj@k scores come from lm-eval itself (a task with `repeats:` and one `maj@k` filter per k, see
 bench/toy/tasks.py `sampled_task_yaml`), so this module scores nothing; it only pairs, prices and decides.
-Pure: no I/O, no heavy imports (the tokenizer is loaded lazily by `tokenizer_counter`).
+`pair_rows` turns one pair's stored samples into compare's rows (`compare.compute_matched` in the config):
+one per k, with the smallest matching k, or one no-data row saying what is missing. No I/O, no heavy
+imports (the tokenizer is loaded lazily by `tokenizer_counter`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from bench.compare import Verdict, verdict
-from bench.stats import discordant_counts, is_binary, tango_interval
+from bench.compare import ComparisonRow, IntervalMethod, Verdict, verdict
+from bench.config import CompareConfig, ComputeMatchedConfig
+from bench.pairing import Pair, PairedWorkload
+from bench.report import matched_summary
+from bench.stats import discordant_counts, is_binary, mcnemar_exact_p, tango_interval
 
 TOKENS_PER_MTOK = 1_000_000
 MATCHING_VERDICTS = (Verdict.BETTER, Verdict.NON_INFERIOR)
@@ -56,7 +68,10 @@ class AnswerCost:
 
 @dataclass(frozen=True)
 class MatchedPoint:
-    """Student maj@k against teacher pass@1 on the documents both answered, with the cost of each."""
+    """Student maj@k against teacher pass@1 on the documents both answered, with the cost of each.
+
+    The costs are None when an answer could not be priced (no tokens per answer, no measured $/Mtok).
+    """
 
     k: int
     n: int  # documents paired
@@ -64,10 +79,13 @@ class MatchedPoint:
     student_score: float
     diff_ci_low: float  # interval of mean(student maj@k - teacher pass@1)
     diff_ci_high: float
+    discordant_student_only: int  # documents only the student's vote got right
+    discordant_teacher_only: int
+    mcnemar_p: float
     verdict: Verdict
-    teacher_usd_per_question: float  # one answer
-    student_usd_per_question: float  # k answers
-    within_budget: bool  # student_usd_per_question <= teacher_usd_per_question
+    teacher_usd_per_question: float | None  # one answer
+    student_usd_per_question: float | None  # k answers
+    within_budget: bool | None  # student_usd_per_question <= teacher_usd_per_question
 
 
 def affordable_k(student: AnswerCost, teacher: AnswerCost) -> int:
@@ -107,13 +125,14 @@ def tokenizer_counter(tokenizer: str) -> Callable[[str], int]:
 def compare_matched(
     teacher: Mapping[int, float],
     student_by_k: Mapping[int, Mapping[int, float]],
-    teacher_cost: AnswerCost,
-    student_cost: AnswerCost,
+    teacher_cost: AnswerCost | None,
+    student_cost: AnswerCost | None,
     retention_margin: float,
     confidence: float,
 ) -> list[MatchedPoint]:
     """One MatchedPoint per k (ascending): per-document 0/1 values keyed by doc id, teacher at pass@1 and the
-    student's maj@k for each k, paired over the documents both have.
+    student's maj@k for each k, paired over the documents both have. Without both costs, the points' costs
+    and `within_budget` are None.
 
     Raises ValueError when a k shares no document with the teacher or a value is not 0/1 (majority vote is
     defined for exact answers; a continuous metric would need the bootstrap, which compare already has).
@@ -128,11 +147,11 @@ def compare_matched(
         paired_student = np.array([student[doc] for doc in docs], dtype=np.float64)
         if not is_binary(paired_teacher, paired_student):
             raise ValueError(f"maj@{k}: compute-matched comparison needs 0/1 values (exact answers)")
-        low, high = (
-            float(end[0])
-            for end in tango_interval(*discordant_counts(paired_teacher, paired_student), len(docs), confidence)
-        )
-        student_usd = k * student_cost.usd_per_answer
+        won, lost = discordant_counts(paired_teacher, paired_student)
+        low, high = (float(end[0]) for end in tango_interval(won, lost, len(docs), confidence))
+        priced = teacher_cost is not None and student_cost is not None
+        teacher_usd = teacher_cost.usd_per_answer if priced else None
+        student_usd = k * student_cost.usd_per_answer if priced else None
         points.append(
             MatchedPoint(
                 k=k,
@@ -141,10 +160,13 @@ def compare_matched(
                 student_score=float(paired_student.mean()),
                 diff_ci_low=low,
                 diff_ci_high=high,
+                discordant_student_only=int(won),
+                discordant_teacher_only=int(lost),
+                mcnemar_p=float(mcnemar_exact_p(won, lost)),
                 verdict=verdict(low, high, retention_margin),
-                teacher_usd_per_question=teacher_cost.usd_per_answer,
+                teacher_usd_per_question=teacher_usd,
                 student_usd_per_question=student_usd,
-                within_budget=student_usd <= teacher_cost.usd_per_answer,
+                within_budget=None if not priced else student_usd <= teacher_usd,
             )
         )
     return points
@@ -154,3 +176,158 @@ def smallest_matching_k(points: Sequence[MatchedPoint], within_budget: bool = Tr
     """The smallest k whose verdict is non-inferior or better (and, by default, within the teacher's cost)."""
     matching = [p.k for p in points if p.verdict in MATCHING_VERDICTS and (p.within_budget or not within_budget)]
     return min(matching, default=None)
+
+
+# -- from stored results: one compare row per (pair, compute_matched entry, workload, k) --------------------
+
+GroupKey = tuple[str, str, str, str, str]  # run, model, task, metric, filter
+
+
+@dataclass(frozen=True)
+class DocumentValues:
+    """One model's stored rows of one (task, metric, filter): per-document values and tokens per answer."""
+
+    values: dict[int, float]  # by doc_id; repeated rows of a document averaged, as compare does
+    tokens_per_answer: float | None  # mean of `response_tokens`; None if any row lacks it (older results)
+
+
+def sample_groups(eval_samples: pa.Table, settings: Mapping[str, CompareConfig]) -> dict[GroupKey, DocumentValues]:
+    """The eval_samples rows that the runs' `compute_matched` entries name, grouped by (run, model, task, metric,
+    filter). One vectorised filter keeps the named runs and tasks, so runs without entries cost nothing."""
+    wanted = {run: {t for e in s.compute_matched for t in (e.task, e.baseline_task)} for run, s in settings.items()}
+    wanted = {run: tasks for run, tasks in wanted.items() if tasks}
+    if not wanted or eval_samples.num_rows == 0:
+        return {}
+    mask = pc.and_(
+        pc.is_in(eval_samples["run_id"], value_set=pa.array(sorted(wanted), pa.string())),
+        pc.is_in(eval_samples["task"], value_set=pa.array(sorted(set().union(*wanted.values())), pa.string())),
+    )
+    columns = ["run_id", "model", "task", "metric", "filter", "doc_id", "value", "response_tokens"]
+    values: dict[GroupKey, dict[int, list[float]]] = {}
+    tokens: dict[GroupKey, list[float | None]] = {}
+    for row in eval_samples.filter(mask).select(columns).to_pylist():
+        if row["task"] not in wanted[row["run_id"]]:
+            continue
+        key = (row["run_id"], row["model"], row["task"], row["metric"], row["filter"])
+        values.setdefault(key, {}).setdefault(row["doc_id"], []).append(row["value"])
+        tokens.setdefault(key, []).append(row["response_tokens"])
+    return {
+        key: DocumentValues(
+            {doc: float(np.mean(found)) for doc, found in docs.items()},
+            None if None in tokens[key] else float(np.mean(tokens[key])),
+        )
+        for key, docs in values.items()
+    }
+
+
+def _baseline_filter(groups: Mapping[GroupKey, DocumentValues], prefix: tuple[str, str, str, str]) -> str | None:
+    """The teacher's filter of its pass@1 task: "none" where stored (as compare prefers), else the first."""
+    filters = sorted(key[4] for key in groups if key[:4] == prefix)
+    return "none" if "none" in filters else next(iter(filters), None)
+
+
+def _votes(groups: Mapping[GroupKey, DocumentValues], prefix: tuple[str, ...], ks: Sequence[int]) -> dict[int, str]:
+    """k -> the student's maj@k filter, for the k configured (every stored one when none is)."""
+    stored = {k: key[4] for key in groups if key[:4] == prefix and (k := vote_k(key[4])) is not None}
+    return {k: stored.get(k, f"{VOTE_FILTER_PREFIX}{k}") for k in sorted(ks or stored)}
+
+
+def pair_rows(
+    pair: Pair, settings: CompareConfig, groups: Mapping[GroupKey, DocumentValues], workloads: Sequence[PairedWorkload]
+) -> list[ComparisonRow]:
+    """The compute-matched rows of one pair: per `compute_matched` entry and workload (its $/Mtok prices the
+    answers; one unpriced set without perf), one row per k, or one no-data row saying what is missing."""
+    rows = []
+    for entry in settings.compute_matched:
+        teacher_filter = _baseline_filter(groups, (pair.run_id, pair.teacher, entry.baseline_task, entry.metric))
+        teacher = groups.get((pair.run_id, pair.teacher, entry.baseline_task, entry.metric, teacher_filter or ""))
+        student_prefix = (pair.run_id, pair.student, entry.task, entry.metric)
+        votes = _votes(groups, student_prefix, entry.k)
+        student = {k: (name, groups.get((*student_prefix, name))) for k, name in votes.items()}
+        for workload in workloads or [None]:
+            matched = _Matched(pair, entry, settings, workload, teacher, student)
+            if teacher is None:
+                rows.append(matched.row(None, f"no {entry.metric} of {pair.teacher} on {entry.baseline_task}"))
+            elif not votes:
+                rows.append(matched.row(None, f"no maj@<k> filter of {pair.student} on {entry.task}"))
+            else:
+                rows += matched.rows()
+    return rows
+
+
+@dataclass(frozen=True)
+class _Matched:
+    """One (pair, compute_matched entry, workload): the documents and prices its rows share."""
+
+    pair: Pair
+    entry: ComputeMatchedConfig
+    settings: CompareConfig
+    workload: PairedWorkload | None  # None: no perf both models ran, nothing prices an answer
+    teacher: DocumentValues | None  # pass@1 on the baseline task
+    student: dict[int, tuple[str, DocumentValues | None]]  # k -> (maj@k filter, its rows; None: not stored)
+
+    def tokens(self) -> tuple[float | None, float | None]:
+        """(teacher, student) generated tokens per answer; every maj@k of the student shares the same answers."""
+        stored = [values for _, values in self.student.values() if values is not None]
+        student_tokens = stored[0].tokens_per_answer if stored else None
+        return (self.teacher.tokens_per_answer if self.teacher else None), student_tokens
+
+    def costs(self) -> tuple[AnswerCost | None, AnswerCost | None]:
+        """(teacher, student) cost of one answer: tokens per answer × the pair's mean $/Mtok at the workload, the
+        price compare's cost rows use (`PairedWorkload.means`)."""
+        student_usd, teacher_usd = self.workload.means("usd_per_mtok_output") if self.workload else (None, None)
+        teacher_tokens, student_tokens = self.tokens()
+        return (
+            None if None in (teacher_tokens, teacher_usd) else AnswerCost(teacher_tokens, teacher_usd),
+            None if None in (student_tokens, student_usd) else AnswerCost(student_tokens, student_usd),
+        )
+
+    def rows(self) -> list[ComparisonRow]:
+        teacher_cost, student_cost = self.costs()
+        points, problems = [], {}
+        for k, (_, values) in self.student.items():
+            if values is None:
+                problems[k] = f"maj@{k} of {self.pair.student} on {self.entry.task} is not stored"
+                continue
+            try:
+                points += compare_matched(
+                    self.teacher.values, {k: values.values}, teacher_cost, student_cost,
+                    self.settings.retention_margin, self.settings.confidence,
+                )  # fmt: skip
+            except ValueError as error:  # no document in common, or values that are not 0/1
+                problems[k] = str(error)
+        smallest = smallest_matching_k(points)
+        found = [self.row(point, None, smallest) for point in points]
+        found += [self.row(None, problem, k=k) for k, problem in problems.items()]
+        return sorted(found, key=lambda row: row.k or 0)
+
+    def row(
+        self, point: MatchedPoint | None, problem: str | None, smallest: int | None = None, k: int | None = None
+    ) -> ComparisonRow:
+        """One row: a point, or (no point) a no-data row for `k` (None: the whole entry) saying what is missing."""
+        k = point.k if point else k
+        fields: dict = dict.fromkeys(field.name for field in dataclasses.fields(ComparisonRow))
+        fields.update(run_id=self.pair.run_id, teacher=self.pair.teacher, student=self.pair.student)
+        fields.update(task=self.entry.task, metric=self.entry.metric, baseline_task=self.entry.baseline_task, k=k)
+        fields.update(filter=self.student[k][0] if k in self.student else None, higher_is_better=True)
+        fields.update(retention_margin=self.settings.retention_margin, confidence=self.settings.confidence)
+        fields.update(n_paired=0, verdict=Verdict.NO_DATA, control=False, compute_matched=True)
+        fields.update(n_blocks=len(self.workload.blocks) if self.workload else 0, smallest_matching_k=smallest)
+        fields.update(blocks_cross_session=self.workload.blocks_cross_session if self.workload else 0)
+        if self.workload is not None:
+            fields.update(workload=self.workload.workload, level=self.workload.level)
+        fields.update(zip(("teacher_tokens_per_answer", "student_tokens_per_answer"), self.tokens(), strict=True))
+        if point is not None:
+            fields.update({name: getattr(point, name) for name in _POINT_FIELDS})
+            fields.update(n_paired=point.n, diff_mean=point.student_score - point.teacher_score)
+            fields.update(interval_method=IntervalMethod.TANGO_CC)
+        row = ComparisonRow(**{**fields, "summary": ""})
+        return dataclasses.replace(row, summary=matched_summary(row, problem))
+
+
+# MatchedPoint fields that a ComparisonRow has under the same name.
+_POINT_FIELDS = (
+    "teacher_score", "student_score", "diff_ci_low", "diff_ci_high", "discordant_student_only",
+    "discordant_teacher_only", "mcnemar_p", "verdict", "teacher_usd_per_question", "student_usd_per_question",
+    "within_budget",
+)  # fmt: skip

@@ -38,7 +38,7 @@ PERF_VALUES = ("output_tokens_per_s", "usd_per_mtok_output", "j_per_output_token
 COLUMNS: dict[str, tuple[str, ...]] = {
     "models": ("run_id", "cell_key", "name", "role", "teacher", "distillation_usd", "distillation_teacher_tokens"),
     "eval_scores": ("run_id", "cell_key", "model", "task", "metric", "filter", "value", "higher_is_better"),
-    "eval_samples": ("run_id", "cell_key", "model", "task", "metric", "filter", "doc_id", "value"),
+    "eval_samples": ("run_id", "cell_key", "model", "task", "metric", "filter", "doc_id", "value", "response_tokens"),
     "perf_summary": ("run_id", "cell_key", "model", "workload", "mode", "level", "block", "session_id", *PERF_VALUES),
 }
 TABLES = tuple(COLUMNS)
@@ -93,6 +93,13 @@ class PairedWorkload:
             return np.array([np.nan if value is None else value for value in raw], dtype=np.float64)
 
         return column_of("student"), column_of("teacher")
+
+    def means(self, column: str) -> tuple[float | None, float | None]:
+        """(student, teacher) mean of `column` over the blocks, rows without a value left out; None for none.
+
+        The one price per model that a pair's rows use: break-even's teacher $/Mtok, compute-matched $/answer.
+        """
+        return tuple(float(np.nanmean(side)) if np.isfinite(side).any() else None for side in self.values(column))
 
     @property
     def blocks_cross_session(self) -> int:

@@ -67,6 +67,10 @@ class EvalSample:
     value: float
     target: str
     response: str
+    # Tokens the model generated per answer to this document: the mean over its answers (every repeat, before
+    # filters), each counted with the model's tokenizer (`matched.generated_tokens`); what prices an answer in
+    # compute-matched comparisons. None for tasks that do not generate, and in rows stored before schema 5.
+    response_tokens: float | None = None
 
 
 @dataclass(frozen=True)

@@ -173,6 +173,37 @@ def break_even_text(row: ComparisonRow) -> str:
     return f"{made}; repaid after {row.break_even_mtok:.3g}M output tokens [{row.break_even_ci_low_mtok:.3g}, {high}]"
 
 
+def matched_summary(row: ComparisonRow, problem: str | None = None) -> str:
+    """One line for a compute-matched row: maj@k against pass@1, the verdict, and what k answers cost."""
+    if row.k is None:
+        head = f"{row.student} vs {row.teacher}, compute-matched ({row.task} against {row.baseline_task})"
+    else:
+        head = f"{row.student} maj@{row.k} on {row.task} vs {row.teacher} pass@1 on {row.baseline_task}"
+    if problem is not None or row.student_score is None or row.teacher_score is None:
+        return f"{head}: no data: {problem or 'no document answered by both'}"
+    evidence = f"CI of diff {format_ci(row.diff_ci_low, row.diff_ci_high)}, n={row.n_paired}"
+    evidence += f", student-only/teacher-only right {_discordant(row)}, McNemar p={format_p(row.mcnemar_p)}"
+    text = f"{head}: {row.student_score:.3f} vs {row.teacher_score:.3f} {row.metric} ({evidence})"
+    text += f": {row.verdict} at margin {row.retention_margin:g}; "
+    if row.within_budget is None:
+        return text + f"not priced: {unpriced_reason(row)}"
+    answers = f"{row.k} answer" + ("s" if row.k != 1 else "")
+    budget = "within" if row.within_budget else "over"
+    return text + (
+        f"$/question {row.student_usd_per_question:.3g} ({answers}) vs {row.teacher_usd_per_question:.3g} at "
+        f"{_load(row)}: {budget} the teacher's budget"
+    )
+
+
+def unpriced_reason(row: ComparisonRow) -> str:
+    """Why a compute-matched row has no $/question."""
+    if row.teacher_tokens_per_answer is None or row.student_tokens_per_answer is None:
+        return "eval_samples without response_tokens (results stored before schema 5)"
+    if row.workload is None:
+        return "no perf workload that both models ran"
+    return f"no $/Mtok measured at {_load(row)}"
+
+
 # -- tables -----------------------------------------------------------------------------------------------
 
 _COLUMNS: tuple[tuple[str, Callable[[ComparisonRow], str]], ...] = (
@@ -290,6 +321,48 @@ def render_text(rows: Sequence[ComparisonRow]) -> str:
     return "\n".join([_title(rows, most_runs=5), header, rule, *body, _caption(rows, "in parentheses")]) + "\n"
 
 
+def _usd(value: float | None) -> str:
+    return format_value(value, ".3g")
+
+
+def _budget(row: ComparisonRow) -> str:
+    return {True: "yes", False: "no", None: "-"}[row.within_budget]
+
+
+# Plain text; `to_markdown` escapes each cell.
+MATCHED_COLUMNS: tuple[tuple[str, Callable[[ComparisonRow], str]], ...] = (
+    ("student", lambda r: r.student),
+    ("teacher", lambda r: r.teacher),
+    ("task vs baseline", lambda r: f"{r.task} vs {r.baseline_task}"),
+    ("k", lambda r: format_value(r.k, "d")),
+    ("student maj@k", lambda r: format_value(r.student_score, ".3f")),
+    ("teacher pass@1", lambda r: format_value(r.teacher_score, ".3f")),
+    ("diff CI", lambda r: format_ci(r.diff_ci_low, r.diff_ci_high)),
+    ("n", lambda r: str(r.n_paired)),
+    ("verdict", lambda r: r.verdict),
+    ("load", _load),
+    ("student $/q", lambda r: _usd(r.student_usd_per_question)),
+    ("teacher $/q", lambda r: _usd(r.teacher_usd_per_question)),
+    ("within budget", _budget),
+    ("smallest matching k", lambda r: format_value(r.smallest_matching_k, "d")),
+)
+
+
+def render_matched_table(rows: Sequence[ComparisonRow]) -> Table:
+    """The compute-matched rows as a rich table: one line per k."""
+    caption = (
+        "student maj@k vs teacher pass@1 on the documents both answered; $/q = tokens per answer x $/Mtok at the "
+        "load (k answers for the student); smallest matching k: within budget, non-inferior or better"
+    )
+    runs = ", ".join(sorted({row.run_id for row in rows}))
+    table = Table(title=Text(f"compute-matched quality ({runs})"), caption=caption)
+    for index, (header, _) in enumerate(MATCHED_COLUMNS):
+        table.add_column(header, justify="left" if index < 3 or header in ("verdict", "load") else "right")
+    for row in rows:
+        table.add_row(*(Text(cell(row)) for _, cell in MATCHED_COLUMNS))
+    return table
+
+
 def markdown_text(text: str) -> str:
     """Text safe in a Markdown table cell: HTML escaped, `|` and backslashes escaped, one line."""
     escaped = html.escape(text.replace("\\", "\\\\"), quote=False).replace("|", "\\|")
@@ -303,8 +376,13 @@ def markdown_table(columns: Sequence[tuple[str, Callable[[T], str]]], items: Ite
 
 
 def to_markdown(rows: Sequence[ComparisonRow]) -> str:
-    """A Markdown table of the rows, then one summary line per row."""
-    lines = [*markdown_table(_COLUMNS, rows), "", *(f"- {markdown_text(row.summary)}" for row in rows)]
+    """A Markdown table of the rows, then the compute-matched rows' table if any, then one summary line per row."""
+    matched = [row for row in rows if row.compute_matched]
+    lines = markdown_table(_COLUMNS, [row for row in rows if not row.compute_matched])
+    if matched:
+        escaped = [(header, lambda row, cell=cell: markdown_text(cell(row))) for header, cell in MATCHED_COLUMNS]
+        lines += ["", "Compute-matched quality:", "", *markdown_table(escaped, matched)]
+    lines += ["", *(f"- {markdown_text(row.summary)}" for row in rows)]
     return "\n".join(lines) + "\n"
 
 

@@ -9,11 +9,14 @@ answer k times and vote. This script measures it with the product itself, in two
    second run reproduces every answer at every position, and whether greedy toy_add is unchanged.
 2. The comparison: `distill-bench run tests/perf/compute_matched.yaml` (teacher and distilled student on
    greedy toy_add and the sampled variant, limit 200, plus a short load workload whose $/Mtok prices an
-   answer), then bench.matched on the stored results: per k, student maj@k against teacher pass@1 with
-   the paired interval and verdict, the $/question of each, and whether k answers fit the teacher's budget.
+   answer; `compare.compute_matched` names the two tasks), then the product's own `distill-bench compare
+   --format json` of the run: per k, student maj@k against teacher pass@1 with the paired interval and
+   verdict, the $/question of each, whether k answers fit the teacher's budget, and the smallest matching k.
 
-Tokens per answer are counted in the stored responses with the model's tokenizer (teacher: greedy toy_add;
-student: maj@1, its first sampled answer, unvoted); $/Mtok is the median over blocks of the workload's level.
+Tokens per answer are what the eval stored (`eval_samples.response_tokens`: the model's tokenizer over every
+raw answer; teacher: greedy toy_add; student: all 9 answers of the sampled task); $/Mtok is each model's mean
+over the workload's blocks, the price compare's cost rows use. A results root from before schema 5 holds
+no token counts: give a fresh --results.
 
 Run under the lock (two servers at a time at most, about 5-8 min on 2 cores):
 `flock /tmp/heavy.lock .venv/bin/python tests/perf/compute_matched.py [--results DIR] [--skip-seed-check]`
@@ -22,6 +25,7 @@ Run under the lock (two servers at a time at most, about 5-8 min on 2 cores):
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -33,8 +37,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from bench import matched, store  # noqa: E402
-from bench.config import ModelConfig, ServeConfig  # noqa: E402
-from bench.evaluate import Endpoint, _model_args  # noqa: E402
+from bench.config import ModelConfig, ServeConfig, TaskConfig  # noqa: E402
+from bench.evaluate import Endpoint, _model_args, in_flight  # noqa: E402
 from bench.toy.tasks import SAMPLED_TASK  # noqa: E402
 
 CONFIG = REPO / "tests" / "perf" / "compute_matched.yaml"
@@ -42,8 +46,6 @@ TEACHER, STUDENT = "toy-teacher", "toy-student-kd"
 TOY_SERVE = ServeConfig(dtype="float32", max_model_len=64, cpu_kv_cache_gib=1, extra_args=("--enforce-eager",))
 SEED_CHECK_DOCS = 20
 GREEDY_CHECK_DOCS = 40
-MAX_GEN_TOKS = 16
-MARGIN, CONFIDENCE = 0.05, 0.95
 
 
 def lm_eval_responses(endpoint: Endpoint, model_name: str, task: str, include_path: str, limit: int) -> list:
@@ -73,7 +75,8 @@ def check_seeds(log_dir: Path) -> None:
     server = VllmServer(model, seed=0, log_path=log_dir / "seed-check-server.log")
     server.start()
     try:
-        endpoint = Endpoint(base_url=server.base_url, served_model=STUDENT, tokenizer=model.source)
+        sent = in_flight(model, TaskConfig(name=SAMPLED_TASK), gpu_count=0)  # the product's CPU default
+        endpoint = Endpoint(base_url=server.base_url, served_model=STUDENT, tokenizer=model.source, in_flight=sent)
         sampled = "configs/tasks/toy_sampled"
         plain = lm_eval_responses(endpoint, "local-completions", SAMPLED_TASK, sampled, SEED_CHECK_DOCS)
         ours = lm_eval_responses(endpoint, "distill-completions", SAMPLED_TASK, sampled, SEED_CHECK_DOCS)
@@ -112,68 +115,80 @@ def run_product(results_dir: Path) -> Path:
     return results_dir
 
 
-def per_document(samples: list[dict], model: str, task: str, filter_name: str) -> dict[int, dict]:
-    return {
-        s["doc_id"]: s
-        for s in samples
-        if s["model"] == model and s["task"] == task and s["filter"] == filter_name and s["metric"] == "exact_match"
-    }
+def compare_rows(run_dir: Path) -> list[dict]:
+    """The product's comparison of the run, as `distill-bench compare --format json` prints it."""
+    env = os.environ | {"PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "bench.cli", "compare", str(run_dir), "--format", "json"]
+    completed = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    if completed.returncode != 0:
+        raise SystemExit(f"distill-bench compare exited {completed.returncode}:\n{completed.stderr[-4000:]}")
+    return json.loads(completed.stdout)
 
 
-def answer_cost(model: str, docs: dict[int, dict], summaries: list[dict]) -> matched.AnswerCost:
-    count = matched.tokenizer_counter(str(REPO / "bench/toy/models" / model.removeprefix("toy-")))
-    tokens = matched.mean_generated_tokens((s["response"] for s in docs.values()), count, MAX_GEN_TOKS)
-    prices = [s["usd_per_mtok_output"] for s in summaries if s["model"] == model and s["usd_per_mtok_output"]]
-    return matched.AnswerCost(output_tokens_per_answer=tokens, usd_per_mtok_output=statistics.median(prices))
+def lm_eval_score(scores: list[dict], model: str, task: str, filter_name: str) -> float | None:
+    """lm-eval's own aggregate from eval_scores (for context: the teacher's maj@k is not compared)."""
+    found = [s["value"] for s in scores if (s["model"], s["task"], s["filter"]) == (model, task, filter_name)]
+    return found[0] if found else None
 
 
-def report(results_dir: Path) -> None:
-    samples = store.read_table(results_dir, "eval_samples").to_pylist()
-    summaries = store.read_table(results_dir, "perf_summary").to_pylist()
-    teacher_docs = per_document(samples, TEACHER, "toy_add", "none")
-    student_greedy = per_document(samples, STUDENT, "toy_add", "none")
-    filters = {s["filter"] for s in samples if s["task"] == SAMPLED_TASK}
-    votes = {k: f for f in filters if (k := matched.vote_k(f)) is not None}
-    student_by_k = {k: per_document(samples, STUDENT, SAMPLED_TASK, f) for k, f in votes.items()}
-    teacher_votes = {k: per_document(samples, TEACHER, SAMPLED_TASK, f) for k, f in votes.items()}
-    teacher_cost = answer_cost(TEACHER, teacher_docs, summaries)
-    student_cost = answer_cost(STUDENT, student_by_k[1], summaries)
-    points = matched.compare_matched(
-        {d: s["value"] for d, s in teacher_docs.items()},
-        {k: {d: s["value"] for d, s in docs.items()} for k, docs in student_by_k.items()},
-        teacher_cost,
-        student_cost,
-        MARGIN,
-        CONFIDENCE,
+def usd_per_mtok(usd_per_question: float, tokens_per_answer: float, answers: int) -> float:
+    return usd_per_question / answers / tokens_per_answer * 1e6
+
+
+def report(run_dir: Path) -> None:
+    """compare's compute-matched rows of the run, as a table, with the greedy scores beside them."""
+    rows = compare_rows(run_dir)
+    matched_rows = sorted(
+        (r for r in rows if r["compute_matched"] and r["teacher"] == TEACHER and r["student"] == STUDENT),
+        key=lambda r: r["k"] or 0,
     )
-    greedy = statistics.mean(s["value"] for s in student_greedy.values())
-    for name, cost in (("teacher", teacher_cost), ("student", student_cost)):
+    if not matched_rows or any(r["k"] is None for r in matched_rows):
+        raise SystemExit("compare gave no compute-matched rows:\n" + "\n".join(r["summary"] for r in matched_rows))
+    greedy = next(r for r in rows if not r["compute_matched"] and r["task"] == "toy_add" and r["student"] == STUDENT)
+    scores = store.read_table(run_dir, "eval_scores").to_pylist()
+    first = matched_rows[0]
+    for name, per_question, tokens, answers in (
+        ("teacher", first["teacher_usd_per_question"], first["teacher_tokens_per_answer"], 1),
+        ("student", first["student_usd_per_question"], first["student_tokens_per_answer"], first["k"]),
+    ):
+        if per_question is None:
+            print(f"{name}: {tokens} output tokens/answer, not priced")
+            continue
         print(
-            f"{name}: {cost.output_tokens_per_answer:.2f} output tokens/answer x ${cost.usd_per_mtok_output:.4f}/Mtok"
-            f" = ${cost.usd_per_answer * 1e6:.3f} per million answers"
+            f"{name}: {tokens:.2f} output tokens/answer x ${usd_per_mtok(per_question, tokens, answers):.4f}/Mtok"
+            f" = ${per_question / answers * 1e6:.3f} per million answers"
         )
+    if first["student_usd_per_question"] is not None:
+        student = matched.AnswerCost(1.0, first["student_usd_per_question"] / first["k"])
+        teacher = matched.AnswerCost(1.0, first["teacher_usd_per_question"])
+        print(f"affordable k (k x student $/answer <= teacher $/answer): {matched.affordable_k(student, teacher)}")
     print(
-        f"affordable k (k x student $/answer <= teacher $/answer): {matched.affordable_k(student_cost, teacher_cost)}"
+        f"greedy pass@1 on toy_add: student {greedy['student_score']:.3f}, teacher {greedy['teacher_score']:.3f}"
+        f" (compare's toy_add row, n = {greedy['n_paired']})"
     )
-    print(f"student greedy pass@1 on toy_add: {greedy:.3f}; teacher greedy pass@1: {points[0].teacher_score:.3f}")
     print(
-        "| k | student maj@k | teacher maj@k | teacher pass@1 | diff CI (maj@k - pass@1) | verdict"
+        "| k | student maj@k | teacher maj@k (lm-eval) | teacher pass@1 | diff CI (maj@k - pass@1) | verdict"
         " | student $/q | teacher $/q | k x cost <= teacher |"
     )
     print("|---:|---:|---:|---:|---|---|---:|---:|---|")
-    for p in points:
-        teacher_k = statistics.mean(s["value"] for s in teacher_votes[p.k].values())
+    for r in matched_rows:
+        teacher_k = lm_eval_score(scores, TEACHER, SAMPLED_TASK, r["filter"])
+        student_usd = "-" if r["student_usd_per_question"] is None else f"{r['student_usd_per_question'] * 1e6:.3f}e-6"
+        teacher_usd = "-" if r["teacher_usd_per_question"] is None else f"{r['teacher_usd_per_question'] * 1e6:.3f}e-6"
+        budget = {True: "yes", False: "no", None: "-"}[r["within_budget"]]
         print(
-            f"| {p.k} | {p.student_score:.3f} | {teacher_k:.3f} | {p.teacher_score:.3f}"
-            f" | {p.diff_ci_low:+.3f}..{p.diff_ci_high:+.3f}"
-            f" | {p.verdict} | {p.student_usd_per_question * 1e6:.3f}e-6 | {p.teacher_usd_per_question * 1e6:.3f}e-6"
-            f" | {'yes' if p.within_budget else 'no'} |"
+            f"| {r['k']} | {r['student_score']:.3f} | {'-' if teacher_k is None else f'{teacher_k:.3f}'}"
+            f" | {r['teacher_score']:.3f} | {r['diff_ci_low']:+.3f}..{r['diff_ci_high']:+.3f} | {r['verdict']}"
+            f" | {student_usd} | {teacher_usd} | {budget} |"
         )
-    print(f"n = {points[0].n} documents; margin {MARGIN}, {CONFIDENCE:.0%} Tango interval (continuity-corrected)")
     print(
-        f"smallest matching k within budget: {matched.smallest_matching_k(points)}; at any cost: "
-        f"{matched.smallest_matching_k(points, within_budget=False)}"
+        f"n = {first['n_paired']} documents; margin {first['retention_margin']}, {first['confidence']:.0%} Tango"
+        " interval (continuity-corrected); price: each model's mean $/Mtok over the blocks of"
+        f" {first['workload']}@{first['level']:g}"
     )
+    print(f"smallest matching k within budget (compare): {first['smallest_matching_k']}")
+    print("compare's sentences:")
+    print("\n".join(f"  {r['summary']}" for r in matched_rows))
 
 
 def main() -> None:
@@ -189,7 +204,7 @@ def main() -> None:
     os.chdir(REPO)  # task YAMLs name their data files relative to the repository root
     if not args.skip_seed_check:
         check_seeds(args.results)
-    report(run_product(args.results))
+    report(run_product(args.results) / "compute-matched")
 
 
 if __name__ == "__main__":

@@ -118,6 +118,19 @@ def test_samples_of_each_filter_are_kept_apart(results):
     assert filters == ["none", "strict-match"]
 
 
+def test_generated_answers_are_counted_per_document_over_every_repeat(results):
+    # As lm-eval logs a document of a task with repeats: its request's arguments and its raw answers.
+    for sample in results["samples"]["toy_add"]:
+        sample.update(arguments=[["2+3=", {"until": ["\n"], "max_gen_toks": 4}]], resps=[["12", "12345"]])
+    count = len  # one token per character
+    samples = evaluate.samples_from_results(results, count)
+    add = [s.response_tokens for s in samples if s.task == "toy_add"]
+    # "12" and its stop: 3 tokens; "12345" ran into max_gen_toks: 4, no stop generated. Mean 3.5.
+    assert add and set(add) == {3.5}
+    assert {s.response_tokens for s in samples if s.task == "toy_add_mc"} == {None}  # nothing generated
+    assert {s.response_tokens for s in evaluate.samples_from_results(results)} == {None}  # no tokenizer given
+
+
 def test_per_document_values_that_are_not_numbers_are_left_out(results):
     # Corpus metrics such as BLEU log (reference, prediction) per document, not a score.
     sample = results["samples"]["toy_add"][0]

@@ -73,6 +73,12 @@ def lengths(prompt: dict, output: dict, max_model_len: int | None = None) -> Cal
     return both(*edits)
 
 
+def sampled_task_and(entry: dict) -> Callable[[dict], dict]:
+    """A second task, `toy_sampled`, and one compute_matched entry."""
+    sampled = {"name": "toy_sampled", "include_path": "./tasks", "limit": 10}
+    return both(appending("tasks", sampled), setting("compare", {"compute_matched": [entry]}))
+
+
 # -- filesystem set-ups (run in the workspace before the listing that must not change) ------------------
 
 
@@ -524,6 +530,36 @@ CASES = [
         "compare.controls[0][1]",
         "control character",
         setting("compare", {"controls": [["teacher", "stu\ndent"]]}),
+    ),
+    Case(
+        "matched-unknown-task",
+        "compare.compute_matched[0].task",
+        "unknown task 'toy_sampled'",
+        setting("compare", {"compute_matched": [{"task": "toy_sampled", "baseline_task": "toy_arith"}]}),
+    ),
+    Case(
+        "matched-unknown-baseline",
+        "compare.compute_matched[0].baseline_task",
+        "unknown task 'gsm8k'",
+        sampled_task_and({"task": "toy_sampled", "baseline_task": "gsm8k"}),
+    ),
+    Case(
+        "matched-baseline-is-the-sampled-task",
+        "compare.compute_matched[0].baseline_task",
+        "the sampled task itself",
+        sampled_task_and({"task": "toy_sampled", "baseline_task": "toy_sampled"}),
+    ),
+    Case(
+        "matched-k-zero",
+        "compare.compute_matched[0].k[1]",
+        "greater than 0",
+        sampled_task_and({"task": "toy_sampled", "baseline_task": "toy_arith", "k": [1, 0]}),
+    ),
+    Case(
+        "matched-unknown-key",
+        "compare.compute_matched[0].samples",
+        "Extra inputs",
+        sampled_task_and({"task": "toy_sampled", "baseline_task": "toy_arith", "samples": 9}),
     ),
     # YAML-level problems
     Case("duplicate-nested-key", "run.seed", "duplicate key at line 4 (first at line 3)", raw=DUPLICATE_SEED.encode()),

@@ -8,6 +8,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import duckdb
+import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
@@ -38,7 +39,15 @@ def comparison_row(**fields) -> compare.ComparisonRow:
     """
     defaults = {"run_id": "q1", "teacher": "teacher", "control": False, "confidence": 0.95, "n_blocks": 5}
     defaults |= {"blocks_cross_session": 0, "workload": "chat", "level": 8.0, "filter": "none", "metric": "acc"}
+    defaults |= {"compute_matched": False, **dict.fromkeys(MATCHED_FIELDS)}
     return make_record(compare.ComparisonRow, **(defaults | fields))
+
+
+# The compute-matched fields of a row (bench.matched), None in every other row.
+MATCHED_FIELDS = (
+    "baseline_task", "k", "teacher_tokens_per_answer", "student_tokens_per_answer", "teacher_usd_per_question",
+    "student_usd_per_question", "within_budget", "smallest_matching_k",
+)  # fmt: skip
 
 
 def task_row(student: str, task: str, kept: tuple[float, float, float], verdict: str, **fields):
@@ -133,6 +142,53 @@ def test_a_task_without_an_interval_leaves_the_entry_without_one():
     (entry,) = leaderboard.build_entries(rows)
     assert entry.mean_retention_pct == pytest.approx(94.5)
     assert (entry.retention_ci_low_pct, entry.retention_ci_high_pct) == (None, None)
+
+
+def matched_row(student: str, k: int, verdict: str, within: bool | None, smallest: int | None, **fields):
+    """A compute-matched row of `student`: maj@k on add_sampled against the teacher's pass@1 on add."""
+    values = {"task": "add_sampled", "baseline_task": "add", "filter": f"maj@{k}", "n_paired": 200}
+    values |= {"within_budget": within, "smallest_matching_k": smallest, "retention_pct": None}
+    return comparison_row(student=student, k=k, verdict=verdict, compute_matched=True, **values | fields)
+
+
+def test_entries_show_the_smallest_matching_k_within_budget_or_why_there_is_none(tmp_path):
+    matched = [
+        matched_row("kd", 1, "inferior", True, 3), matched_row("kd", 3, "non-inferior", True, 3),
+        matched_row("kd", 5, "better", False, 3),
+        matched_row(NASTY, 1, "inferior", True, None), matched_row(NASTY, 3, "non-inferior", False, None),
+        matched_row("tiny", 1, "non-inferior", None, None, workload=None, level=None),
+    ]  # fmt: skip
+    plain = {entry.student: entry for entry in leaderboard.build_entries(evidence_rows())}
+    board = leaderboard.build_leaderboard(evidence_rows() + matched)
+    entries = {entry.student: entry for entry in board.entries}
+    assert {name: (entry.matched_status, entry.smallest_matching_k) for name, entry in entries.items()} == {
+        "kd": (leaderboard.MatchedStatus.MATCHED, 3),
+        NASTY: (leaderboard.MatchedStatus.NONE_WITHIN_BUDGET, None),
+        "tiny": (leaderboard.MatchedStatus.NOT_PRICED, None),
+    }
+    # Compute-matched rows are no task metrics: quality kept, verdicts and ranks are those without them.
+    for name, entry in plain.items():
+        assert dataclasses.replace(entries[name], matched_status=None, smallest_matching_k=None) == entry
+    lines = leaderboard.to_markdown(board).splitlines()
+    assert lines[0].endswith("| compute-matched k |")
+    assert [line.rsplit("|", 2)[1].strip() for line in lines[2:5]] == ["k=3", "none within budget", "not priced"]
+    leaderboard.write_leaderboard(board, tmp_path, source="results")
+    page = (tmp_path / "index.html").read_text()
+    assert "<th>compute-matched k</th>" in page and "<td>k=3</td>" in page
+    assert page.count("Compute-matched quality:") == 3 and "<td>add_sampled vs add</td>" in page
+    stored = pq.read_table(tmp_path / "leaderboard.parquet").select(["student", "matched_status"]).to_pylist()
+    assert {row["student"]: row["matched_status"] for row in stored}["kd"] == "matched"
+
+
+def test_an_entry_without_compute_matched_rows_has_no_status():
+    (entry,) = leaderboard.build_entries([task_row("kd", "toy_add", (97.5, 94.0, 101.0), "non-inferior")])
+    assert (entry.matched_status, entry.smallest_matching_k, leaderboard.matched_text(entry)) == (None, None, "-")
+    only_no_data = [
+        task_row("kd", "toy_add", (97.5, 94.0, 101.0), "non-inferior"),
+        matched_row("kd", 1, "no-data", None, None, n_paired=0),
+    ]
+    (entry,) = leaderboard.build_entries(only_no_data)
+    assert entry.matched_status is leaderboard.MatchedStatus.NO_DATA
 
 
 def test_controls_are_listed_apart_and_never_ranked():

@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
+from pathlib import Path
 
-from bench.compare import Verdict
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from bench import compare, store
+from bench.cli import app
+from bench.compare import ComparisonRow, Verdict
+from bench.config import CompareConfig
 from bench.matched import (
     AnswerCost,
     affordable_k,
     compare_matched,
     generated_tokens,
     mean_generated_tokens,
+    sample_groups,
     smallest_matching_k,
     vote_k,
 )
+from bench.records import EvalSample, ModelRecord, PerfSummary
 from bench.stats import discordant_counts, tango_interval
+from tests.unit.test_store import make_record
 
 # Teacher: 5 tokens at $2/Mtok = $1e-5 an answer; student: 5 tokens at $0.5/Mtok = $2.5e-6, a quarter.
 TEACHER = AnswerCost(output_tokens_per_answer=5, usd_per_mtok_output=2.0)
@@ -100,3 +110,132 @@ def test_refuses_disjoint_documents_and_continuous_values() -> None:
         compare_matched({0: 1.0}, {3: {1: 1.0}}, TEACHER, STUDENT, 0.05, 0.95)
     with pytest.raises(ValueError, match="0/1"):
         compare_matched({0: 0.5}, {3: {0: 1.0}}, TEACHER, STUDENT, 0.05, 0.95)
+
+
+# -- from stored results: compare's compute-matched rows -------------------------------------------------
+
+TEACHER_PRICES = (2.2, 1.8, 2.0)  # $/Mtok over 3 blocks: mean 2.0
+STUDENT_PRICES = (0.6, 0.4, 0.5)  # mean 0.5
+VOTES = {1: 150, 3: 178, 5: 190}  # maj@k filter -> documents right, of N
+ENTRY = {"task": "add_sampled", "baseline_task": "add", "metric": "exact_match"}
+
+
+def samples(task: str, filter_name: str, right: int, tokens: float | None) -> list[EvalSample]:
+    return [
+        make_record(
+            EvalSample, task=task, doc_id=doc, metric="exact_match", filter=filter_name, value=float(doc < right),
+            response_tokens=tokens,
+        )
+        for doc in range(N)
+    ]  # fmt: skip
+
+
+def write_run(root: Path, tokens: float | None = 5.0, perf: bool = True, **entry) -> Path:
+    """A run of a teacher (pass@1 0.90 on `add`, 5 tokens an answer) and its student (maj@1/3/5 on
+    `add_sampled`, 5 tokens an answer), with `chat` priced over 3 blocks, and one compute_matched entry."""
+    run = root / "results" / "r1"
+    for name, role, teacher in (("T", "teacher", None), ("S", "student", "T")):
+        record = make_record(
+            ModelRecord, name=name, role=role, teacher=teacher, distillation_usd=None, distillation_teacher_tokens=None
+        )
+        store.write_cell(run, "models", f"{name}-server", name, [record])
+    store.write_cell(run, "eval_samples", "T-add", "T", samples("add", "none", 180, tokens))
+    student_rows = [row for k, right in VOTES.items() for row in samples("add_sampled", f"maj@{k}", right, tokens)]
+    store.write_cell(run, "eval_samples", "S-add_sampled", "S", student_rows)
+    for model, prices in (("T", TEACHER_PRICES), ("S", STUDENT_PRICES)):
+        for block, price in enumerate(prices if perf else ()):
+            summary = make_record(
+                PerfSummary, workload="chat", mode="concurrency", level=8.0, block=block, session_id="one",
+                usd_per_mtok_output=price,
+            )  # fmt: skip
+            store.write_cell(run, "perf_summary", f"{model}-chat-{block}", model, [summary])
+    compare_section = {"retention_margin": 0.05, "compute_matched": [ENTRY | entry]}
+    store.write_manifest(run, {"run_id": "r1", "config": {"compare": compare_section}})
+    return root / "results"
+
+
+def matched_rows(results: Path) -> list[ComparisonRow]:
+    return [row for row in compare.compare_results(results) if row.compute_matched]
+
+
+def test_rows_pair_maj_at_k_with_pass_at_1_and_price_answers_at_the_pairs_measured_rate(tmp_path) -> None:
+    rows = matched_rows(write_run(tmp_path))
+    assert [(row.k, row.filter, row.task, row.baseline_task) for row in rows] == [
+        (k, f"maj@{k}", "add_sampled", "add") for k in VOTES
+    ]
+    assert [(row.n_paired, row.teacher_score, row.student_score) for row in rows] == [
+        (N, 0.9, right / N) for right in VOTES.values()
+    ]
+    # The same points as bench.matched's own, with the price compare's break-even uses: the mean over blocks.
+    expected = compare_matched(ones(180), {k: ones(right) for k, right in VOTES.items()}, TEACHER, STUDENT, 0.05, 0.95)
+    for row, point in zip(rows, expected, strict=True):
+        assert (row.diff_ci_low, row.diff_ci_high, row.verdict) == (
+            point.diff_ci_low,
+            point.diff_ci_high,
+            point.verdict,
+        )
+        assert row.teacher_usd_per_question == pytest.approx(point.teacher_usd_per_question)
+        assert row.student_usd_per_question == pytest.approx(point.student_usd_per_question)
+        assert row.within_budget == point.within_budget
+        assert (row.discordant_student_only, row.discordant_teacher_only) == (
+            point.discordant_student_only, point.discordant_teacher_only,
+        )  # fmt: skip
+    assert [row.within_budget for row in rows] == [True, True, False]
+    assert {row.smallest_matching_k for row in rows} == {3}
+    assert {(row.workload, row.level, row.n_blocks) for row in rows} == {("chat", 8.0, 3)}
+    assert (rows[0].teacher_tokens_per_answer, rows[0].student_tokens_per_answer) == (5.0, 5.0)
+    assert "within the teacher's budget" in rows[1].summary and "over the teacher's budget" in rows[2].summary
+
+
+def test_configured_k_restricts_the_rows_and_a_missing_one_says_so(tmp_path) -> None:
+    rows = matched_rows(write_run(tmp_path, k=[3, 7]))
+    assert [(row.k, row.verdict) for row in rows] == [(3, Verdict.NON_INFERIOR), (7, Verdict.NO_DATA)]
+    assert "maj@7 of S on add_sampled is not stored" in rows[1].summary
+
+
+def test_results_without_response_tokens_are_not_priced_and_say_why(tmp_path) -> None:
+    rows = matched_rows(write_run(tmp_path, tokens=None))  # as a schema-4 file reads: the column null
+    assert [row.verdict for row in rows] == [Verdict.INFERIOR, Verdict.NON_INFERIOR, Verdict.BETTER]
+    assert {(row.within_budget, row.teacher_usd_per_question, row.smallest_matching_k) for row in rows} == {
+        (None, None, None)
+    }
+    assert all("not priced: eval_samples without response_tokens" in row.summary for row in rows)
+
+
+def test_a_schema_4_file_reads_response_tokens_as_null(tmp_path) -> None:
+    results = write_run(tmp_path)
+    path = next((results / "r1" / "eval_samples").glob("T-*.parquet"))
+    old = pq.read_table(path).drop_columns(["response_tokens"])
+    pq.write_table(old.replace_schema_metadata({**old.schema.metadata, b"schema_version": b"4"}), path)
+    rows = matched_rows(results)
+    assert {row.teacher_tokens_per_answer for row in rows} == {None}
+    assert all("not priced" in row.summary for row in rows)
+
+
+def test_without_perf_rows_are_compared_but_not_priced(tmp_path) -> None:
+    rows = matched_rows(write_run(tmp_path, perf=False))
+    assert [row.k for row in rows] == list(VOTES) and {row.workload for row in rows} == {None}
+    assert all("not priced: no perf workload that both models ran" in row.summary for row in rows)
+
+
+def test_an_entry_whose_teacher_has_no_pass_at_1_gets_one_no_data_row(tmp_path) -> None:
+    (row,) = matched_rows(write_run(tmp_path, baseline_task="gsm8k"))
+    assert (row.k, row.verdict, row.baseline_task) == (None, Verdict.NO_DATA, "gsm8k")
+    assert row.summary.endswith("no data: no exact_match of T on gsm8k")
+
+
+def test_runs_without_entries_get_no_rows_and_no_sample_scan(tmp_path) -> None:
+    results = write_run(tmp_path)
+    store.write_manifest(results / "r1", {"run_id": "r1", "config": {"compare": {}}})
+    assert matched_rows(results) == []
+    assert sample_groups(store.read_table(results, "eval_samples"), {"r1": CompareConfig()}) == {}
+
+
+def test_the_cli_prints_the_compute_matched_table(tmp_path) -> None:
+    results = write_run(tmp_path)
+    table = CliRunner().invoke(app, ["compare", str(results)], env={"COLUMNS": "250"})
+    assert table.exit_code == 0, table.output
+    assert "compute-matched quality (r1)" in table.output and "smallest matching k" in table.output
+    markdown = CliRunner().invoke(app, ["compare", str(results), "--format", "markdown"]).output
+    assert "Compute-matched quality:" in markdown
+    assert "| S | T | add_sampled vs add | 3 | 0.890 | 0.900 |" in markdown
