@@ -193,6 +193,17 @@ def replay_results(
 ) -> tuple[list[QualityReplay], list[RatioReplay]]:
     """Replay every student/teacher pair under `results_dir`; each run's own compare settings unless given."""
     inputs = pairing.read_runs(store.readable_runs(results_dir))
+    return replay_runs(inputs, chunk_documents, seeds, target_ratio, settings)
+
+
+def replay_runs(
+    inputs: pairing.RunInputs,
+    chunk_documents: int,
+    seeds: Sequence[int],
+    target_ratio: float = 1.0,
+    settings: CompareConfig | None = None,
+) -> tuple[list[QualityReplay], list[RatioReplay]]:
+    """Replay every student/teacher pair of runs already read (`pairing.read_runs`)."""
     tables = inputs.tables
     quality, perf = [], []
     for pair in pairing.pairs(tables["models"]):

@@ -120,7 +120,7 @@ def test_round_trip_every_table(tmp_path, table):
 def test_file_metadata_names_schema_version_and_tool(tmp_path):
     path = store.write_cell(tmp_path / "run", "eval_scores", "c", "m", [eval_score()])
     metadata = pq.read_metadata(path).metadata
-    assert metadata[b"schema_version"] == b"4"
+    assert metadata[b"schema_version"] == b"5"
     assert metadata[b"tool"] == b"distill-bench"
 
 
