@@ -375,6 +375,7 @@ def compare(
 def _print_sequential(results_dir: Path, orders: int | None, chunk_documents: int | None) -> None:
     """The adaptive replay's three tables: quality per pair and task, perf ratios, and savings per run."""
     from bench import adaptive
+    from bench.leaderboard import format_load
 
     orders = orders or adaptive.DEFAULT_ORDERS
     chunk = chunk_documents or adaptive.DEFAULT_CHUNK_DOCUMENTS
@@ -399,8 +400,8 @@ def _print_sequential(results_dir: Path, orders: int | None, chunk_documents: in
         for row in perf:
             interval = f"{row.ratio:.2f} [{_bound(row.ci_low)}, {_bound(row.ci_high)}]"
             ratios.add_row(
-                row.run_id, f"{row.student} / {row.teacher}", f"{row.workload}@{row.level:g}" if row.level else
-                str(row.workload), f"{row.blocks_used} / {row.blocks_full}", str(row.sequential_decision),
+                row.run_id, f"{row.student} / {row.teacher}", format_load(row.workload, row.level),
+                f"{row.blocks_used} / {row.blocks_full}", str(row.sequential_decision),
                 str(row.full_decision), "yes" if row.agrees else "no", interval,
             )  # fmt: skip
         print_table(ratios)
