@@ -396,7 +396,7 @@ def _print_sequential(results_dir: Path, orders: int | None, chunk_documents: in
     perf = [row for row in rows if row.kind == adaptive.ReplayKind.PERF]
     if perf:
         ratios = Table("run", "student / teacher", "load", "blocks used / full", "sequential", "full-data",
-                       "agree", "throughput x [sequence]")  # fmt: skip
+                       "agree", "throughput x (sequence)")  # fmt: skip
         for row in perf:
             interval = f"{row.ratio:.2f} [{_bound(row.ci_low)}, {_bound(row.ci_high)}]"
             ratios.add_row(
