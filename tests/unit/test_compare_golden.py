@@ -145,10 +145,12 @@ def golden_tree(tmp_path_factory) -> Path:
     return build_golden_tree(tmp_path_factory.mktemp("golden"))
 
 
-# Row fields added after the golden was captured; none of this tree's students declares a distillation.
+# Row fields added after the golden was captured, null on this tree: no student declares a distillation and
+# no run has an adaptive replay.
 FIELDS_SINCE_GOLDEN = (
     "distillation_usd", "saving_usd_per_mtok", "saving_usd_per_mtok_ci_low", "saving_usd_per_mtok_ci_high",
     "break_even_mtok", "break_even_ci_low_mtok", "break_even_ci_high_mtok",
+    "docs_to_decision_pct",
 )  # fmt: skip
 
 
