@@ -342,14 +342,88 @@ def run(
 def compare(
     results_dir: Annotated[Path, typer.Argument(metavar="RESULTS_DIR", help="A results root or one run directory.")],
     output: Annotated[OutputFormat, typer.Option("--format", help="table, json or markdown.")] = OutputFormat.table,
+    sequential: Annotated[
+        bool,
+        typer.Option(
+            "--sequential",
+            help="Then replay adaptive verdicts: documents (blocks) an adaptive run would have used, its verdicts "
+            "against the full data's, device-seconds saved; stored as <run>/sequential.parquet. Tables only.",
+        ),
+    ] = False,
+    orders: Annotated[
+        int | None, typer.Option(min=1, help="Seeded document orders to replay (default 20, what is stored).")
+    ] = None,
+    chunk_documents: Annotated[
+        int | None, typer.Option(min=1, help="Documents between looks (default 25, what is stored).")
+    ] = None,
 ) -> None:
     """Compare each student with its teacher from stored results only: scores, retention, CI, speed, cost.
 
+    With --sequential, also what adaptive verdicts (bench.sequential) would have saved, replayed on the stored
+    per-document results in --orders seeded orders: median [range] over the orders.
+
     Example: distill-bench compare results/quickstart --format markdown
+
+    Example: distill-bench compare results/quickstart --sequential --orders 20
     """
     _require_results_dir(results_dir)
+    if sequential and output is not OutputFormat.table:
+        err_console.print("--sequential prints tables: leave --format out (the rows are in sequential.parquet)")
+        raise typer.Exit(EXIT_CONFIG_ERROR)
     if not _print_comparison(results_dir, output):
         raise typer.Exit(1)
+    if sequential:
+        _print_sequential(results_dir, orders, chunk_documents)
+
+
+def _print_sequential(results_dir: Path, orders: int | None, chunk_documents: int | None) -> None:
+    """The adaptive replay's three tables: quality per pair and task, perf ratios, and savings per run."""
+    from bench import adaptive
+    from bench.leaderboard import format_load
+
+    orders = orders or adaptive.DEFAULT_ORDERS
+    chunk = chunk_documents or adaptive.DEFAULT_CHUNK_DOCUMENTS
+    rows = adaptive.replay_rows(results_dir, orders, chunk, skipped=[])  # compare has reported skipped files
+    console.print(f"\nAdaptive verdicts replayed: {orders} document orders, a look every {chunk} documents")
+    quality = Table("run", "student / teacher", "task", "metric", "documents used / full", "sequential verdict",
+                    "full-data verdict", "agree", "student device-s saved")  # fmt: skip
+    for item in adaptive.summarize_quality(rows):
+        verdicts = ", ".join(f"{verdict} {count}" for verdict, count in item.verdicts.most_common())
+        saved = item.student_device_s_saved
+        quality.add_row(
+            item.run_id, f"{item.student} / {item.teacher}", item.task, f"{item.metric} ({item.filter})",
+            f"{item.documents_used.text('.0f')} / {item.documents_full}", verdicts, str(item.full_verdict),
+            f"{item.agree}/{item.orders}" + (f", {item.opposite} opposite" if item.opposite else ""),
+            saved.text(".1f") if saved is not None else "not recorded",
+        )  # fmt: skip
+    print_table(quality)
+    perf = [row for row in rows if row.kind == adaptive.ReplayKind.PERF]
+    if perf:
+        ratios = Table("run", "student / teacher", "load", "blocks used / full", "sequential", "full-data",
+                       "agree", "throughput x (sequence)")  # fmt: skip
+        for row in perf:
+            interval = f"{row.ratio:.2f} [{_bound(row.ci_low)}, {_bound(row.ci_high)}]"
+            ratios.add_row(
+                row.run_id, f"{row.student} / {row.teacher}", format_load(row.workload, row.level),
+                f"{row.blocks_used} / {row.blocks_full}", str(row.sequential_decision),
+                str(row.full_decision), "yes" if row.agrees else "no", interval,
+            )  # fmt: skip
+        print_table(ratios)
+    savings = Table("run", "document evaluations used / full", "eval device-s saved / total")
+    for run in adaptive.run_savings(rows):
+        device = (
+            f"{run.device_s_saved.text('.1f')} / {run.device_s_total:.1f}"
+            if run.device_s_saved is not None and run.device_s_total is not None
+            else "not recorded (eval_wall_s: schema 5)"
+        )
+        share = run.evaluations_used.median / run.evaluations_full
+        used = f"{run.evaluations_used.text('.0f')} / {run.evaluations_full} ({share:.0%})"
+        savings.add_row(run.run_id, used, device)
+    print_table(savings)
+
+
+def _bound(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 @app.command()
@@ -361,17 +435,20 @@ def leaderboard(
 
     Students non-inferior to their teacher on every task come first, fastest first. Every ratio and the
     quality kept carry their intervals; the page has a per-task drill-down under each student, and control
-    pairs (compare.controls) are listed apart.
+    pairs (compare.controls) are listed apart. Runs replayed by `compare --sequential` show the share of
+    documents an adaptive run needed ("docs to decision").
 
     Example: distill-bench leaderboard results/ --out site/
     """
+    from bench.adaptive import docs_to_decision, stored_rows
     from bench.leaderboard import build_leaderboard, write_leaderboard
 
     _require_results_dir(results_dir)
     rows = _comparison_rows(results_dir)
     if not rows:
         raise typer.Exit(1)
-    for path in write_leaderboard(build_leaderboard(rows), out, source=str(results_dir)):
+    adaptive = docs_to_decision(stored_rows(results_dir))  # runs replayed by `compare --sequential`
+    for path in write_leaderboard(build_leaderboard(rows, adaptive), out, source=str(results_dir)):
         console.print(f"wrote {path}", soft_wrap=True, highlight=False)
 
 

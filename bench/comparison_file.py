@@ -48,9 +48,9 @@ _PACKAGES = ("numpy", "scipy", "pyarrow")
 
 
 @cache
-def _code_digest() -> str:
+def _code_digest(code: tuple[str, ...] = _CODE) -> str:
     digest = hashlib.sha256()
-    for name in _CODE:
+    for name in code:
         digest.update((Path(__file__).parent / f"{name}.py").read_bytes())
     for package in _PACKAGES:
         digest.update(f"{package}=={importlib.metadata.version(package)}".encode())
@@ -73,28 +73,29 @@ def _entries(directory: Path) -> list[tuple[str, bool, int, int]] | str:
     return sorted(found)
 
 
-def fingerprint(run: Path, tables: Collection[str]) -> str:
-    """The fingerprint of what a comparison of `run` reads from `tables` (see the module docstring)."""
+def fingerprint(run: Path, tables: Collection[str], code: tuple[str, ...] = _CODE) -> str:
+    """The fingerprint of what a comparison of `run` reads from `tables` (see the module docstring); `code`:
+    the bench modules its rows depend on (another file derived from a run, `bench.adaptive`'s, names more)."""
     try:
         manifest = (run / store.MANIFEST_NAME).read_bytes()
     except FileNotFoundError:
         manifest = b"no manifest"
     state = {table: _entries(run / table) for table in sorted(tables)}
-    parts = [_code_digest(), run.name, hashlib.sha256(manifest).hexdigest(), json.dumps(state)]
+    parts = [_code_digest(code), run.name, hashlib.sha256(manifest).hexdigest(), json.dumps(state)]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
 _GLOB = set("*?[{")  # DuckDB reads each path of a list as a glob pattern
 
 
-def load_fresh(expected: Mapping[Path, str]) -> tuple[set[Path], list[dict]]:
+def load_fresh(expected: Mapping[Path, str], name: str = NAME) -> tuple[set[Path], list[dict]]:
     """The runs (keys of `expected`) whose stored fingerprint is their value, and all their stored rows.
 
     Runs without a file or with a stale or unreadable one are left out. The files are read by one DuckDB
     query (a few hundred small files in a fraction of a second); if that fails on a damaged file, each file is
     read on its own so that only the damaged one counts as stale, as is a path DuckDB would take for a glob.
     """
-    paths = {run / NAME: expected[run] for run in expected if (run / NAME).is_file()}
+    paths = {run / name: expected[run] for run in expected if (run / name).is_file()}
     batch = {path: key for path, key in paths.items() if not _GLOB & set(str(path))}
     read = _read_batch(batch) if batch else ([], [])
     if read is None:  # a damaged file failed the batch: every file on its own
@@ -137,7 +138,7 @@ def _read_one(path: Path, key: str) -> pa.Table | None:
     return stored if (stored.schema.metadata or {}).get(KEY_METADATA) == key.encode() else None
 
 
-def save(run: Path, rows: pa.Table, key: str, cell_keys: Collection[str]) -> None:
+def save(run: Path, rows: pa.Table, key: str, cell_keys: Collection[str], name: str = NAME) -> None:
     """Store a run's comparison rows with their fingerprint and cells; skipped where the run cannot be written."""
     metadata = {
         **(rows.schema.metadata or {}),
@@ -146,6 +147,6 @@ def save(run: Path, rows: pa.Table, key: str, cell_keys: Collection[str]) -> Non
     }
     try:
         # Not fsynced: derived data; a file a crash left torn is unreadable, hence stale, and recomputed.
-        store.write_table(run / NAME, rows.replace_schema_metadata(metadata), durable=False)
+        store.write_table(run / name, rows.replace_schema_metadata(metadata), durable=False)
     except OSError:  # a read-only tree: the rows were computed, they just are not kept
         return

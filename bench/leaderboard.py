@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -45,6 +45,7 @@ PASSING = frozenset({"non-inferior", "better"})
 FILES = ("leaderboard.parquet", "controls.parquet", "leaderboard.md", "pareto.svg", "index.html")
 
 GroupKey = tuple[str, str, str, str | None, float | None]  # run, student, teacher, workload, level
+DocsToDecision = Mapping[tuple[str, str, str], float]  # (run, teacher, student) -> share of documents
 
 
 class MatchedStatus(StrEnum):
@@ -132,6 +133,8 @@ class LeaderboardEntry:
     break_even_ci_high_mtok: float | None = None  # None with a saving whose interval reaches 0: unbounded
     matched_status: MatchedStatus | None = None  # compute-matched quality (bench.matched); None: not configured
     smallest_matching_k: int | None = None  # with status "matched": answers per question that match the teacher
+    # Median share of the pair's documents an adaptive run needed to decide (bench.adaptive); None: not replayed.
+    docs_to_decision_pct: float | None = None
 
     @property
     def key(self) -> GroupKey:
@@ -214,7 +217,7 @@ def quality_rows(rows: Sequence[ComparisonRow]) -> list[ComparisonRow]:
     return [row for row in rows if row.task is not None and not row.compute_matched]
 
 
-def _entry(key: GroupKey, rows: list[ComparisonRow]) -> LeaderboardEntry:
+def _entry(key: GroupKey, rows: list[ComparisonRow], docs_to_decision: DocsToDecision) -> LeaderboardEntry:
     quality = quality_rows(rows)
     verdicts = [str(row.verdict) for row in quality] or ["no-data"]
     mean, low, high = mean_retention(quality)
@@ -233,8 +236,13 @@ def _entry(key: GroupKey, rows: list[ComparisonRow]) -> LeaderboardEntry:
         retention_ci_high_pct=high,
         worst_verdict=min(verdicts, key=VERDICTS_WORST_FIRST.index),
         confidence=rows[0].confidence,
+        docs_to_decision_pct=_percent(docs_to_decision.get((key[0], key[2], key[1]))),
         **_perf_fields(rows[0], LeaderboardEntry),
     )
+
+
+def _percent(share: float | None) -> float | None:
+    return None if share is None else 100 * share
 
 
 def _control(rows: list[ComparisonRow]) -> ControlEntry:
@@ -258,18 +266,23 @@ def _rank_key(entry: LeaderboardEntry) -> tuple:
     return (not passing, failure, -speed, entry.run_id, entry.student, entry.workload or "")
 
 
-def build_entries(rows: Sequence[ComparisonRow]) -> list[LeaderboardEntry]:
-    """Entries of the students (control rows left out), ranked (1 = best)."""
+def build_entries(
+    rows: Sequence[ComparisonRow], docs_to_decision: DocsToDecision | None = None
+) -> list[LeaderboardEntry]:
+    """Entries of the students (control rows left out), ranked (1 = best); `docs_to_decision`: per (run,
+    teacher, student), the share of documents an adaptive run needed (`adaptive.docs_to_decision`), if replayed."""
     groups = _group([row for row in rows if not row.control])
-    entries = sorted((_entry(key, group) for key, group in groups.items()), key=_rank_key)
+    entries = sorted((_entry(key, group, docs_to_decision or {}) for key, group in groups.items()), key=_rank_key)
     return [dataclasses.replace(entry, rank=rank) for rank, entry in enumerate(entries, start=1)]
 
 
-def build_leaderboard(rows: Sequence[ComparisonRow]) -> Leaderboard:
+def build_leaderboard(rows: Sequence[ComparisonRow], docs_to_decision: DocsToDecision | None = None) -> Leaderboard:
     """The ranked students, the controls (in row order) and the rows behind each entry."""
     groups = _group([row for row in rows if not row.control])
     controls = tuple(_control(group) for group in _group([row for row in rows if row.control]).values())
-    return Leaderboard(tuple(build_entries(rows)), controls, {key: tuple(group) for key, group in groups.items()})
+    return Leaderboard(
+        tuple(build_entries(rows, docs_to_decision)), controls, {key: tuple(group) for key, group in groups.items()}
+    )
 
 
 # -- text ---------------------------------------------------------------------------------------------
@@ -319,6 +332,7 @@ _COLUMNS: tuple[tuple[str, Callable[[LeaderboardEntry], str]], ...] = (
     ("cost verdict", lambda e: markdown_text(e.cost_verdict or "-")),
     ("break-even Mtok [CI]", lambda e: break_even_text(e)),
     ("compute-matched k", matched_text),
+    ("docs to decision", lambda e: docs_to_decision_text(e)),
 )
 
 _CONTROL_COLUMNS: tuple[tuple[str, Callable[[ControlEntry], str]], ...] = (
@@ -345,6 +359,11 @@ def break_even_text(entry: LeaderboardEntry) -> str:
     return f"{entry.break_even_mtok:.3g} [{entry.break_even_ci_low_mtok:.3g}, {high}]"
 
 
+def docs_to_decision_text(entry: LeaderboardEntry) -> str:
+    """ "34 %": the median share of documents an adaptive run needed; "-" where the run was not replayed."""
+    return "-" if entry.docs_to_decision_pct is None else f"{entry.docs_to_decision_pct:.0f} %"
+
+
 def contains_one_text(contains: bool | None) -> str:
     return {True: "yes", False: "NO", None: "-"}[contains]
 
@@ -355,7 +374,9 @@ READING = (
     "per-task bounds (a conservative interval). Cost ratios: exp(mean per-block log ratio), t-interval over "
     "the blocks. Controls: two models of the same architecture; their throughput interval should contain 1. "
     "Compute-matched k: the fewest answers per question whose majority vote is non-inferior to the teacher's "
-    "pass@1 at no more than the teacher's $/question (compare.compute_matched)."
+    "pass@1 at no more than the teacher's $/question (compare.compute_matched). "
+    "Docs to decision: the median, over seeded document orders, of the share of the student's documents an "
+    "adaptive run would have evaluated before its verdicts were decided (`compare --sequential` stores it)."
 )
 
 

@@ -54,6 +54,8 @@ class EvalScore:
     # How lm-eval sent the requests (scores do not depend on it); None in rows stored before schema 4.
     eval_concurrency: int | None = None  # HTTP requests in flight at most
     eval_batch_size: int | None = None  # prompts per request
+    # Wall seconds of the cell's whole lm-eval call (every task of it), on its server; None before schema 5.
+    eval_wall_s: float | None = None
 
 
 @dataclass(frozen=True)

@@ -89,22 +89,6 @@ class RatioReplay:
     ci_high: float
 
 
-@dataclass(frozen=True)
-class DocumentSavings:
-    """Document evaluations of one (run, teacher, task, order): all, and those an adaptive run would make.
-
-    A teacher's documents serve every one of its students, so the teacher stops only when the last of its
-    pairs on the task has stopped: its documents used are the largest of its students'.
-    """
-
-    run_id: str
-    teacher: str
-    task: str
-    order_seed: int
-    evaluations_full: int
-    evaluations_used: int
-
-
 def replay_pair_quality(
     tables: dict[str, pa.Table], pair: Pair, settings: CompareConfig, chunk_documents: int, seeds: Sequence[int]
 ) -> list[QualityReplay]:
@@ -193,6 +177,17 @@ def replay_results(
 ) -> tuple[list[QualityReplay], list[RatioReplay]]:
     """Replay every student/teacher pair under `results_dir`; each run's own compare settings unless given."""
     inputs = pairing.read_runs(store.readable_runs(results_dir))
+    return replay_runs(inputs, chunk_documents, seeds, target_ratio, settings)
+
+
+def replay_runs(
+    inputs: pairing.RunInputs,
+    chunk_documents: int,
+    seeds: Sequence[int],
+    target_ratio: float = 1.0,
+    settings: CompareConfig | None = None,
+) -> tuple[list[QualityReplay], list[RatioReplay]]:
+    """Replay every student/teacher pair of runs already read (`pairing.read_runs`)."""
     tables = inputs.tables
     quality, perf = [], []
     for pair in pairing.pairs(tables["models"]):
@@ -200,25 +195,3 @@ def replay_results(
         quality += replay_pair_quality(tables, pair, run_settings, chunk_documents, seeds)
         perf += replay_pair_perf(tables, pair, target_ratio, run_settings.confidence)
     return quality, perf
-
-
-def document_savings(replays: Sequence[QualityReplay]) -> list[DocumentSavings]:
-    """Per (run, teacher, task, order): document evaluations of all models, in full and adaptively.
-
-    A task with several metrics stops when its last metric does, so the documents of a pair are the most any
-    of its metrics used.
-    """
-    pair_used: dict[tuple, int] = {}
-    full: dict[tuple, int] = {}
-    for row in replays:
-        key = (row.run_id, row.teacher, row.task, row.order_seed)
-        student_key = (*key, row.student)
-        pair_used[student_key] = max(pair_used.get(student_key, 0), row.documents_used)
-        full[key] = max(full.get(key, 0), row.documents_full)
-    savings = []
-    for key, documents in sorted(full.items()):
-        students = [used for student_key, used in pair_used.items() if student_key[:4] == key]
-        # The students' own documents, and the teacher's, which serve every student.
-        used = sum(students) + max(students)
-        savings.append(DocumentSavings(*key, evaluations_full=documents * (len(students) + 1), evaluations_used=used))
-    return savings

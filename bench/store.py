@@ -69,7 +69,8 @@ from bench.store_check import CELL_KEYS_METADATA, Damaged, SkipKind, SkippedFile
 
 SCHEMA_VERSION = 5  # 2: eval_scores.higher_is_better; 3: perf blocks/session_id, coalesced requests, SLO
 # attainment, sweeps (perf_probes), models server/loadgen cpus; 4: models.active_parameters and
-# distillation cost, eval_scores.eval_concurrency and eval_batch_size; 5: eval_samples.response_tokens
+# distillation cost, eval_scores.eval_concurrency and eval_batch_size; 5: eval_samples.response_tokens and
+# eval_scores.eval_wall_s
 TOOL_NAME = "distill-bench"
 MANIFEST_NAME = "run.json"
 
@@ -89,7 +90,7 @@ FAILURES_TABLE = "failures"
 # older version may lack them (reading fills nulls); every other column must be in every file. Add a column
 # here when adding it to a record. Names that no record has yet are ignored (version 3 is on its way).
 COLUMNS_ADDED: dict[str, dict[str, int]] = {
-    "eval_scores": {"higher_is_better": 2, "eval_concurrency": 4, "eval_batch_size": 4},
+    "eval_scores": {"higher_is_better": 2, "eval_concurrency": 4, "eval_batch_size": 4, "eval_wall_s": 5},
     "eval_samples": {"response_tokens": 5},
     "models": {
         "server_cpus": 3, "loadgen_cpus": 3, "active_parameters": 4, "distillation_usd": 4,

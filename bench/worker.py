@@ -12,7 +12,9 @@ that is measured).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,9 +70,12 @@ class ModelWorker:
 
         sent = in_flight(self.model, task, self.server.hardware.gpu_count)
         endpoint = Endpoint(self.server.base_url, self.model.name, self.model.source, sent)
-        result = evaluate_task(endpoint, task, self.seed)
+        started_s = time.monotonic()
+        scores, samples = evaluate_task(endpoint, task, self.seed)
+        # What the cell held its server for: an adaptive run's saving is estimated from it (bench.adaptive).
+        wall_s = time.monotonic() - started_s
         self.server.check_alive(during=f"eval {task.name}")
-        return result
+        return [dataclasses.replace(score, eval_wall_s=wall_s) for score in scores], samples
 
     def measure(
         self, workload: WorkloadConfig, billing: Billing

@@ -11,7 +11,7 @@ import duckdb
 import pytest
 from rich.console import Console
 
-from bench import store
+from bench import adaptive, store
 from bench.compare import compare_results
 from bench.config import parse_config
 from bench.cost import load_price_table
@@ -82,6 +82,18 @@ def test_scores_recompute_from_per_sample_rows(first_run) -> None:
     for _, _, _, value, mean, n, n_docs in rows:
         assert value == pytest.approx(mean)
         assert n == n_docs == 24
+
+
+def test_eval_cells_record_their_wall_time_and_the_replay_prices_it(first_run) -> None:
+    run_dir = first_run[2].run_dir
+    walls = duckdb.sql(
+        f"""select cell_key, count(distinct eval_wall_s), min(eval_wall_s)
+        from read_parquet('{run_dir}/eval_scores/*.parquet') group by cell_key"""
+    ).fetchall()
+    assert len(walls) == 2 * len(TASKS) and all(distinct == 1 and wall > 0 for _, distinct, wall in walls)
+    (savings,) = adaptive.run_savings(adaptive.replay_rows(run_dir, orders=2))
+    assert savings.device_s_total == pytest.approx(sum(wall for *_, wall in walls))  # one device each on CPU
+    assert 0 <= savings.device_s_saved.low <= savings.device_s_saved.high <= savings.device_s_total
 
 
 def test_request_tokens_sum_to_the_summary(first_run) -> None:

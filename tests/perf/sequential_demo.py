@@ -5,9 +5,10 @@ and the final-look width is not much worse than the fixed-n interval's. This scr
 paired 0/1 documents with known truth, (1) the sequential verdict's rates against the fixed-n Tango verdict
 at all documents and against "peeking" (the fixed-n interval read after every chunk), with the mean
 documents used; (2) the width of the confidence sequence at all documents over Tango's; (3) the same for perf
-blocks (t-mixture sequence); and (4) the replay on a stored results tree (default: the quickstart's): per
-(student, task), documents used versus all, the verdicts and whether they agree, over several document
-orders, and the document evaluations saved.
+blocks (t-mixture sequence); and (4) the product's replay on a stored results tree (default: the
+quickstart's; `distill-bench compare RUN --sequential` prints the same): per (student, task), documents used
+versus all, the verdicts and whether they agree, over several document orders, and the document evaluations
+and eval device-seconds saved.
 
 No lock needed (numpy only, seconds): `.venv/bin/python tests/perf/sequential_demo.py [--results DIR]`.
 """
@@ -16,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from bench import sequential, sequential_replay, stats, store  # noqa: E402
+from bench import adaptive, sequential, stats  # noqa: E402
 from bench.compare import Verdict  # noqa: E402
 
 MARGIN, CONFIDENCE = 0.05, 0.95
@@ -101,60 +100,30 @@ def perf_simulation(replicates: int, blocks: int) -> list[dict]:
     return rows
 
 
-def eval_seconds(run_dir: Path) -> dict[tuple[str, str, str], float]:
-    """Per (run, model, task), seconds from "<model>: eval <task>" to "done eval <model> × <task>" in run.log."""
-    started, seconds = {}, {}
-    stamp = r"^(\S+ \S+),\d+ .*?: "
-    log = run_dir / "run.log"
-    for line in log.read_text().splitlines() if log.exists() else []:
-        if match := re.match(stamp + r"(\S+): eval (\S+)$", line):
-            started[(match[2], match[3])] = datetime.fromisoformat(match[1])
-        elif (match := re.match(stamp + r"done eval (\S+) × (\S+):", line)) and (match[2], match[3]) in started:
-            elapsed = datetime.fromisoformat(match[1]) - started[(match[2], match[3])]
-            seconds[(run_dir.name, match[2], match[3])] = elapsed.total_seconds()
-    return seconds
-
-
-def documents_used_per_model(quality: list[sequential_replay.QualityReplay]) -> dict[tuple, int]:
-    """Per (run, model, task, order): documents an adaptive run evaluates; a teacher's serve all its students."""
-    used: dict[tuple, int] = {}
-    for row in quality:
-        for model in (row.student, row.teacher):
-            key = (row.run_id, model, row.task, row.order_seed)
-            used[key] = max(used.get(key, 0), row.documents_used)
-    return used
-
-
 def replay(results: Path, chunk: int, orders: int) -> dict:
-    quality, perf = sequential_replay.replay_results(results, chunk, seeds=range(orders))
-    rows: dict[tuple, dict] = {}
-    for row in quality:
-        entry = rows.setdefault(
-            (row.student, row.task, row.metric),
-            dict(student=row.student, task=row.task, metric=row.metric, documents_full=row.documents_full,
-                 full_verdict=str(row.full_verdict), used=[], verdicts=[], agrees=[], opposite=[]),
-        )  # fmt: skip
-        entry["used"].append(row.documents_used)
-        entry["verdicts"].append(str(row.sequential_verdict))
-        entry["agrees"].append(row.agrees)
-        entry["opposite"].append(row.opposite)
-    savings = sequential_replay.document_savings(quality)
-    durations = {key: value for run in store.run_dirs(results) for key, value in eval_seconds(run).items()}
-    full_documents = {(row.run_id, row.task): row.documents_full for row in quality}
-    # Proportional estimate: a cell's measured time times the share of its documents an adaptive run skips.
-    seconds_saved = sum(
-        durations.get((run, model, task), 0.0) * (1 - used / full_documents[(run, task)])
-        for (run, model, task, _), used in documents_used_per_model(quality).items()
-    )
-    return dict(
-        chunk_documents=chunk, orders=orders, rows=list(rows.values()),
-        evaluations_full=sum(s.evaluations_full for s in savings) / orders,
-        evaluations_used=sum(s.evaluations_used for s in savings) / orders,
-        eval_seconds_total=sum(durations.values()), eval_seconds_saved_estimate=seconds_saved / orders,
-        perf=[dict(student=r.student, workload=r.workload, blocks_full=r.blocks_full, blocks_used=r.blocks_used,
-                   decision=str(r.decision), full_decision=str(r.full_decision), ratio=r.ratio, ci_low=r.ci_low,
-                   ci_high=r.ci_high) for r in perf],
-    )  # fmt: skip
+    """The product's replay (`distill-bench compare --sequential`, `bench.adaptive`) as one JSON-able dict."""
+    rows = adaptive.replay_rows(results, orders, chunk)
+    quality = [
+        dict(student=q.student, task=q.task, metric=q.metric, documents_full=q.documents_full,
+             full_verdict=str(q.full_verdict), used_median=q.documents_used.median, used_low=q.documents_used.low,
+             used_high=q.documents_used.high, verdicts={str(v): n for v, n in q.verdicts.items()},
+             agree=q.agree / q.orders, opposite=q.opposite / q.orders)
+        for q in adaptive.summarize_quality(rows)
+    ]  # fmt: skip
+    runs = [
+        dict(run=r.run_id, evaluations_full=r.evaluations_full, evaluations_used_median=r.evaluations_used.median,
+             device_s_total=r.device_s_total, device_s_saved_median=r.device_s_saved and r.device_s_saved.median,
+             device_s_saved_low=r.device_s_saved and r.device_s_saved.low,
+             device_s_saved_high=r.device_s_saved and r.device_s_saved.high)
+        for r in adaptive.run_savings(rows)
+    ]  # fmt: skip
+    perf = [
+        dict(student=r.student, workload=r.workload, blocks_full=r.blocks_full, blocks_used=r.blocks_used,
+             decision=str(r.sequential_decision), full_decision=str(r.full_decision), ratio=r.ratio, ci_low=r.ci_low,
+             ci_high=r.ci_high)
+        for r in rows if r.kind == adaptive.ReplayKind.PERF
+    ]  # fmt: skip
+    return dict(chunk_documents=chunk, orders=orders, rows=quality, runs=runs, perf=perf)
 
 
 def print_report(result: dict) -> None:
@@ -181,20 +150,25 @@ def print_report(result: dict) -> None:
         return
     print(f"4. Replay of {result['results']} every {rep['chunk_documents']} documents, {rep['orders']} orders:")
     for r in rep["rows"]:
+        verdicts = ", ".join(f"{verdict} {count}" for verdict, count in r["verdicts"].items())
         print(
-            f"   {r['student']:18} {r['task']:12} {r['metric']:11} used {r['used'][0]:4}/{r['documents_full']} "
-            f"({r['verdicts'][0]} vs full {r['full_verdict']}{', agree' if r['agrees'][0] else ''}); over orders: "
-            f"mean used {np.mean(r['used']):.0f}, agree {np.mean(r['agrees']):.0%}, "
-            f"opposite {np.mean(r['opposite']):.0%}"
+            f"   {r['student']:18} {r['task']:12} {r['metric']:11} used {r['used_median']:.0f} "
+            f"[{r['used_low']}, {r['used_high']}]/{r['documents_full']} ({verdicts}; full data: {r['full_verdict']}), "
+            f"agree {r['agree']:.0%}, opposite {r['opposite']:.0%}"
         )
-    print(f"   document evaluations (all models): {rep['evaluations_used']:.0f} of {rep['evaluations_full']:.0f} "
-          f"(mean over orders); eval seconds saved, proportional estimate: {rep['eval_seconds_saved_estimate']:.1f} "
-          f"of {rep['eval_seconds_total']:.1f}")  # fmt: skip
+    for r in rep["runs"]:
+        saved = (
+            "not recorded (eval_wall_s, schema 5)" if r["device_s_total"] is None else
+            f"{r['device_s_saved_median']:.1f} [{r['device_s_saved_low']:.1f}, {r['device_s_saved_high']:.1f}] "
+            f"of {r['device_s_total']:.1f}"
+        )  # fmt: skip
+        print(f"   {r['run']}: document evaluations (all models, median of orders) {r['evaluations_used_median']:.0f} "
+              f"of {r['evaluations_full']}; eval device-seconds saved, proportional estimate: {saved}")  # fmt: skip
     for r in rep["perf"]:
+        interval = "unbounded" if r["ci_low"] is None else f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
         print(
             f"   perf {r['student']} {r['workload']}: blocks {r['blocks_used']}/{r['blocks_full']}, "
-            f"{r['decision']} (full: {r['full_decision']}), "
-            f"ratio {r['ratio']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
+            f"{r['decision']} (full: {r['full_decision']}), ratio {r['ratio']:.2f} {interval}"
         )
 
 

@@ -146,13 +146,14 @@ def golden_tree(tmp_path_factory) -> Path:
 
 
 # Row and entry fields added after the golden was captured, with the value every one of them holds here: none
-# of this tree's students declares a distillation, and no run configures compare.compute_matched.
+# of this tree's students declares a distillation, no run configures compare.compute_matched and
+# no run has an adaptive replay.
 FIELDS_SINCE_GOLDEN = {
     **dict.fromkeys((
         "distillation_usd", "saving_usd_per_mtok", "saving_usd_per_mtok_ci_low", "saving_usd_per_mtok_ci_high",
         "break_even_mtok", "break_even_ci_low_mtok", "break_even_ci_high_mtok", "baseline_task", "k",
         "teacher_tokens_per_answer", "student_tokens_per_answer", "teacher_usd_per_question",
-        "student_usd_per_question", "within_budget", "smallest_matching_k", "matched_status",
+        "student_usd_per_question", "within_budget", "smallest_matching_k", "matched_status", "docs_to_decision_pct",
     )),
     "compute_matched": False,
 }  # fmt: skip

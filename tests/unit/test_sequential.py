@@ -16,7 +16,6 @@ import pytest
 
 from bench import compare, sequential, sequential_replay, stats
 from bench.compare import Verdict
-from bench.pairing import Pair
 from bench.sequential import RatioDecision
 from tests.unit.test_compare import build_results
 
@@ -223,20 +222,6 @@ def test_replay_stops_the_clear_task_early_on_the_same_side_as_all_the_data(repl
     assert all(row.sequential_verdict in DECLARED_NOT_INFERIOR and not row.opposite for row in sort_rows)
     assert all(row.documents_used < row.documents_full for row in sort_rows)
     assert {row.documents_full for row in quality} == {200}
-
-
-def test_replay_counts_the_teachers_documents_once_for_all_its_students(replay):
-    quality, _ = replay
-    savings = sequential_replay.document_savings(quality)
-    pair = Pair("r1", "big", "small")
-    for saving in savings:
-        rows = [
-            r
-            for r in quality
-            if (r.task, r.order_seed) == (saving.task, saving.order_seed) and r.student == pair.student
-        ]
-        assert saving.evaluations_full == 2 * 200
-        assert saving.evaluations_used == 2 * max(row.documents_used for row in rows)
 
 
 def test_replay_of_one_block_decides_nothing(replay):
