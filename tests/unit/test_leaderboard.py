@@ -170,8 +170,8 @@ def test_entries_show_the_smallest_matching_k_within_budget_or_why_there_is_none
     for name, entry in plain.items():
         assert dataclasses.replace(entries[name], matched_status=None, smallest_matching_k=None) == entry
     lines = leaderboard.to_markdown(board).splitlines()
-    assert lines[0].endswith("| compute-matched k |")
-    assert [line.rsplit("|", 2)[1].strip() for line in lines[2:5]] == ["k=3", "none within budget", "not priced"]
+    assert lines[0].endswith("| compute-matched k | docs to decision |")
+    assert [line.rsplit("|", 3)[1].strip() for line in lines[2:5]] == ["k=3", "none within budget", "not priced"]
     leaderboard.write_leaderboard(board, tmp_path, source="results")
     page = (tmp_path / "index.html").read_text()
     assert "<th>compute-matched k</th>" in page and "<td>k=3</td>" in page
