@@ -332,7 +332,8 @@ def run(
         config, prices = load_checked(config_path)
         check_results_option(results_dir)
     outcome = run_cells(config, prices, RunProgress(console), address=address, results_dir=results_dir)
-    _print_comparison(outcome.run_dir, OutputFormat.table)
+    if _print_comparison(outcome.run_dir, OutputFormat.table):
+        _replay_adaptive(outcome.run_dir)
     log_summary(outcome)
     console.print(outcome.summary_line(), soft_wrap=True, highlight=False, markup=False)
     raise typer.Exit(outcome.exit_code)
@@ -374,6 +375,20 @@ def compare(
         raise typer.Exit(1)
     if sequential:
         _print_sequential(results_dir, orders, chunk_documents)
+
+
+def _replay_adaptive(run_dir: Path) -> None:
+    """The adaptive replay at its defaults, stored as sequential.parquet (the leaderboard's "docs to
+    decision"), in one line; `compare --sequential` prints its tables."""
+    from bench import adaptive
+
+    for run in adaptive.run_savings(adaptive.replay_rows(run_dir, skipped=[])):
+        share = run.evaluations_used.median / run.evaluations_full
+        print(
+            f"adaptive verdicts, replayed over {run.orders} document orders: an adaptive run would have evaluated "
+            f"{run.evaluations_used.text('.0f')} of {run.evaluations_full} documents ({share:.0%}); "
+            f"distill-bench compare {run_dir} --sequential shows where it stops and whether it agrees"
+        )
 
 
 def _print_sequential(results_dir: Path, orders: int | None, chunk_documents: int | None) -> None:
@@ -435,8 +450,8 @@ def leaderboard(
 
     Students non-inferior to their teacher on every task come first, fastest first. Every ratio and the
     quality kept carry their intervals; the page has a per-task drill-down under each student, and control
-    pairs (compare.controls) are listed apart. Runs replayed by `compare --sequential` show the share of
-    documents an adaptive run needed ("docs to decision").
+    pairs (compare.controls) are listed apart. Runs replayed (at a run's end, or by `compare --sequential`)
+    show the share of documents an adaptive run needed ("docs to decision").
 
     Example: distill-bench leaderboard results/ --out site/
     """
@@ -447,7 +462,7 @@ def leaderboard(
     rows = _comparison_rows(results_dir)
     if not rows:
         raise typer.Exit(1)
-    adaptive = docs_to_decision(stored_rows(results_dir))  # runs replayed by `compare --sequential`
+    adaptive = docs_to_decision(stored_rows(results_dir))  # runs replayed by `run` or `compare --sequential`
     for path in write_leaderboard(build_leaderboard(rows, adaptive), out, source=str(results_dir)):
         console.print(f"wrote {path}", soft_wrap=True, highlight=False)
 

@@ -376,7 +376,7 @@ READING = (
     "Compute-matched k: the fewest answers per question whose majority vote is non-inferior to the teacher's "
     "pass@1 at no more than the teacher's $/question (compare.compute_matched). "
     "Docs to decision: the median, over seeded document orders, of the share of the student's documents an "
-    "adaptive run would have evaluated before its verdicts were decided (`compare --sequential` stores it)."
+    "adaptive run would have evaluated before its verdicts were decided (`run` and `compare --sequential` store it)."
 )
 
 

@@ -220,6 +220,16 @@ def test_compare_sequential_prints_documents_verdicts_and_device_seconds(results
     assert not stored_path(results).exists()  # not the default orders
 
 
+def test_the_end_of_a_run_stores_the_default_replay_and_sums_it_up_in_one_line(results, capsys):
+    from bench import cli
+
+    cli._replay_adaptive(results / "r1")  # what `distill-bench run` does after its comparison
+    (line,) = capsys.readouterr().out.splitlines()
+    (savings,) = adaptive.run_savings(adaptive.stored_rows(results))  # stored: the leaderboard reads it
+    assert f"{savings.evaluations_used.text('.0f')} of {savings.evaluations_full} documents" in line
+    assert f"compare {results / 'r1'} --sequential" in line
+
+
 def test_compare_sequential_refuses_machine_formats(results):
     result = CliRunner().invoke(app, ["compare", str(results), "--sequential", "--format", "json"])
     assert result.exit_code == 2 and "--sequential prints tables" in result.output
