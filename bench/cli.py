@@ -318,21 +318,27 @@ def run(
     """Run every cell of a config that is not stored yet, then print the teacher/student comparison.
 
     Cells already in results/<run.name>/ are skipped, so an interrupted run resumes where it stopped.
-    Exits 1 if any cell failed (failures are stored in the `failures` table and retried by the next run).
+    Exits 1 if any cell failed (failures are stored in the `failures` table and retried by the next run),
+    130 when stopped with Ctrl-C (the cells finished by then are stored; the same command resumes).
     The last line of the output (and of the run's run.log) sums the run up:
     `summary: NAME: R cells run, S already stored, F failed; K retried, M servers replaced; results: DIR; exit N`.
 
     Example: distill-bench run configs/quickstart.yaml
     """
     from bench.progress import RunProgress
-    from bench.run import log_summary
+    from bench.run import counted, log_summary
     from bench.run import run as run_cells
 
     with config_errors():
         config, prices = load_checked(config_path)
         check_results_option(results_dir)
     outcome = run_cells(config, prices, RunProgress(console), address=address, results_dir=results_dir)
-    if _print_comparison(outcome.run_dir, OutputFormat.table):
+    if outcome.interrupted:
+        print(
+            f"interrupted: {counted(outcome.succeeded + outcome.failed, 'cell')} finished before Ctrl-C "
+            f"stored; run the same command again to run the {outcome.left} left"
+        )
+    elif _print_comparison(outcome.run_dir, OutputFormat.table):
         _replay_adaptive(outcome.run_dir)
     log_summary(outcome)
     console.print(outcome.summary_line(), soft_wrap=True, highlight=False, markup=False)

