@@ -360,7 +360,7 @@ def render_matched_table(rows: Sequence[ComparisonRow]) -> Table:
     runs = ", ".join(sorted({row.run_id for row in rows}))
     table = Table(title=Text(f"compute-matched quality ({runs})"), caption=caption)
     for index, (header, _) in enumerate(MATCHED_COLUMNS):
-        table.add_column(header, justify="left" if index < 3 or header in ("verdict", "load") else "right")
+        table.add_column(header, justify="left" if index < 3 or header in ("scoring", "verdict", "load") else "right")
     for row in rows:
         table.add_row(*(Text(cell(row)) for _, cell in MATCHED_COLUMNS))
     return table
