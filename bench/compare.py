@@ -49,6 +49,13 @@ class Verdict(StrEnum):
     NO_DATA = "no-data"  # no document both models answered
 
 
+class Scoring(StrEnum):
+    """How a compute-matched row scores the student's k sampled answers (lm-eval filters `maj@k`, `pass@k`)."""
+
+    MAJ = "maj"  # their majority vote: deployable, no oracle needed
+    PASS = "pass"  # any of them right: an upper bound on what any selector of one of the k answers achieves
+
+
 class IntervalMethod(StrEnum):
     """How a quality interval was computed."""
 
@@ -162,18 +169,20 @@ class ComparisonRow:
     cost_verdict: str | None  # e.g. "≥ 2.1x cheaper", or the $/Mtok ratio with its interval
     control: bool  # a control row: two models of the same architecture, perf only
     summary: str
-    # Compute-matched rows (bench.matched, `compare.compute_matched`): the student's maj@k on the sampled `task`
-    # (filter maj@<k>) against the teacher's pass@1 on `baseline_task`; the $ of each at `workload`'s $/Mtok.
+    # Compute-matched rows (bench.matched, `compare.compute_matched`): the student's maj@k or pass@k on the sampled
+    # `task` (filter maj@<k>, pass@<k>) against the teacher's pass@1 on `baseline_task`; the $ of each at
+    # `workload`'s $/Mtok.
     compute_matched: bool = False
     baseline_task: str | None = None
     k: int | None = None  # the student's answers per question
+    scoring: Scoring | None = None  # how those k answers are scored: majority vote or pass@k
     teacher_tokens_per_answer: float | None = None  # mean generated tokens (eval_samples.response_tokens)
     student_tokens_per_answer: float | None = None
     teacher_usd_per_question: float | None = None  # one answer
     student_usd_per_question: float | None = None  # k answers
     within_budget: bool | None = None  # k answers cost no more than the teacher's one; None: not priced
     smallest_matching_k: int | None = None  # of the row's (pair, task, workload): the smallest k within budget
-    # whose verdict is non-inferior or better; None when none is
+    # whose maj@k verdict is non-inferior or better; None when none is, and on pass@k rows (an oracle's bound)
 
 
 def verdict(diff_ci_low: float, diff_ci_high: float, retention_margin: float, higher_is_better: bool = True) -> Verdict:
@@ -487,14 +496,13 @@ def _store(runs: list[Path], inputs: pairing.RunInputs, rows: list[ComparisonRow
 
 
 def _stored_row(row: dict[str, Any]) -> ComparisonRow:
-    method = row["interval_method"]
-    return ComparisonRow(
-        **{**row, "verdict": Verdict(row["verdict"]), "interval_method": method and IntervalMethod(method)}
-    )
+    method, scoring = row["interval_method"], row["scoring"]
+    vocabularies = {"verdict": Verdict(row["verdict"]), "interval_method": method and IntervalMethod(method)}
+    return ComparisonRow(**row | vocabularies | {"scoring": scoring and Scoring(scoring)})
 
 
 def _sort_key(row: ComparisonRow) -> tuple:
     return (
         row.run_id, row.control, row.teacher, row.student, row.compute_matched, row.task or "", row.metric or "",
-        row.workload or "", row.level or 0, row.k or 0,
+        row.workload or "", row.level or 0, row.k or 0, row.scoring or "",
     )  # fmt: skip

@@ -69,8 +69,22 @@ def task_config_hash(config: dict[str, Any]) -> str:
 
     `metadata.config_source` (where the YAML lies on this machine) is left out, so that the same task read
     from two checkouts hashes the same.
+    Callables inside it (a `!function` filter class in `filter_list`) are hashed by module file stem and
+    qualified name: lm-eval names a module it imports from a task directory by its absolute path, and str() of a
+    function holds its memory address.
     """
     metadata = config.get("metadata")
     if isinstance(metadata, dict):
         config = {**config, "metadata": {k: v for k, v in metadata.items() if k != "config_source"}}
-    return short_hash(config)
+    return short_hash(_portable(config))
+
+
+def _portable(value: Any) -> Any:
+    """`value` with each callable inside dicts and lists replaced by "<module file stem>.<qualified name>"."""
+    if isinstance(value, dict):
+        return {key: _portable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_portable(item) for item in value]
+    if callable(value) and hasattr(value, "__qualname__"):
+        return f"{Path(str(value.__module__)).name}.{value.__qualname__}"
+    return value

@@ -37,7 +37,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from bench import store
-from bench.compare import ComparisonRow
+from bench.compare import ComparisonRow, Scoring
 from bench.report import format_value, markdown_table, markdown_text
 
 VERDICTS_WORST_FIRST = ("no-data", "inferior", "inconclusive", "non-inferior", "better")
@@ -62,7 +62,7 @@ def matched_status(rows: Sequence[ComparisonRow]) -> tuple[MatchedStatus | None,
     """(status, smallest matching k) of an entry's compute-matched rows; (None, None) without any."""
     by_task: dict[tuple, list[ComparisonRow]] = {}
     for row in rows:
-        if row.compute_matched:
+        if row.compute_matched and row.scoring is not Scoring.PASS:  # pass@k needs an oracle: maj@k decides
             by_task.setdefault((row.task, row.baseline_task, row.metric), []).append(row)
     if not by_task:
         return None, None

@@ -17,10 +17,16 @@ it, and with several prompts per request it would be one sum for all of them, no
 Prompt tokens are not charged separately: $/Mtok output already spreads the serving cost (prefill included)
 over output tokens, as everywhere in distill-bench.
 
-The maj@k scores come from lm-eval itself (a task with `repeats:` and one `maj@k` filter per k, see
+Where the task also has `pass@k` filters (any of the first k answers right), the same pairing, interval,
+verdict and $/question are reported for pass@k beside maj@k (rows with `scoring` "pass"). pass@k is an upper
+bound on what any way of picking one of the k answers can achieve (a verifier, a reward model): it needs an
+oracle that knows the right answer, so it shows the headroom, not a deployable score. The smallest matching k
+(and the leaderboard's column) is therefore maj@k's alone.
+
+The scores come from lm-eval itself (a task with `repeats:` and one `maj@k` and one `pass@k` filter per k, see
 bench/toy/tasks.py `sampled_task_yaml`), so this module scores nothing; it only pairs, prices and decides.
 `pair_rows` turns one pair's stored samples into compare's rows (`compare.compute_matched` in the config):
-one per k, with the smallest matching k, or one no-data row saying what is missing. No I/O, no heavy
+one per (k, scoring), with the smallest matching k, or one no-data row saying what is missing. No I/O, no heavy
 imports (the tokenizer is loaded lazily by `tokenizer_counter`).
 """
 
@@ -35,7 +41,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bench.compare import ComparisonRow, IntervalMethod, Verdict, verdict
+from bench.compare import ComparisonRow, IntervalMethod, Scoring, Verdict, verdict
 from bench.config import CompareConfig, ComputeMatchedConfig
 from bench.pairing import Pair, PairedWorkload
 from bench.report import matched_summary
@@ -43,12 +49,16 @@ from bench.stats import discordant_counts, is_binary, mcnemar_exact_p, tango_int
 
 TOKENS_PER_MTOK = 1_000_000
 MATCHING_VERDICTS = (Verdict.BETTER, Verdict.NON_INFERIOR)
-VOTE_FILTER_PREFIX = "maj@"  # lm-eval filter names of the sampled tasks: "maj@<k>"
 
 
-def vote_k(filter_name: str) -> int | None:
-    """k of a majority-vote filter named "maj@<k>"; None for any other filter."""
-    count = filter_name.removeprefix(VOTE_FILTER_PREFIX)
+def filter_prefix(scoring: Scoring) -> str:
+    """The lm-eval filter names of the sampled tasks start with this: "maj@<k>", "pass@<k>"."""
+    return f"{scoring}@"
+
+
+def filter_k(filter_name: str, scoring: Scoring = Scoring.MAJ) -> int | None:
+    """k of a filter named "<scoring>@<k>" ("maj@3", "pass@3"); None for any other filter."""
+    count = filter_name.removeprefix(filter_prefix(scoring))
     if count == filter_name or not count.isdigit() or int(count) < 1:
         return None
     return int(count)
@@ -68,7 +78,7 @@ class AnswerCost:
 
 @dataclass(frozen=True)
 class MatchedPoint:
-    """Student maj@k against teacher pass@1 on the documents both answered, with the cost of each.
+    """Student maj@k (or pass@k) against teacher pass@1 on the documents both answered, with the cost of each.
 
     The costs are None when an answer could not be priced (no tokens per answer, no measured $/Mtok).
     """
@@ -77,9 +87,9 @@ class MatchedPoint:
     n: int  # documents paired
     teacher_score: float
     student_score: float
-    diff_ci_low: float  # interval of mean(student maj@k - teacher pass@1)
+    diff_ci_low: float  # interval of mean(student maj@k or pass@k - teacher pass@1)
     diff_ci_high: float
-    discordant_student_only: int  # documents only the student's vote got right
+    discordant_student_only: int  # documents only the student's k answers got right
     discordant_teacher_only: int
     mcnemar_p: float
     verdict: Verdict
@@ -131,7 +141,8 @@ def compare_matched(
     confidence: float,
 ) -> list[MatchedPoint]:
     """One MatchedPoint per k (ascending): per-document 0/1 values keyed by doc id, teacher at pass@1 and the
-    student's maj@k for each k, paired over the documents both have. Without both costs, the points' costs
+    student's maj@k (or pass@k: the pairing is the same) for each k, paired over the documents both have.
+    Without both costs, the points' costs
     and `within_budget` are None.
 
     Raises ValueError when a k shares no document with the teacher or a value is not 0/1 (majority vote is
@@ -142,11 +153,11 @@ def compare_matched(
         student = student_by_k[k]
         docs = sorted(teacher.keys() & student.keys())
         if not docs:
-            raise ValueError(f"maj@{k}: no document answered by both teacher and student")
+            raise ValueError(f"k={k}: no document answered by both teacher and student")
         paired_teacher = np.array([teacher[doc] for doc in docs], dtype=np.float64)
         paired_student = np.array([student[doc] for doc in docs], dtype=np.float64)
         if not is_binary(paired_teacher, paired_student):
-            raise ValueError(f"maj@{k}: compute-matched comparison needs 0/1 values (exact answers)")
+            raise ValueError(f"k={k}: compute-matched comparison needs 0/1 values (exact answers)")
         won, lost = discordant_counts(paired_teacher, paired_student)
         low, high = (float(end[0]) for end in tango_interval(won, lost, len(docs), confidence))
         priced = teacher_cost is not None and student_cost is not None
@@ -226,32 +237,41 @@ def _baseline_filter(groups: Mapping[GroupKey, DocumentValues], prefix: tuple[st
     return "none" if "none" in filters else next(iter(filters), None)
 
 
-def _votes(groups: Mapping[GroupKey, DocumentValues], prefix: tuple[str, ...], ks: Sequence[int]) -> dict[int, str]:
-    """k -> the student's maj@k filter, for the k configured (every stored one when none is)."""
-    stored = {k: key[4] for key in groups if key[:4] == prefix and (k := vote_k(key[4])) is not None}
-    return {k: stored.get(k, f"{VOTE_FILTER_PREFIX}{k}") for k in sorted(ks or stored)}
+def _filters(
+    groups: Mapping[GroupKey, DocumentValues], prefix: tuple[str, ...], ks: Sequence[int], scoring: Scoring
+) -> dict[int, str]:
+    """k -> the student's maj@k (pass@k) filter, for the k configured (every stored one when none is). No pass@k
+    filter stored: none (a task without them, where pass@k is not scored, gets no pass@k rows)."""
+    stored = {k: key[4] for key in groups if key[:4] == prefix and (k := filter_k(key[4], scoring)) is not None}
+    if scoring is Scoring.PASS and not stored:
+        return {}
+    return {k: stored.get(k, f"{filter_prefix(scoring)}{k}") for k in sorted(ks or stored)}
 
 
 def pair_rows(
     pair: Pair, settings: CompareConfig, groups: Mapping[GroupKey, DocumentValues], workloads: Sequence[PairedWorkload]
 ) -> list[ComparisonRow]:
     """The compute-matched rows of one pair: per `compute_matched` entry and workload (its $/Mtok prices the
-    answers; one unpriced set without perf), one row per k, or one no-data row saying what is missing."""
+    answers; one unpriced set without perf), one row per k for maj@k and, where stored, for pass@k, or one
+    no-data row saying what is missing."""
     rows = []
     for entry in settings.compute_matched:
         teacher_filter = _baseline_filter(groups, (pair.run_id, pair.teacher, entry.baseline_task, entry.metric))
         teacher = groups.get((pair.run_id, pair.teacher, entry.baseline_task, entry.metric, teacher_filter or ""))
         student_prefix = (pair.run_id, pair.student, entry.task, entry.metric)
-        votes = _votes(groups, student_prefix, entry.k)
-        student = {k: (name, groups.get((*student_prefix, name))) for k, name in votes.items()}
+        filters = {scoring: _filters(groups, student_prefix, entry.k, scoring) for scoring in Scoring}
         for workload in workloads or [None]:
-            matched = _Matched(pair, entry, settings, workload, teacher, student)
-            if teacher is None:
-                rows.append(matched.row(None, f"no {entry.metric} of {pair.teacher} on {entry.baseline_task}"))
-            elif not votes:
-                rows.append(matched.row(None, f"no maj@<k> filter of {pair.student} on {entry.task}"))
-            else:
-                rows += matched.rows()
+            for scoring, names in filters.items():
+                student = {k: (name, groups.get((*student_prefix, name))) for k, name in names.items()}
+                matched = _Matched(pair, entry, settings, workload, teacher, scoring, student)
+                if scoring is Scoring.PASS and (teacher is None or not names):
+                    continue  # the maj@k row says what is missing; pass@k is scored where the task allows
+                if teacher is None:
+                    rows.append(matched.row(None, f"no {entry.metric} of {pair.teacher} on {entry.baseline_task}"))
+                elif not names:
+                    rows.append(matched.row(None, f"no maj@<k> filter of {pair.student} on {entry.task}"))
+                else:
+                    rows += matched.rows()
     return rows
 
 
@@ -264,10 +284,11 @@ class _Matched:
     settings: CompareConfig
     workload: PairedWorkload | None  # None: no perf both models ran, nothing prices an answer
     teacher: DocumentValues | None  # pass@1 on the baseline task
-    student: dict[int, tuple[str, DocumentValues | None]]  # k -> (maj@k filter, its rows; None: not stored)
+    scoring: Scoring
+    student: dict[int, tuple[str, DocumentValues | None]]  # k -> (maj@k or pass@k filter, its rows; None: not stored)
 
     def tokens(self) -> tuple[float | None, float | None]:
-        """(teacher, student) generated tokens per answer; every maj@k of the student shares the same answers."""
+        """(teacher, student) generated tokens per answer; every filter of the student shares the same answers."""
         stored = [values for _, values in self.student.values() if values is not None]
         student_tokens = stored[0].tokens_per_answer if stored else None
         return (self.teacher.tokens_per_answer if self.teacher else None), student_tokens
@@ -287,7 +308,7 @@ class _Matched:
         points, problems = [], {}
         for k, (_, values) in self.student.items():
             if values is None:
-                problems[k] = f"maj@{k} of {self.pair.student} on {self.entry.task} is not stored"
+                problems[k] = f"{self.scoring}@{k} of {self.pair.student} on {self.entry.task} is not stored"
                 continue
             try:
                 points += compare_matched(
@@ -296,7 +317,8 @@ class _Matched:
                 )  # fmt: skip
             except ValueError as error:  # no document in common, or values that are not 0/1
                 problems[k] = str(error)
-        smallest = smallest_matching_k(points)
+        # pass@k needs an oracle to pick the right answer: the deployable smallest k is maj@k's alone.
+        smallest = smallest_matching_k(points) if self.scoring is Scoring.MAJ else None
         found = [self.row(point, None, smallest) for point in points]
         found += [self.row(None, problem, k=k) for k, problem in problems.items()]
         return sorted(found, key=lambda row: row.k or 0)
@@ -309,6 +331,7 @@ class _Matched:
         fields: dict = dict.fromkeys(field.name for field in dataclasses.fields(ComparisonRow))
         fields.update(run_id=self.pair.run_id, teacher=self.pair.teacher, student=self.pair.student)
         fields.update(task=self.entry.task, metric=self.entry.metric, baseline_task=self.entry.baseline_task, k=k)
+        fields.update(scoring=self.scoring)
         fields.update(filter=self.student[k][0] if k in self.student else None, higher_is_better=True)
         fields.update(retention_margin=self.settings.retention_margin, confidence=self.settings.confidence)
         fields.update(n_paired=0, verdict=Verdict.NO_DATA, control=False, compute_matched=True)

@@ -174,11 +174,11 @@ def break_even_text(row: ComparisonRow) -> str:
 
 
 def matched_summary(row: ComparisonRow, problem: str | None = None) -> str:
-    """One line for a compute-matched row: maj@k against pass@1, the verdict, and what k answers cost."""
+    """One line for a compute-matched row: maj@k (pass@k) against pass@1, the verdict, and what k answers cost."""
     if row.k is None:
         head = f"{row.student} vs {row.teacher}, compute-matched ({row.task} against {row.baseline_task})"
     else:
-        head = f"{row.student} maj@{row.k} on {row.task} vs {row.teacher} pass@1 on {row.baseline_task}"
+        head = f"{row.student} {row.scoring}@{row.k} on {row.task} vs {row.teacher} pass@1 on {row.baseline_task}"
     if problem is not None or row.student_score is None or row.teacher_score is None:
         return f"{head}: no data: {problem or 'no document answered by both'}"
     evidence = f"CI of diff {format_ci(row.diff_ci_low, row.diff_ci_high)}, n={row.n_paired}"
@@ -335,7 +335,8 @@ MATCHED_COLUMNS: tuple[tuple[str, Callable[[ComparisonRow], str]], ...] = (
     ("teacher", lambda r: r.teacher),
     ("task vs baseline", lambda r: f"{r.task} vs {r.baseline_task}"),
     ("k", lambda r: format_value(r.k, "d")),
-    ("student maj@k", lambda r: format_value(r.student_score, ".3f")),
+    ("scoring", lambda r: f"{r.scoring}@k" if r.scoring else "-"),
+    ("student @k", lambda r: format_value(r.student_score, ".3f")),
     ("teacher pass@1", lambda r: format_value(r.teacher_score, ".3f")),
     ("diff CI", lambda r: format_ci(r.diff_ci_low, r.diff_ci_high)),
     ("n", lambda r: str(r.n_paired)),
@@ -349,15 +350,17 @@ MATCHED_COLUMNS: tuple[tuple[str, Callable[[ComparisonRow], str]], ...] = (
 
 
 def render_matched_table(rows: Sequence[ComparisonRow]) -> Table:
-    """The compute-matched rows as a rich table: one line per k."""
+    """The compute-matched rows as a rich table: one line per (k, scoring)."""
     caption = (
-        "student maj@k vs teacher pass@1 on the documents both answered; $/q = tokens per answer x $/Mtok at the "
-        "load (k answers for the student); smallest matching k: within budget, non-inferior or better"
+        "student maj@k (pass@k) vs teacher pass@1 on the documents both answered; pass@k (any of the k answers "
+        "right) is an upper bound on what any selector of one answer achieves, not deployable without an oracle; "
+        "$/q = tokens per answer x $/Mtok at the load (k answers for the student); smallest matching k: maj@k "
+        "within budget, non-inferior or better"
     )
     runs = ", ".join(sorted({row.run_id for row in rows}))
     table = Table(title=Text(f"compute-matched quality ({runs})"), caption=caption)
     for index, (header, _) in enumerate(MATCHED_COLUMNS):
-        table.add_column(header, justify="left" if index < 3 or header in ("verdict", "load") else "right")
+        table.add_column(header, justify="left" if index < 3 or header in ("scoring", "verdict", "load") else "right")
     for row in rows:
         table.add_row(*(Text(cell(row)) for _, cell in MATCHED_COLUMNS))
     return table

@@ -8,8 +8,9 @@ Three skills of different difficulty, all written as `<task> <input>=<answer>`:
 - `toy_add_mc`: the addition test split as four-way multiple choice with near-miss distractors (one carry
   dropped, digits off by one), so that lm-eval's loglikelihood path is exercised too;
 - `toy_add_sampled`: the addition test split answered `SAMPLED_REPEATS` times with temperature sampling and
-  scored by majority vote over the first k answers (filters `maj@k`), for compute-matched comparisons
-  (bench/matched.py). It lives in its own directory (`sampled_tasks_dir`): a task directory's fingerprint is
+  scored by majority vote over the first k answers (filters `maj@k`) and by any of them right (filters
+  `pass@k`, with the filter of bench/toy/pass_at_k.py, copied beside the task), for compute-matched
+  comparisons (bench/matched.py). It lives in its own directory (`sampled_tasks_dir`): a task directory's fingerprint is
   part of every cell key of the tasks in it, so adding it next to the others would re-run stored toy results.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +31,8 @@ GENERATIVE_TASKS = ("toy_reverse", "toy_sort", "toy_add")
 ALL_TASKS = (*GENERATIVE_TASKS, "toy_add_mc")
 SAMPLED_TASK = "toy_add_sampled"
 SAMPLED_REPEATS = 9  # answers per document; each maj@k filter votes over the first k of them
-SAMPLED_VOTES = (1, 3, 5, 9)  # maj@1 is the first sampled answer alone: sampled pass@1
+SAMPLED_VOTES = (1, 3, 5, 9)  # k of each maj@k and pass@k; both at k = 1 are the first sampled answer alone
+PASS_FILTER_MODULE = Path(__file__).with_name("pass_at_k.py")  # shipped beside the sampled task
 # Self-consistency samples below temperature 1 (0.5-0.7 in Wang et al. 2023): diverse answers that are each
 # still likely; at 1.0 a small model's tail answers swamp the vote.
 SAMPLED_TEMPERATURE = 0.7
@@ -144,11 +147,14 @@ def _task_yaml(task: str, data_file: str) -> dict:
 
 
 def sampled_task_yaml(data_file: str) -> dict:
-    """`toy_add` sampled `SAMPLED_REPEATS` times per document, with one `maj@k` filter per k in `SAMPLED_VOTES`.
+    """`toy_add` sampled `SAMPLED_REPEATS` times per document, with one `maj@k` and one `pass@k` filter per k in
+    `SAMPLED_VOTES`.
 
-    Each filter is lm-eval's self-consistency chain: the first k answers, their majority (ties go to the answer
-    seen first), that one answer scored by exact_match. The repeats need a model that seeds each one apart
-    (bench/lmeval_model.py); lm-eval's own API models send one seed and get k identical answers.
+    Each `maj@k` is lm-eval's self-consistency chain: the first k answers, their majority (ties go to the answer
+    seen first), that one answer scored by exact_match. Each `pass@k` keeps the first correct answer among the
+    first k, else the first (`pass_at_k.FirstCorrectOfK`, loaded by lm-eval from the task directory), so its
+    exact_match is pass@k. The repeats need a model that seeds each one apart (bench/lmeval_model.py); lm-eval's
+    own API models send one seed and get k identical answers.
     """
     spec = _task_yaml("toy_add", data_file)
     votes = [
@@ -158,13 +164,31 @@ def sampled_task_yaml(data_file: str) -> dict:
         }
         for k in SAMPLED_VOTES
     ]
+    passes = [
+        {"name": f"pass@{k}", "filter": [{"function": _LmEvalFunction(_PASS_FILTER), "k": k, "target": "answer"}]}
+        for k in SAMPLED_VOTES
+    ]
     sampling = {"do_sample": True, "temperature": SAMPLED_TEMPERATURE}
     return spec | {
         "task": SAMPLED_TASK,
         "repeats": SAMPLED_REPEATS,
         "generation_kwargs": spec["generation_kwargs"] | sampling,
-        "filter_list": votes,
+        "filter_list": votes + passes,
     }
+
+
+_PASS_FILTER = f"{PASS_FILTER_MODULE.stem}.FirstCorrectOfK"
+
+
+class _LmEvalFunction(str):
+    """A YAML scalar written with lm-eval's `!function` tag: a callable that lm-eval imports from the task directory."""
+
+
+class _TaskDumper(yaml.SafeDumper):
+    """safe_dump, plus `_LmEvalFunction` as `!function module.name`."""
+
+
+_TaskDumper.add_representer(_LmEvalFunction, lambda dumper, value: dumper.represent_scalar("!function", str(value)))
 
 
 def sampled_tasks_dir(out_dir: Path) -> Path:
@@ -176,12 +200,13 @@ def _write_split(out_dir: Path, task: str, rows: list[dict], spec_for: Callable[
     data_path = out_dir / "data" / f"{task}.jsonl"
     data_path.parent.mkdir(parents=True, exist_ok=True)
     data_path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    (out_dir / f"{task}.yaml").write_text(yaml.safe_dump(spec_for(str(data_path)), sort_keys=False))
+    (out_dir / f"{task}.yaml").write_text(yaml.dump(spec_for(str(data_path)), Dumper=_TaskDumper, sort_keys=False))
 
 
 def write_lm_eval_tasks(out_dir: Path, seed: int, test_size: int) -> dict[str, list]:
     """Write each test split as JSONL plus an lm-eval task YAML, the `toy` group YAML, and the sampled
-    `toy_add` variant in `sampled_tasks_dir(out_dir)` (not in the group: it costs `SAMPLED_REPEATS` times more).
+    `toy_add` variant with its pass@k filter module in `sampled_tasks_dir(out_dir)` (not in the group: it costs
+    `SAMPLED_REPEATS` times more).
 
     `data_files` paths are written relative to the repository root, where lm-eval is run from.
     """
@@ -197,4 +222,5 @@ def write_lm_eval_tasks(out_dir: Path, seed: int, test_size: int) -> dict[str, l
     group = {"group": "toy", "task": list(ALL_TASKS), "metadata": {"version": 1.0}}
     (out_dir / "toy.yaml").write_text(yaml.safe_dump(group, sort_keys=False))
     _write_split(sampled_tasks_dir(out_dir), SAMPLED_TASK, rows["toy_add"], sampled_task_yaml)
+    shutil.copyfile(PASS_FILTER_MODULE, sampled_tasks_dir(out_dir) / PASS_FILTER_MODULE.name)
     return splits

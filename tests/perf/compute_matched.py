@@ -10,8 +10,9 @@ answer k times and vote. This script measures it with the product itself, in two
 2. The comparison: `distill-bench run tests/perf/compute_matched.yaml` (teacher and distilled student on
    greedy toy_add and the sampled variant, limit 200, plus a short load workload whose $/Mtok prices an
    answer; `compare.compute_matched` names the two tasks), then the product's own `distill-bench compare
-   --format json` of the run: per k, student maj@k against teacher pass@1 with the paired interval and
-   verdict, the $/question of each, whether k answers fit the teacher's budget, and the smallest matching k.
+   --format json` of the run: per k, student maj@k and pass@k against teacher pass@1 with the paired interval
+   and verdict, the $/question of each, whether k answers fit the teacher's budget, and the smallest matching
+   k (maj@k's: pass@k is an upper bound that needs an oracle to pick the right answer).
 
 Tokens per answer are what the eval stored (`eval_samples.response_tokens`: the model's tokenizer over every
 raw answer; teacher: greedy toy_add; student: all 9 answers of the sampled task); $/Mtok is each model's mean
@@ -140,7 +141,7 @@ def report(run_dir: Path) -> None:
     rows = compare_rows(run_dir)
     matched_rows = sorted(
         (r for r in rows if r["compute_matched"] and r["teacher"] == TEACHER and r["student"] == STUDENT),
-        key=lambda r: r["k"] or 0,
+        key=lambda r: (r["k"] or 0, r["scoring"] or ""),
     )
     if not matched_rows or any(r["k"] is None for r in matched_rows):
         raise SystemExit("compare gave no compute-matched rows:\n" + "\n".join(r["summary"] for r in matched_rows))
@@ -167,18 +168,19 @@ def report(run_dir: Path) -> None:
         f" (compare's toy_add row, n = {greedy['n_paired']})"
     )
     print(
-        "| k | student maj@k | teacher maj@k (lm-eval) | teacher pass@1 | diff CI (maj@k - pass@1) | verdict"
+        "| k | scoring | student @k | teacher @k (lm-eval) | teacher pass@1 | diff CI (@k - pass@1) | verdict"
         " | student $/q | teacher $/q | k x cost <= teacher |"
     )
-    print("|---:|---:|---:|---:|---|---|---:|---:|---|")
+    print("|---:|---|---:|---:|---:|---|---|---:|---:|---|")
     for r in matched_rows:
         teacher_k = lm_eval_score(scores, TEACHER, SAMPLED_TASK, r["filter"])
         student_usd = "-" if r["student_usd_per_question"] is None else f"{r['student_usd_per_question'] * 1e6:.3f}e-6"
         teacher_usd = "-" if r["teacher_usd_per_question"] is None else f"{r['teacher_usd_per_question'] * 1e6:.3f}e-6"
         budget = {True: "yes", False: "no", None: "-"}[r["within_budget"]]
         print(
-            f"| {r['k']} | {r['student_score']:.3f} | {'-' if teacher_k is None else f'{teacher_k:.3f}'}"
-            f" | {r['teacher_score']:.3f} | {r['diff_ci_low']:+.3f}..{r['diff_ci_high']:+.3f} | {r['verdict']}"
+            f"| {r['k']} | {r['scoring']}@k | {r['student_score']:.3f}"
+            f" | {'-' if teacher_k is None else f'{teacher_k:.3f}'} | {r['teacher_score']:.3f}"
+            f" | {r['diff_ci_low']:+.3f}..{r['diff_ci_high']:+.3f} | {r['verdict']}"
             f" | {student_usd} | {teacher_usd} | {budget} |"
         )
     print(

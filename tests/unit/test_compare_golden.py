@@ -151,7 +151,7 @@ def golden_tree(tmp_path_factory) -> Path:
 FIELDS_SINCE_GOLDEN = {
     **dict.fromkeys((
         "distillation_usd", "saving_usd_per_mtok", "saving_usd_per_mtok_ci_low", "saving_usd_per_mtok_ci_high",
-        "break_even_mtok", "break_even_ci_low_mtok", "break_even_ci_high_mtok", "baseline_task", "k",
+        "break_even_mtok", "break_even_ci_low_mtok", "break_even_ci_high_mtok", "baseline_task", "k", "scoring",
         "teacher_tokens_per_answer", "student_tokens_per_answer", "teacher_usd_per_question",
         "student_usd_per_question", "within_budget", "smallest_matching_k", "matched_status", "docs_to_decision_pct",
     )),

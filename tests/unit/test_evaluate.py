@@ -297,3 +297,17 @@ def test_the_bound_leaves_room_above_every_default():
 
 def parsed(root: Path, data: dict) -> BenchConfig:
     return parse_config(data, source="t", base=root)
+
+
+def test_config_hash_names_a_task_directory_filter_by_module_stem_not_path(results):
+    # lm-eval names a `!function` module imported from a task directory by its absolute path.
+    def filter_class(module: str) -> type:
+        return type("FirstCorrectOfK", (), {"__module__": module})
+
+    def with_filter(cls: type) -> dict:
+        config = copy.deepcopy(results["configs"]["toy_add"])
+        return config | {"filter_list": [{"name": "pass@3", "filter": [{"function": cls, "k": 3}]}]}
+
+    here = task_config_hash(with_filter(filter_class("/checkout/a/configs/tasks/toy_sampled/pass_at_k")))
+    assert here == task_config_hash(with_filter(filter_class("/elsewhere/configs/tasks/toy_sampled/pass_at_k")))
+    assert here != task_config_hash(with_filter(filter_class("/checkout/a/configs/tasks/toy_sampled/other")))

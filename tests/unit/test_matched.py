@@ -11,17 +11,18 @@ from typer.testing import CliRunner
 
 from bench import compare, store
 from bench.cli import app
-from bench.compare import ComparisonRow, Verdict
+from bench.compare import ComparisonRow, Scoring, Verdict
 from bench.config import CompareConfig
+from bench.leaderboard import MatchedStatus, matched_status
 from bench.matched import (
     AnswerCost,
     affordable_k,
     compare_matched,
+    filter_k,
     generated_tokens,
     mean_generated_tokens,
     sample_groups,
     smallest_matching_k,
-    vote_k,
 )
 from bench.records import EvalSample, ModelRecord, PerfSummary
 from bench.stats import discordant_counts, tango_interval
@@ -59,10 +60,11 @@ def test_generated_tokens_adds_the_stripped_stop_unless_cut_at_the_limit() -> No
         mean_generated_tokens([], count, max_gen_toks=16)
 
 
-def test_vote_k_reads_majority_filter_names_only() -> None:
-    assert vote_k("maj@1") == 1
-    assert vote_k("maj@16") == 16
-    assert [vote_k(name) for name in ("none", "maj@", "maj@0", "maj@x", "strict-match")] == [None] * 5
+def test_filter_k_reads_the_filter_names_of_its_scoring_only() -> None:
+    assert filter_k("maj@1") == 1
+    assert filter_k("maj@16") == 16
+    assert [filter_k(name) for name in ("none", "maj@", "maj@0", "maj@x", "strict-match", "pass@3")] == [None] * 6
+    assert (filter_k("pass@3", Scoring.PASS), filter_k("maj@3", Scoring.PASS)) == (3, None)
 
 
 def test_points_pair_documents_price_k_answers_and_decide() -> None:
@@ -130,9 +132,17 @@ def samples(task: str, filter_name: str, right: int, tokens: float | None) -> li
     ]  # fmt: skip
 
 
-def write_run(root: Path, tokens: float | None = 5.0, perf: bool = True, **entry) -> Path:
+def write_run(
+    root: Path,
+    tokens: float | None = 5.0,
+    perf: bool = True,
+    votes: dict[int, int] = VOTES,
+    passes: dict[int, int] | None = None,
+    **entry,
+) -> Path:
     """A run of a teacher (pass@1 0.90 on `add`, 5 tokens an answer) and its student (maj@1/3/5 on
-    `add_sampled`, 5 tokens an answer), with `chat` priced over 3 blocks, and one compute_matched entry."""
+    `add_sampled`, and pass@k where `passes` says, 5 tokens an answer), with `chat` priced over 3 blocks, and
+    one compute_matched entry."""
     run = root / "results" / "r1"
     for name, role, teacher in (("T", "teacher", None), ("S", "student", "T")):
         record = make_record(
@@ -140,7 +150,8 @@ def write_run(root: Path, tokens: float | None = 5.0, perf: bool = True, **entry
         )
         store.write_cell(run, "models", f"{name}-server", name, [record])
     store.write_cell(run, "eval_samples", "T-add", "T", samples("add", "none", 180, tokens))
-    student_rows = [row for k, right in VOTES.items() for row in samples("add_sampled", f"maj@{k}", right, tokens)]
+    filters = {f"maj@{k}": right for k, right in votes.items()} | {f"pass@{k}": r for k, r in (passes or {}).items()}
+    student_rows = [row for name, right in filters.items() for row in samples("add_sampled", name, right, tokens)]
     store.write_cell(run, "eval_samples", "S-add_sampled", "S", student_rows)
     for model, prices in (("T", TEACHER_PRICES), ("S", STUDENT_PRICES)):
         for block, price in enumerate(prices if perf else ()):
@@ -238,4 +249,51 @@ def test_the_cli_prints_the_compute_matched_table(tmp_path) -> None:
     assert "compute-matched quality (r1)" in table.output and "smallest matching k" in table.output
     markdown = CliRunner().invoke(app, ["compare", str(results), "--format", "markdown"]).output
     assert "Compute-matched quality:" in markdown
-    assert "| S | T | add_sampled vs add | 3 | 0.890 | 0.900 |" in markdown
+    assert "| S | T | add_sampled vs add | 3 | maj@k | 0.890 | 0.900 |" in markdown
+
+
+PASSES = {1: 150, 3: 186, 5: 196}  # pass@k filter -> documents right, of N: at least maj@k's
+
+
+def test_pass_at_k_rows_sit_beside_maj_at_k_with_the_same_pairing_price_and_no_smallest_k(tmp_path) -> None:
+    rows = matched_rows(write_run(tmp_path, passes=PASSES))
+    assert [(row.k, row.scoring, row.filter) for row in rows] == [
+        (k, scoring, f"{scoring}@{k}") for k in VOTES for scoring in (Scoring.MAJ, Scoring.PASS)
+    ]
+    maj = [row for row in rows if row.scoring is Scoring.MAJ]
+    passed = [row for row in rows if row.scoring is Scoring.PASS]
+    assert maj == matched_rows(write_run(tmp_path / "maj-only"))  # pass@k filters leave the maj@k rows alone
+    expected = compare_matched(ones(180), {k: ones(right) for k, right in PASSES.items()}, TEACHER, STUDENT, 0.05, 0.95)
+    for row, point in zip(passed, expected, strict=True):
+        assert (row.student_score, row.diff_ci_low, row.diff_ci_high, row.verdict, row.within_budget) == (
+            point.student_score, point.diff_ci_low, point.diff_ci_high, point.verdict, point.within_budget,
+        )  # fmt: skip
+        assert row.student_usd_per_question == pytest.approx(point.student_usd_per_question)
+    assert [row.verdict for row in passed] == [Verdict.INFERIOR, Verdict.BETTER, Verdict.BETTER]
+    # The smallest matching k is maj@k's (deployable): pass@k needs an oracle to pick the right answer.
+    assert {row.smallest_matching_k for row in maj} == {3} and {row.smallest_matching_k for row in passed} == {None}
+    assert passed[1].summary.startswith("S pass@3 on add_sampled vs T pass@1 on add: 0.930 vs 0.900 exact_match")
+
+
+def test_pass_rows_read_back_from_the_stored_comparison_with_their_scoring(tmp_path) -> None:
+    results = write_run(tmp_path, passes=PASSES)
+    computed = compare.compare_results(results)
+    assert (results / "r1" / "comparison.parquet").exists()
+    assert compare.compare_results(results) == computed  # read back: "pass" is Scoring.PASS again
+
+
+def test_a_task_without_pass_filters_gets_none_and_a_configured_missing_k_says_so(tmp_path) -> None:
+    assert {row.scoring for row in matched_rows(write_run(tmp_path))} == {Scoring.MAJ}
+    rows = matched_rows(write_run(tmp_path / "configured", passes=PASSES, k=[3, 7]))
+    assert [(row.k, row.scoring, row.verdict) for row in rows] == [
+        (3, Scoring.MAJ, Verdict.NON_INFERIOR), (3, Scoring.PASS, Verdict.BETTER),
+        (7, Scoring.MAJ, Verdict.NO_DATA), (7, Scoring.PASS, Verdict.NO_DATA),
+    ]  # fmt: skip
+    assert "pass@7 of S on add_sampled is not stored" in rows[3].summary
+
+
+def test_the_leaderboard_status_ignores_pass_rows(tmp_path) -> None:
+    # Only pass@3 stored: its row is compared and within budget, yet without a maj@k there is nothing deployable.
+    rows = matched_rows(write_run(tmp_path, votes={}, passes={3: 186}, k=[3]))
+    assert [(row.scoring, row.n_paired) for row in rows] == [(Scoring.MAJ, 0), (Scoring.PASS, N)]
+    assert matched_status(rows) == (MatchedStatus.NO_DATA, None)

@@ -14,6 +14,13 @@ from bench.toy.build import DEFAULT_TASKS_DIR
 REPO = Path(__file__).resolve().parents[3]
 
 
+class TaskYaml(yaml.SafeLoader):
+    """A task YAML as data: lm-eval's `!function module.name` tags read as their text."""
+
+
+TaskYaml.add_constructor("!function", lambda loader, node: f"!function {loader.construct_scalar(node)}")
+
+
 @pytest.fixture()
 def written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The task files the full build (seed 0, 500 documents) writes, written under tmp_path."""
@@ -33,13 +40,18 @@ def test_shipped_task_files_are_what_the_build_writes(written: Path) -> None:
     assert local_fingerprint(str(written / DEFAULT_TASKS_DIR)) == local_fingerprint(str(REPO / DEFAULT_TASKS_DIR))
 
 
-def test_sampled_variant_votes_over_repeats_of_the_add_split(written: Path) -> None:
+def test_sampled_variant_votes_and_passes_over_repeats_of_the_add_split(written: Path) -> None:
     sampled_dir = written / tasks.sampled_tasks_dir(DEFAULT_TASKS_DIR)
-    spec = yaml.safe_load((sampled_dir / f"{tasks.SAMPLED_TASK}.yaml").read_text())
+    spec = yaml.load((sampled_dir / f"{tasks.SAMPLED_TASK}.yaml").read_text(), Loader=TaskYaml)
     assert spec["repeats"] == tasks.SAMPLED_REPEATS >= max(tasks.SAMPLED_VOTES)
     assert spec["generation_kwargs"]["temperature"] == tasks.SAMPLED_TEMPERATURE > 0
-    assert [f["name"] for f in spec["filter_list"]] == [f"maj@{k}" for k in tasks.SAMPLED_VOTES]
-    assert [f["filter"][0]["k"] for f in spec["filter_list"]] == list(tasks.SAMPLED_VOTES)
+    names = [f"{scoring}@{k}" for scoring in ("maj", "pass") for k in tasks.SAMPLED_VOTES]
+    assert [f["name"] for f in spec["filter_list"]] == names
+    assert [f["filter"][0]["k"] for f in spec["filter_list"]] == list(tasks.SAMPLED_VOTES) * 2
+    # pass@k: the filter module shipped beside the task, which lm-eval imports from the task directory.
+    passes = {f["filter"][0]["function"] for f in spec["filter_list"] if f["name"].startswith("pass@")}
+    assert passes == {f"!function {tasks.PASS_FILTER_MODULE.stem}.FirstCorrectOfK"}
+    assert (sampled_dir / tasks.PASS_FILTER_MODULE.name).read_bytes() == tasks.PASS_FILTER_MODULE.read_bytes()
     same_docs = (written / DEFAULT_TASKS_DIR / "data" / "toy_add.jsonl").read_text()
     assert (sampled_dir / "data" / f"{tasks.SAMPLED_TASK}.jsonl").read_text() == same_docs
     assert tasks.SAMPLED_TASK not in yaml.safe_load((written / DEFAULT_TASKS_DIR / "toy.yaml").read_text())["task"]
