@@ -62,7 +62,8 @@ def test_key_is_the_documented_content_hash(parse) -> None:
     """Pin the recipe, so stored results stay addressable: sha256 of canonical JSON, first 16 hex chars.
 
     Settings that shape no result are left out (a model's distillation and active_parameters, a task's
-    estimate), and so is samples_per_question while it is 1 (the keys from before it existed).
+    estimate), and so are samples_per_question while it is 1 and adaptive while unset (the keys from before
+    they existed).
     """
     config = parse()
     model, task = config.models[0], config.tasks[0]
@@ -71,7 +72,7 @@ def test_key_is_the_documented_content_hash(parse) -> None:
         "model": model.model_dump(
             mode="json", exclude={"distillation": True, "active_parameters": True, "serve": {"replicas": True}}
         ),
-        "target": task.model_dump(mode="json", exclude={"estimate", "samples_per_question"}),
+        "target": task.model_dump(mode="json", exclude={"estimate", "samples_per_question", "adaptive"}),
         "seed": config.run.seed,
         "files": {"weights": local_fingerprint(model.source), "task_files": local_fingerprint(task.include_path)},
     }
