@@ -17,11 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from bench import chunks
+from bench import chunks, store
 from bench.compare import Verdict
 from bench.config import BenchConfig, TaskConfig
 from bench.plan import Cell
@@ -172,3 +173,31 @@ def chunk_values(scores: Sequence[EvalScore], samples: Sequence[EvalSample]) -> 
         ((s.task, s.metric, s.filter, s.higher_is_better) for s in scores),
         ((s.task, s.metric, s.filter, s.doc_id, s.value) for s in samples),
     )
+
+
+def gates_for(
+    config: BenchConfig, cells: Sequence[Cell], done_keys: Collection[str], run_dir: Path
+) -> ChunkGates | None:
+    """The gates of a run (None without adaptive tasks), rebuilt from the chunk cells already stored."""
+    planned = [cell for cell in cells if cell.chunk is not None]
+    if not planned:
+        return None
+    keys = {cell.key for cell in planned} & set(done_keys)
+    stored: dict[str, tuple[list, list]] = {key: ([], []) for key in keys}
+    if keys:
+        scores = store.read_run_table(run_dir, "eval_scores", cells=keys, columns=SCORE_COLUMNS).to_pylist()
+        samples = store.read_run_table(run_dir, "eval_samples", cells=keys, columns=SAMPLE_COLUMNS).to_pylist()
+        for row in scores:
+            stored[row["cell_key"]][0].append(tuple(row[name] for name in SCORE_COLUMNS[1:]))
+        for row in samples:
+            stored[row["cell_key"]][1].append(tuple(row[name] for name in SAMPLE_COLUMNS[1:]))
+    return ChunkGates(config, planned, {key: ChunkValues.of(*rows) for key, rows in stored.items()})
+
+
+SCORE_COLUMNS = ("cell_key", "task", "metric", "filter", "higher_is_better")
+SAMPLE_COLUMNS = ("cell_key", "task", "metric", "filter", "doc_id", "value")
+
+
+def skipped(gates: ChunkGates, cell: Cell) -> bool:
+    """Whether a gate has already decided that this cell never runs."""
+    return cell.chunk is not None and gates.state(cell) == "skipped"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import cluster, store, tco
+from bench import cluster, gate, store, tco
 from bench.config import BenchConfig, redacted_dump
 from bench.cost import Billing, PriceTable, billing_for
 from bench.plan import Cell, Fingerprints, build_plan, local_fingerprints, model_key, pending_cells
@@ -231,7 +231,8 @@ def run(
     done = store.done_cell_keys(run_dir)
     fingerprints = local_fingerprints(config)  # the one read of every local input
     cells = build_plan(config, done, fingerprints)
-    pending = pending_cells(cells, done)
+    gates = gate.gates_for(config, cells, done, run_dir)  # adaptive tasks: what the stored chunks decided
+    pending = [cell for cell in pending_cells(cells, done) if gates is None or not gate.skipped(gates, cell)]
     skipped = len(cells) - len(pending)
     progress.plan(len(cells), skipped)
     if not pending:
@@ -246,7 +247,7 @@ def run(
     try:
         cluster.connect(address)
         with progress:
-            cluster.dispatch(config, pending, run_dir, recorder.events())
+            cluster.dispatch(config, pending, run_dir, recorder.events(), gates=gates)
     finally:
         cluster.shutdown()
         _close(handler)

@@ -132,7 +132,11 @@ CASES = [
     ),
     Case("zero-concurrency", at("workloads[0].levels[1]"), setting("workloads.0.levels", [1, 0])),
     Case("fractional-concurrency", at("workloads[0].levels"), setting("workloads.0.levels", [1, 2.5])),
-    Case("adaptive-zero-chunk", at("tasks[0].adaptive.chunk_documents"), setting("tasks.0.adaptive", {"chunk_documents": 0})),
+    Case(
+        "adaptive-zero-chunk",
+        at("tasks[0].adaptive.chunk_documents"),
+        setting("tasks.0.adaptive", {"chunk_documents": 0}),
+    ),
     Case(
         "adaptive-without-limit",
         at("tasks[0].adaptive"),
