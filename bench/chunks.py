@@ -21,11 +21,15 @@ def order_seed(run_seed: int, task: str) -> int:
 
 
 def _order(task: TaskConfig, run_seed: int) -> list[int]:
+    assert task.limit is not None  # config: adaptive needs limit
+    return _documents_in_order(task.limit, run_seed, task.name)
+
+
+def _documents_in_order(documents: int, run_seed: int, task: str) -> list[int]:
     # bench.sequential reads results (pyarrow, through bench.compare): imported here, so that `plan` stays fast.
     from bench.sequential import document_order
 
-    assert task.limit is not None  # config: adaptive needs limit
-    return [int(doc) for doc in document_order(task.limit, order_seed(run_seed, task.name))]
+    return [int(doc) for doc in document_order(documents, order_seed(run_seed, task))]
 
 
 def chunk_count(task: TaskConfig) -> int:
@@ -43,4 +47,10 @@ def chunk_documents(task: TaskConfig, run_seed: int, chunk: int) -> tuple[int, .
 
 def evaluation_positions(task: TaskConfig, run_seed: int) -> dict[int, int]:
     """Each document's place in the task's evaluation order: the gate reads the gains in this order."""
-    return {doc: position for position, doc in enumerate(_order(task, run_seed))}
+    assert task.limit is not None
+    return positions(task.limit, run_seed, task.name)
+
+
+def positions(documents: int, run_seed: int, task: str) -> dict[int, int]:
+    """`evaluation_positions` from a task's name and limit (as a run's manifest records them)."""
+    return {doc: position for position, doc in enumerate(_documents_in_order(documents, run_seed, task))}

@@ -126,6 +126,7 @@ class ServeConfig(Section):
         if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_REPLICAS):
             return value
         raise ValueError(f"must be a whole number from 1 to {MAX_REPLICAS} (servers of one model), or 'auto'")
+
     # How fast, not what (bench.evaluate): excluded from dumps (exclude=True), hence from every cell and model key,
     # so changing them never re-runs stored cells; `redacted_dump` writes them back into run.json.
     eval_concurrency: InFlightCount | None = Field(
