@@ -119,6 +119,7 @@ class Events:
     on_replaced: Callable[[str, str], None]  # (model or model#replica, why): it gets a fresh worker and server
     on_stage: Callable[[str, str], None]  # (model, or model#replica, what it is doing now)
     billing_for: Callable[[ModelRecord], Billing]
+    on_skipped: Callable[[Cell], None] = lambda cell: None  # a chunk cell a gate decided never to run
 
 
 @dataclass(frozen=True)
@@ -362,7 +363,7 @@ class Dispatch:
                 self.queue.append(cell)
             elif state == "skipped":
                 self.skipped.append(cell)
-                log.info("%s %s chunk %d: skipped, its verdicts are decided", cell.model, cell.target, cell.chunk)
+                self.events.on_skipped(cell)
             else:
                 self.events.on_failed(cell, 0, f"an earlier chunk of {cell.target} failed")
         self._reorder()

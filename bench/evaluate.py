@@ -35,7 +35,6 @@ Importing this module is cheap: lm-eval (torch, transformers, datasets) is impor
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.metadata
 import json
 import logging
@@ -132,9 +131,6 @@ def evaluate_task(
     # The tokenizer lm-eval was given (`_model_args`) counts each answer's generated tokens, where there are any.
     generates = any(config.get("output_type") == "generate_until" for config in results["configs"].values())
     samples = samples_from_results(results, tokenizer_counter(endpoint.tokenizer) if generates else None)
-    if documents:
-        # lm-eval numbers the documents of `samples` 0, 1, ... in dataset order: back to the dataset's indices.
-        samples = [dataclasses.replace(sample, doc_id=documents[sample.doc_id]) for sample in samples]
     return scores_from_results(results, endpoint.in_flight), samples
 
 
@@ -161,8 +157,9 @@ def _simple_evaluate(endpoint: Endpoint, task: TaskConfig, seed: int, documents:
         model_args=_model_args(endpoint, seed),
         tasks=lm_eval_tasks(manager, task),
         num_fewshot=task.num_fewshot,
-        # A chunk names its documents (sorted; lm-eval takes `samples` or `limit`, never both, and an empty
-        # list would mean every document, which a planned chunk never is).
+        # A chunk names its documents: sorted, as lm-eval walks the dataset in order and logs each document's
+        # dataset index as `samples[k]` for the k-th it meets; it takes `samples` or `limit`, never both; an
+        # empty list would mean every document, which a planned chunk never is.
         limit=None if documents else task.limit,
         samples={task.name: list(documents)} if documents else None,
         # Applied to generate_until tasks only; None keeps each task's own generation settings.

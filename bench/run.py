@@ -216,6 +216,7 @@ class _Recorder:
             on_replaced=self.server_replaced,
             on_stage=self.progress.stage,
             billing_for=self.billing,
+            on_skipped=self.progress.cell_skipped,
         )
 
 
@@ -232,7 +233,9 @@ def run(
     fingerprints = local_fingerprints(config)  # the one read of every local input
     cells = build_plan(config, done, fingerprints)
     gates = gate.gates_for(config, cells, done, run_dir)  # adaptive tasks: what the stored chunks decided
-    pending = [cell for cell in pending_cells(cells, done) if gates is None or not gate.skipped(gates, cell)]
+    # Chunks a gate already decided never to run are neither run nor stored: out of the count.
+    cells = [cell for cell in cells if gates is None or cell.key in done or not gate.skipped(gates, cell)]
+    pending = pending_cells(cells, done)
     skipped = len(cells) - len(pending)
     progress.plan(len(cells), skipped)
     if not pending:
