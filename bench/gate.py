@@ -201,3 +201,13 @@ SAMPLE_COLUMNS = ("cell_key", "task", "metric", "filter", "doc_id", "value")
 def skipped(gates: ChunkGates, cell: Cell) -> bool:
     """Whether a gate has already decided that this cell never runs."""
     return cell.chunk is not None and gates.state(cell) == "skipped"
+
+
+def documents_evaluated(config: BenchConfig, run_dir: Path) -> tuple[int, int]:
+    """(documents evaluated, documents a full run would evaluate) over a run's adaptive tasks, every model
+    counted, from the chunk cells its manifest lists."""
+    limits = {task.name: task.limit or 0 for task in config.tasks if task.adaptive is not None}
+    keys = store.read_manifest(run_dir).get("cell_keys") or None
+    rows = store.read_run_table(run_dir, "eval_scores", columns=("cell_key", "task", "n"), cells=keys).to_pylist()
+    per_cell = {row["cell_key"]: row["n"] for row in rows if row["task"] in limits}  # one n per cell, any metric
+    return sum(per_cell.values()), len(config.models) * sum(limits.values())

@@ -81,6 +81,8 @@ def test_an_adaptive_run_is_compared_on_its_confidence_sequence(tmp_path: Path) 
     assert full.documents_used == len(evaluated)
     assert row.diff_ci_low > -config.compare.retention_margin
 
+    assert gate.documents_evaluated(config, run) == (2 * len(evaluated), 2 * LIMIT)
+
     # A resume rebuilds the gates from the stored rows: no chunk is left to run.
     resumed = gate.gates_for(config, cells, store.done_cell_keys(run), run)
     waiting = [c for c in cells if c.key not in store.done_cell_keys(run)]
