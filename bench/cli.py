@@ -339,7 +339,10 @@ def run(
             f"stored; run the same command again to run the {outcome.left} left"
         )
     elif _print_comparison(outcome.run_dir, OutputFormat.table):
-        _replay_adaptive(outcome.run_dir)
+        if any(task.adaptive is not None for task in config.tasks):
+            _print_adaptive(config, outcome.run_dir)  # a replay of a run that stopped early would count its stops
+        else:
+            _replay_adaptive(outcome.run_dir)
     log_summary(outcome)
     console.print(outcome.summary_line(), soft_wrap=True, highlight=False, markup=False)
     raise typer.Exit(outcome.exit_code)
@@ -381,6 +384,16 @@ def compare(
         raise typer.Exit(1)
     if sequential:
         _print_sequential(results_dir, orders, chunk_documents)
+
+
+def _print_adaptive(config: BenchConfig, run_dir: Path) -> None:
+    """What the run's adaptive tasks evaluated, in one line."""
+    from bench.gate import documents_evaluated
+
+    evaluated, planned = documents_evaluated(config, run_dir)
+    print(
+        f"adaptive tasks: {evaluated} of {planned} documents evaluated ({evaluated / planned:.0%}), every model counted"
+    )
 
 
 def _replay_adaptive(run_dir: Path) -> None:

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 from bench import schedule
 from bench.config import BenchConfig, ModelConfig, TaskConfig, WorkloadConfig
 from bench.cost import Billing
+from bench.gate import ChunkGates, chunk_values
 from bench.plan import Cell
 from bench.records import EvalSample, EvalScore, ModelRecord, PerfProbe, PerfRequest, PerfSummary
 from bench.schedule import EvalTiming, Replica, WorkerState
@@ -118,6 +119,7 @@ class Events:
     on_replaced: Callable[[str, str], None]  # (model or model#replica, why): it gets a fresh worker and server
     on_stage: Callable[[str, str], None]  # (model, or model#replica, what it is doing now)
     billing_for: Callable[[ModelRecord], Billing]
+    on_skipped: Callable[[Cell], None] = lambda cell: None  # a chunk cell a gate decided never to run
 
 
 @dataclass(frozen=True)
@@ -236,15 +238,16 @@ def _target(config: BenchConfig, cell: Cell) -> TaskConfig | WorkloadConfig:
 
 
 def dispatch(
-    config: BenchConfig, cells: list[Cell], run_dir: Path, events: Events, worker_class: type = ModelWorker
-) -> None:
+    config: BenchConfig, cells: list[Cell], run_dir: Path, events: Events, worker_class: type = ModelWorker,
+    gates: ChunkGates | None = None,
+) -> None:  # fmt: skip
     """Run every cell on a server of its model. Each cell ends stored or reported failed, never dropped.
 
     `worker_class` is the Ray actor that owns a server: `ModelWorker`; the scheduling simulation
     (tests/integration/test_scheduling.py) passes a subclass that serves a fake engine instead of vLLM.
     """
     workers = RayWorkers(config, run_dir, worker_class)
-    dispatcher = Dispatch.plan(config, cells, events, workers)
+    dispatcher = Dispatch.plan(config, cells, events, workers, gates)
     try:
         dispatcher.run()
     finally:
@@ -271,9 +274,14 @@ class Dispatch:
     start_s: dict[str, float] = field(default_factory=dict)  # each model's fastest server start
     announced: set[str] = field(default_factory=set)  # models whose first server came up (`on_started`)
     replicas_made: dict[str, int] = field(default_factory=dict)  # servers created per model: the next index
+    gates: ChunkGates | None = None  # the adaptive tasks' chunk gates (`bench.gate`); None: no adaptive task
+    held: list[Cell] = field(default_factory=list)  # chunk cells waiting for the gate of an earlier chunk
+    skipped: list[Cell] = field(default_factory=list)  # chunk cells a gate decided never to run
 
     @classmethod
-    def plan(cls, config: BenchConfig, cells: list[Cell], events: Events, workers: Workers) -> Dispatch:
+    def plan(
+        cls, config: BenchConfig, cells: list[Cell], events: Events, workers: Workers, gates: ChunkGates | None = None
+    ) -> Dispatch:
         node_gpus = list(workers.node_gpus().values())
         gpus = sum(node_gpus)
         models = {m.name: m for m in config.models if any(cell.model == m.name for cell in cells)}
@@ -282,7 +290,13 @@ class Dispatch:
         if not in_order:
             log.warning("the models do not all fit on the GPUs at once: perf trials run as models come up")
         queue = schedule.run_order(cells, config.run.seed, [m.name for m in config.models])
-        return cls(config, events, workers, models, placements, queue, gpus <= 0, in_order, node_gpus)
+        dispatcher = cls(
+            config, events, workers, models, placements, queue, gpus <= 0, in_order, node_gpus, gates=gates
+        )
+        dispatcher.held = [cell for cell in queue if cell.chunk is not None]
+        dispatcher.queue = [cell for cell in queue if cell.chunk is None]
+        dispatcher._open_gates()
+        return dispatcher
 
     def run(self) -> None:
         self._reorder()
@@ -306,7 +320,7 @@ class Dispatch:
         while self.inflight:
             self._handle_next()
             self._submit()
-        for cell in self.queue:  # unreachable by construction; never drop a cell silently
+        for cell in self.queue + self.held:  # unreachable by construction; never drop a cell silently
             self.events.on_failed(cell, self.attempts.get(cell.key, 0), "not scheduled: its worker was gone")
 
     def close(self) -> None:
@@ -331,12 +345,36 @@ class Dispatch:
     def _queued(self, model: str) -> list[Cell]:
         return [cell for cell in self.queue if cell.model == model]
 
+    def _waiting(self, model: str) -> list[Cell]:
+        """A model's cells still to run: queued, or held behind a chunk gate."""
+        return [cell for cell in self.queue + self.held if cell.model == model]
+
+    def _open_gates(self) -> None:
+        """Move the held chunk cells whose gate opened to the queue; drop those a gate skipped (their
+        documents are never evaluated) and report failed those whose model failed an earlier chunk."""
+        if self.gates is None:
+            return
+        for cell in list(self.held):
+            state = self.gates.state(cell)
+            if state == "held":
+                continue
+            self.held.remove(cell)
+            if state == "open":
+                self.queue.append(cell)
+            elif state == "skipped":
+                self.skipped.append(cell)
+                self.events.on_skipped(cell)
+            else:
+                self.events.on_failed(cell, 0, f"an earlier chunk of {cell.target} failed")
+        self._reorder()
+
     # -- deciding --------------------------------------------------------------------------------------------
 
     def _submit(self) -> None:
         self._drop_unplaceable()
         # Release first: a server shutting down burns CPU, so it must be gone before the next trial starts.
-        for replica in schedule.releasable(self.queue, self._workers()):
+        # A held chunk keeps its model's server: the gate may open it as soon as the chunk in flight is stored.
+        for replica in schedule.releasable(self.queue + self.held, self._workers()):
             self._release(self.runs[replica])
             self.events.on_stage(str(replica), "done")
         for assignment in schedule.next_cells(self.queue, self._workers(), self.exclusive, self.in_order):
@@ -417,7 +455,8 @@ class Dispatch:
         self.events.on_stage(str(run.replica), f"{cell.kind} {cell.target}{block}")
         log.info("%s %s on %s (node %s)", cell.kind, cell.target + block, run.replica, run.node)
         if cell.kind == "eval":
-            handle, run.state = self.workers.call(run, "evaluate", target), "busy"
+            documents = (cell.documents,) if cell.chunk is not None else ()  # a chunk evaluates its documents only
+            handle, run.state = self.workers.call(run, "evaluate", target, *documents), "busy"
         else:
             handle = self.workers.call(run, "measure", target, self.events.billing_for(run.record))
             run.state = "measuring"
@@ -456,6 +495,9 @@ class Dispatch:
         elif cell.kind == "eval":
             self.timings.append(EvalTiming(cell.model, cell.target, self.workers.now() - call.sent_s))
             self.events.on_eval(cell, *result)
+            if cell.chunk is not None and self.gates is not None:
+                self.gates.record(cell, chunk_values(*result))
+                self._open_gates()
             self._reorder()
         else:
             self.events.on_perf(cell, *result)
@@ -496,6 +538,9 @@ class Dispatch:
             log.warning("%s %s %s failed (attempt %d): %s", run.replica, cell.kind, cell.target, attempts, message)
             if attempts > self.config.run.cell_retries:
                 self.events.on_failed(cell, attempts, message)
+                if cell.chunk is not None and self.gates is not None:
+                    self.gates.fail(cell)
+                    self._open_gates()
             else:
                 self.queue.insert(0, cell)
                 self.events.on_retry(cell, attempts, message)
@@ -506,7 +551,7 @@ class Dispatch:
                 return
         else:
             message = f"server did not start: {message}"
-        if run.restarts_left > 0 and self._queued(run.model.name):
+        if run.restarts_left > 0 and self._waiting(run.model.name):
             run.restarts_left -= 1
             log.warning("%s: replacing its worker and server after: %s", run.replica, message)
             self.events.on_replaced(str(run.replica), message)
@@ -525,7 +570,7 @@ class Dispatch:
 
     def _give_up(self, model: str, message: str) -> None:
         """Report every remaining cell of a model as failed."""
-        for pending in self._queued(model):
+        for pending in self._waiting(model):
             self.events.on_failed(pending, self.attempts.get(pending.key, 0), message)
-            self.queue.remove(pending)
+            (self.queue if pending in self.queue else self.held).remove(pending)
         self.events.on_stage(model, "failed")

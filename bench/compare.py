@@ -34,7 +34,7 @@ import numpy as np
 
 from bench import comparison_file, pairing, report, stats, store, tco
 from bench.config import CompareConfig
-from bench.pairing import Pair, PairedValues, PairedWorkload, ScoreKey
+from bench.pairing import AdaptiveTask, Pair, PairedValues, PairedWorkload, ScoreKey
 
 _PREFERRED_FILTER = "none"
 
@@ -61,6 +61,9 @@ class IntervalMethod(StrEnum):
 
     TANGO_CC = "tango-cc"  # every paired value is 0/1: Tango's score interval, continuity-corrected
     BOOTSTRAP = "bootstrap"  # percentile bootstrap over documents
+    # an adaptive task (`tasks[].adaptive`): the anytime-valid confidence sequence of `bench.sequential` at the
+    # look where the run stopped; a fixed-n interval would not cover at a number of documents chosen by the data
+    CONFIDENCE_SEQUENCE = "confidence-sequence"
 
 
 @dataclass(frozen=True)
@@ -237,6 +240,7 @@ class _QualityInput:
     higher_is_better: bool
     paired: PairedValues  # empty when no document was answered by both
     settings: CompareConfig
+    adaptive: AdaptiveTask | None = None  # the task was evaluated in chunks
 
 
 _NO_DOCUMENTS = PairedValues(np.empty(0), np.empty(0))
@@ -248,14 +252,36 @@ def _quality_inputs(
     paired: Callable[[ScoreKey], PairedValues | None],
     lower_is_better: set[ScoreKey],
     settings: CompareConfig,
+    adaptive: dict[str, AdaptiveTask] | None = None,
 ) -> list[_QualityInput]:
     """Every (task, metric) both models scored, at its preferred filter, with its paired documents."""
     inputs = []
     for task, metric in sorted({(t, m) for (t, m, f) in teacher if (t, m, f) in student}):
         key = (task, metric, _pick_filter(teacher, student, task, metric))
         documents = paired(key) or _NO_DOCUMENTS
-        inputs.append(_QualityInput(key, (teacher[key], student[key]), key not in lower_is_better, documents, settings))
+        scores, higher = (teacher[key], student[key]), key not in lower_is_better
+        inputs.append(_QualityInput(key, scores, higher, documents, settings, (adaptive or {}).get(task)))
     return inputs
+
+
+def _sequential_interval(item: _QualityInput) -> dict[str, Any] | None:
+    """An adaptive task's interval and verdict: the confidence sequence over its paired documents in their
+    evaluation order, at the look where it stopped; None where it does not apply (values outside [0, 1],
+    documents without ids), and the fixed-n interval stands."""
+    from bench.sequential import in_unit_interval, sequential_quality  # sequential uses this module's verdicts
+
+    paired, task = item.paired, item.adaptive
+    if task is None or paired.doc_ids is None or not in_unit_interval(paired.teacher, paired.student):
+        return None
+    order = np.argsort([task.positions.get(int(doc), len(task.positions)) for doc in paired.doc_ids], kind="stable")
+    stop = sequential_quality(
+        paired.teacher[order], paired.student[order], task.chunk_documents, item.settings.retention_margin,
+        item.settings.confidence, item.higher_is_better, max(task.planned_documents, paired.teacher.size),
+    )  # fmt: skip
+    return dict(
+        diff_ci_low=stop.diff_ci_low, diff_ci_high=stop.diff_ci_high, verdict=stop.verdict,
+        interval_method=IntervalMethod.CONFIDENCE_SEQUENCE,
+    )  # fmt: skip
 
 
 def _intervals(inputs: list[_QualityInput], seed: int) -> list[dict[str, Any] | None]:
@@ -265,7 +291,10 @@ def _intervals(inputs: list[_QualityInput], seed: int) -> list[dict[str, Any] | 
     confidence in one call; others: the seeded bootstrap, for all inputs of one resample count in one call.
     """
     found: list[dict[str, Any] | None] = [None] * len(inputs)
-    with_documents = [i for i, item in enumerate(inputs) if item.paired.teacher.size]
+    for i, item in enumerate(inputs):
+        if item.adaptive is not None and item.paired.teacher.size:
+            found[i] = _sequential_interval(item)
+    with_documents = [i for i, item in enumerate(inputs) if item.paired.teacher.size and found[i] is None]
     binary = [i for i in with_documents if stats.is_binary(inputs[i].paired.teacher, inputs[i].paired.student)]
     if binary:
         counts = np.array([stats.discordant_counts(inputs[i].paired.teacher, inputs[i].paired.student) for i in binary])
@@ -302,7 +331,8 @@ def _quality(item: _QualityInput, interval: dict[str, Any] | None) -> QualityCom
     if interval is not None:
         low, high = interval["diff_ci_low"], interval["diff_ci_high"]
         fields.update(interval, diff_mean=float((paired.student - paired.teacher).mean()))
-        fields.update(verdict=verdict(low, high, item.settings.retention_margin, higher_is_better))
+        if "verdict" not in interval:  # the confidence sequence gives its own, at the look where it stopped
+            fields.update(verdict=verdict(low, high, item.settings.retention_margin, higher_is_better))
         retention = _retention_ci_pct(teacher_score, low, high, higher_is_better)
         fields.update(retention_ci_low_pct=retention[0], retention_ci_high_pct=retention[1])
     return QualityComparison(**fields)
@@ -417,7 +447,7 @@ def compare_runs(
         pair: _quality_inputs(
             scores.get((pair.run_id, pair.teacher), none).values, scores.get((pair.run_id, pair.student), none).values,
             partial(documents.get, pair), scores.get((pair.run_id, pair.teacher), none).lower_is_better,
-            settings_of[pair.run_id],
+            settings_of[pair.run_id], inputs.adaptive.get(pair.run_id),
         )
         for pair in students
     }  # fmt: skip

@@ -126,6 +126,7 @@ class ServeConfig(Section):
         if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_REPLICAS):
             return value
         raise ValueError(f"must be a whole number from 1 to {MAX_REPLICAS} (servers of one model), or 'auto'")
+
     # How fast, not what (bench.evaluate): excluded from dumps (exclude=True), hence from every cell and model key,
     # so changing them never re-runs stored cells; `redacted_dump` writes them back into run.json.
     eval_concurrency: InFlightCount | None = Field(
@@ -234,6 +235,15 @@ class TaskEstimate(Section):
         return tokens
 
 
+class AdaptiveConfig(Section):
+    """Evaluate a task in chunks and stop each (task, pair) at its first decisive look (`bench.chunks`)."""
+
+    chunk_documents: PositiveInt = Field(
+        description="Documents per chunk, e.g. 25: after each chunk every pair's confidence sequence is read, and "
+        "the models whose verdicts are all decided skip the task's remaining documents."
+    )
+
+
 class TaskConfig(Section):
     """An lm-eval task, by registered name or from a local task YAML directory."""
 
@@ -252,6 +262,11 @@ class TaskConfig(Section):
     )
     estimate: TaskEstimate | None = Field(
         None, description="Documents and tokens per document, for `plan --estimate`; not used by a run."
+    )
+    adaptive: AdaptiveConfig | None = Field(
+        None,
+        description="Opt-in adaptive verdicts, e.g. {chunk_documents: 25}: for a single lm-eval task whose "
+        "per-document values lie in [0, 1]; needs `limit` (the documents are permuted before anything is loaded).",
     )
     max_concurrency: InFlightCount | None = Field(
         None,
@@ -273,6 +288,19 @@ class TaskConfig(Section):
         if samples > MAX_SAMPLES_PER_QUESTION:
             raise ValueError(f"must be at most {MAX_SAMPLES_PER_QUESTION} (lm-eval holds every sample in memory)")
         return samples
+
+    @model_validator(mode="after")
+    def _adaptive_knows_its_documents(self) -> TaskConfig:
+        if self.adaptive is None:
+            return self
+        if self.limit is None:
+            raise ValueError(
+                "adaptive: needs limit (the number of documents, at most the dataset's): the seeded order of the "
+                "documents is drawn before the dataset is loaded"
+            )
+        if self.samples_per_question != 1:
+            raise ValueError("adaptive: needs samples_per_question 1 (a chunk's verdict pairs one answer per document)")
+        return self
 
     @model_validator(mode="after")
     def _estimate_knows_the_output(self) -> TaskConfig:

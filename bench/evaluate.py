@@ -113,8 +113,11 @@ def in_flight(model: ModelConfig, task: TaskConfig, gpu_count: int) -> InFlight:
     return InFlight(requests=requests, prompts_per_request=prompts)
 
 
-def evaluate_task(endpoint: Endpoint, task: TaskConfig, seed: int) -> tuple[list[EvalScore], list[EvalSample]]:
-    """Run one lm-eval task or group against `endpoint`.
+def evaluate_task(
+    endpoint: Endpoint, task: TaskConfig, seed: int, documents: tuple[int, ...] = ()
+) -> tuple[list[EvalScore], list[EvalSample]]:
+    """Run one lm-eval task or group against `endpoint`; with `documents` (an adaptive task's chunk, sorted
+    dataset indices), only those documents of the task, stored under their dataset indices.
 
     Returns one EvalScore per (leaf task, metric, filter) and one EvalSample per (leaf task, document, metric,
     filter); a group's own aggregate rows are left out, its leaf tasks are kept. Raises FileNotFoundError
@@ -122,7 +125,7 @@ def evaluate_task(endpoint: Endpoint, task: TaskConfig, seed: int) -> tuple[list
     """
     if task.include_path is not None:
         check_data_files(Path(task.include_path))
-    results = _simple_evaluate(endpoint, task, seed)
+    results = _simple_evaluate(endpoint, task, seed, documents)
     from bench.matched import tokenizer_counter
 
     # The tokenizer lm-eval was given (`_model_args`) counts each answer's generated tokens, where there are any.
@@ -131,7 +134,7 @@ def evaluate_task(endpoint: Endpoint, task: TaskConfig, seed: int) -> tuple[list
     return scores_from_results(results, endpoint.in_flight), samples
 
 
-def _simple_evaluate(endpoint: Endpoint, task: TaskConfig, seed: int) -> dict[str, Any]:
+def _simple_evaluate(endpoint: Endpoint, task: TaskConfig, seed: int, documents: tuple[int, ...]) -> dict[str, Any]:
     if Path(endpoint.tokenizer).is_dir():
         # Everything is local; offline mode stops transformers and datasets from asking a hub anyway.
         # It must be set before they are first imported, which is why it comes before `import lm_eval`.
@@ -146,12 +149,19 @@ def _simple_evaluate(endpoint: Endpoint, task: TaskConfig, seed: int) -> dict[st
         manager = TaskManager(include_path=task.include_path, include_defaults=False)
     else:
         manager = TaskManager()
+    if documents and task.name not in manager.all_subtasks:
+        # lm-eval reads `samples` per leaf task: a group's leaves would each evaluate every document.
+        raise ValueError(f"{task.name}: adaptive needs a single lm-eval task, not a group or tag")
     results = lm_eval.simple_evaluate(
         model=lmeval_model.MODEL_NAME,
         model_args=_model_args(endpoint, seed),
         tasks=lm_eval_tasks(manager, task),
         num_fewshot=task.num_fewshot,
-        limit=task.limit,
+        # A chunk names its documents: sorted, as lm-eval walks the dataset in order and logs each document's
+        # dataset index as `samples[k]` for the k-th it meets; it takes `samples` or `limit`, never both; an
+        # empty list would mean every document, which a planned chunk never is.
+        limit=None if documents else task.limit,
+        samples={task.name: list(documents)} if documents else None,
         # Applied to generate_until tasks only; None keeps each task's own generation settings.
         gen_kwargs=gen_kwargs(task),
         log_samples=True,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import ValidationError
 
-from bench import store
+from bench import chunks, store
 from bench.config import CompareConfig
 
 _DOC_KEYS = ("task", "metric", "filter", "doc_id")
@@ -37,7 +37,7 @@ PERF_VALUES = ("output_tokens_per_s", "usd_per_mtok_output", "j_per_output_token
 # The tables a comparison reads, and of each the columns it uses (the store checks every column of a file).
 COLUMNS: dict[str, tuple[str, ...]] = {
     "models": ("run_id", "cell_key", "name", "role", "teacher", "distillation_usd", "distillation_teacher_tokens"),
-    "eval_scores": ("run_id", "cell_key", "model", "task", "metric", "filter", "value", "higher_is_better"),
+    "eval_scores": ("run_id", "cell_key", "model", "task", "metric", "filter", "value", "higher_is_better", "n"),
     "eval_samples": ("run_id", "cell_key", "model", "task", "metric", "filter", "doc_id", "value", "response_tokens"),
     "perf_summary": ("run_id", "cell_key", "model", "workload", "mode", "level", "block", "session_id", *PERF_VALUES),
 }
@@ -61,6 +61,17 @@ class PairedValues:
 
     teacher: np.ndarray
     student: np.ndarray
+    doc_ids: np.ndarray | None = None  # the documents, ascending; None where the caller has no ids
+
+
+@dataclass(frozen=True)
+class AdaptiveTask:
+    """A task a run evaluated in chunks (`tasks[].adaptive`): its verdicts are read from the confidence
+    sequence, its documents in their evaluation order (`bench.chunks`)."""
+
+    chunk_documents: int
+    planned_documents: int  # the task's limit: the bets of the confidence sequence are tuned to it
+    positions: dict[int, int]  # doc_id -> place in the evaluation order
 
 
 @dataclass(frozen=True)
@@ -117,6 +128,7 @@ class RunInputs:
     settings: dict[str, CompareConfig]  # per run, from its manifest (defaults where it has none)
     cells: dict[str, frozenset[str]]  # per run, the cells whose rows were read
     clean: frozenset[str]  # runs read without a skipped file: their comparison may be stored
+    adaptive: dict[str, dict[str, AdaptiveTask]] = field(default_factory=dict)  # per run, its adaptive tasks
 
 
 def read_runs(runs: Sequence[Path], skipped: list[store.SkippedFile] | None = None) -> RunInputs:
@@ -126,10 +138,11 @@ def read_runs(runs: Sequence[Path], skipped: list[store.SkippedFile] | None = No
     list, they raise `store.StoreError`, as does a manifest whose compare section does not validate.
     """
     parts: dict[str, list[pa.Table]] = {table: [] for table in TABLES}
-    settings, cells, clean = {}, {}, set()
+    settings, cells, clean, adaptive = {}, {}, set(), {}
     for run in runs:
         manifest = _manifest(run)
         settings[run.name] = _settings(run, manifest)
+        adaptive[run.name] = _adaptive_tasks(manifest)
         current = _current_cell_keys(manifest)
         found: list[store.SkippedFile] | None = None if skipped is None else []
         read = {table: store.read_run_table(run, table, found, COLUMNS[table], current) for table in TABLES}
@@ -144,7 +157,20 @@ def read_runs(runs: Sequence[Path], skipped: list[store.SkippedFile] | None = No
         table: pa.concat_tables(pieces) if pieces else store.schema(table).empty_table().select(list(COLUMNS[table]))
         for table, pieces in parts.items()
     }
-    return RunInputs(tables, settings, cells, frozenset(clean))
+    return RunInputs(tables, settings, cells, frozenset(clean), adaptive)
+
+
+def _adaptive_tasks(manifest: dict[str, Any]) -> dict[str, AdaptiveTask]:
+    """The run's adaptive tasks, from its manifest's config dump (validated when the run started)."""
+    config = manifest.get("config", {})
+    seed = config.get("run", {}).get("seed", 0)
+    found = {}
+    for task in config.get("tasks", []):
+        if task.get("adaptive") and task.get("limit"):
+            found[task["name"]] = AdaptiveTask(
+                task["adaptive"]["chunk_documents"], task["limit"], chunks.positions(task["limit"], seed, task["name"])
+            )
+    return found
 
 
 def _manifest(run: Path) -> dict[str, Any]:
@@ -229,16 +255,25 @@ class ModelScores:
 
 
 def scores_by_model(eval_scores: pa.Table) -> dict[tuple[str, str], ModelScores]:
-    """Per (run, model), its scores; a repeated key keeps the last row's value (in table order)."""
+    """Per (run, model), its scores. The cells of an adaptive task's chunks each score their own documents:
+    their values are averaged weighted by their documents `n` (the score of every document they evaluated);
+    a key repeated within one cell keeps the last row's value (in table order)."""
     found: dict[tuple[str, str], ModelScores] = {}
-    columns = ["run_id", "model", "task", "metric", "filter", "value", "higher_is_better"]
+    parts: dict[tuple[str, str, ScoreKey], dict[str, tuple[float, int]]] = {}
+    columns = ["run_id", "model", "cell_key", "task", "metric", "filter", "value", "higher_is_better", "n"]
     for row in eval_scores.select(columns).to_pylist():
         scores = found.setdefault((row["run_id"], row["model"]), ModelScores({}, set()))
         key = (row["task"], row["metric"], row["filter"])
-        scores.values[key] = row["value"]
+        parts.setdefault((row["run_id"], row["model"], key), {})[row["cell_key"]] = (row["value"], row["n"])
         # A null direction (older results, tasks that give none) counts as higher is better.
         if row["higher_is_better"] is False:
             scores.lower_is_better.add(key)
+    for (run_id, model, key), cells in parts.items():
+        values = list(cells.values())
+        documents = sum(n for _, n in values)
+        last = values[-1][0]
+        mean = sum(value * n for value, n in values) / documents if len(values) > 1 and documents else last
+        found[run_id, model].values[key] = mean
     return found
 
 
@@ -250,6 +285,7 @@ class PairedDocuments:
     bounds: np.ndarray
     teacher: np.ndarray
     student: np.ndarray
+    doc_ids: np.ndarray
 
     def get(self, pair: Pair, key: ScoreKey) -> PairedValues | None:
         """The documents both models of `pair` answered for `key`, by doc_id; None when there are none."""
@@ -257,7 +293,7 @@ class PairedDocuments:
         if index is None:
             return None
         start, stop = self.bounds[index], self.bounds[index + 1]
-        return PairedValues(self.teacher[start:stop], self.student[start:stop])
+        return PairedValues(self.teacher[start:stop], self.student[start:stop], self.doc_ids[start:stop])
 
 
 def paired_documents(eval_samples: pa.Table, pairs: Sequence[Pair]) -> PairedDocuments:
@@ -303,6 +339,7 @@ def paired_documents(eval_samples: pa.Table, pairs: Sequence[Pair]) -> PairedDoc
         np.append(starts, joined.num_rows),
         joined["value_teacher"].to_numpy(),
         joined["value_student"].to_numpy(),
+        joined["doc_id"].to_numpy(),
     )
 
 

@@ -23,7 +23,8 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from bench.config import BenchConfig, ModelConfig, WorkloadConfig
+from bench import chunks
+from bench.config import BenchConfig, ModelConfig, TaskConfig, WorkloadConfig
 from bench.hashing import local_fingerprint, short_hash
 
 CellKind = Literal["eval", "perf"]
@@ -34,7 +35,7 @@ BlockState = Literal["complete", "pending", "partial"]
 TARGET_KEY_EXCLUDES: dict[CellKind, set[str]] = {"eval": {"estimate"}, "perf": {"repeats"}}
 # Task settings added after results were stored: in the key only when set away from their default, so a
 # config that leaves them alone keeps the keys (and the stored cells) it had.
-TASK_KEY_WHEN_SET = {"samples_per_question"}
+TASK_KEY_WHEN_SET = {"samples_per_question", "adaptive"}
 # Model settings that shape no measurement: left out of every key, so declaring them never re-runs a cell.
 # `active_parameters` only feeds the FLOPs-per-token estimate, never what the server does; how many servers
 # run a model's cells (`serve.replicas`) changes where they run, not what they produce.
@@ -51,22 +52,27 @@ class Cell:
     target: str
     key: str
     block: int | None = None  # the perf trial's block; None for eval cells
+    chunk: int | None = None  # an adaptive task's chunk (`bench.chunks`); None: the whole task
+    documents: tuple[int, ...] = ()  # the chunk's document ids, sorted; () for a whole task
 
 
 def cell_key(
     kind: CellKind, model: ModelConfig, target: BaseModel, seed: int, files: dict[str, str | None],
-    block: int | None = None,
+    block: int | None = None, chunk: dict[str, int] | None = None,
 ) -> str:  # fmt: skip
     """Content key of a cell: a short sha256 of the canonical JSON of everything that shapes its results.
 
     `files` holds the fingerprints of the local inputs (`weights`, and `task_files` for eval cells); perf
-    cells add their `block` (eval keys keep the recipe they had before blocks existed).
+    cells add their `block` and an adaptive task's cells their `chunk` (its index and the seed of the
+    documents' order), so whole-task eval keys keep the recipe they had before blocks and chunks existed.
     """
     target_json = _target_json(kind, target)
     content = {"kind": kind, "model": model_json(model), "target": target_json, "seed": seed}
     content["files"] = files
     if block is not None:
         content["block"] = block
+    if chunk is not None:
+        content["chunk"] = chunk
     return short_hash(content)
 
 
@@ -123,7 +129,10 @@ def build_plan(
     for model in config.models:
         for task in config.tasks:
             files = {"weights": weights[model.name], "task_files": task_files[task.name]}
-            cells.append(Cell("eval", model.name, task.name, cell_key("eval", model, task, seed, files)))
+            if task.adaptive is None:
+                cells.append(Cell("eval", model.name, task.name, cell_key("eval", model, task, seed, files)))
+            else:
+                cells.extend(_chunk_cells(model, task, seed, files))
     for workload in config.workloads:
 
         def block(index: int, workload: WorkloadConfig = workload) -> list[Cell]:
@@ -131,6 +140,17 @@ def build_plan(
 
         for index in select_blocks(workload.repeats, lambda b: [cell.key for cell in block(b)], done_keys):
             cells.extend(block(index))
+    return cells
+
+
+def _chunk_cells(model: ModelConfig, task: TaskConfig, seed: int, files: dict[str, str | None]) -> list[Cell]:
+    """An adaptive task's cells for one model: one per chunk, in chunk order (`bench.chunks`)."""
+    cells = []
+    for index in range(chunks.chunk_count(task)):
+        chunk = {"index": index, "order_seed": chunks.order_seed(seed, task.name)}
+        key = cell_key("eval", model, task, seed, files, chunk=chunk)
+        documents = chunks.chunk_documents(task, seed, index)
+        cells.append(Cell("eval", model.name, task.name, key, chunk=index, documents=documents))
     return cells
 
 

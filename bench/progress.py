@@ -62,6 +62,11 @@ class RunProgress:
         self.progress.advance(self.cells_task)
         self._say(f"done {cell.kind} {cell.model} × {cell.target}: {detail}")
 
+    def cell_skipped(self, cell: Cell) -> None:
+        """An adaptive task's chunk that a gate decided never to run: it counts as settled on the progress bar."""
+        self.progress.advance(self.cells_task)
+        self._say(f"skipped eval {cell.model} × {cell.target} chunk {cell.chunk}: its verdicts are decided")
+
     def cell_failed(self, cell: Cell, error: str) -> None:
         self.progress.advance(self.cells_task)
         self._say(f"FAILED {cell.kind} {cell.model} × {cell.target}: {_headline(error)}")

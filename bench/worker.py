@@ -65,13 +65,14 @@ class ModelWorker:
 
         return [int(gpu) for gpu in ray.get_gpu_ids()]
 
-    def evaluate(self, task: TaskConfig) -> tuple[list[EvalScore], list[EvalSample]]:
+    def evaluate(self, task: TaskConfig, documents: tuple[int, ...] = ()) -> tuple[list[EvalScore], list[EvalSample]]:
+        """Run one eval cell: the whole task, or an adaptive task's chunk of `documents`."""
         from bench.evaluate import Endpoint, evaluate_task, in_flight
 
         sent = in_flight(self.model, task, self.server.hardware.gpu_count)
         endpoint = Endpoint(self.server.base_url, self.model.name, self.model.source, sent)
         started_s = time.monotonic()
-        scores, samples = evaluate_task(endpoint, task, self.seed)
+        scores, samples = evaluate_task(endpoint, task, self.seed, documents)
         # What the cell held its server for: an adaptive run's saving is estimated from it (bench.adaptive).
         wall_s = time.monotonic() - started_s
         self.server.check_alive(during=f"eval {task.name}")

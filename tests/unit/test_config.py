@@ -132,6 +132,16 @@ CASES = [
     ),
     Case("zero-concurrency", at("workloads[0].levels[1]"), setting("workloads.0.levels", [1, 0])),
     Case("fractional-concurrency", at("workloads[0].levels"), setting("workloads.0.levels", [1, 2.5])),
+    Case(
+        "adaptive-zero-chunk",
+        at("tasks[0].adaptive.chunk_documents"),
+        setting("tasks.0.adaptive", {"chunk_documents": 0}),
+    ),
+    Case(
+        "adaptive-without-limit",
+        at("tasks[0].adaptive"),
+        lambda data: setting("tasks.0.adaptive", {"chunk_documents": 5})(removing("tasks.0.limit")(data)),
+    ),
     Case("zero-repeats", at("workloads[0].repeats"), setting("workloads.0.repeats", 0)),
     Case(
         "non-numeric-price",

@@ -16,7 +16,9 @@ import pytest
 
 from bench import cluster, schedule
 from bench.config import parse_config
+from bench.gate import ChunkGates
 from bench.plan import build_plan
+from bench.records import EvalSample, EvalScore
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -389,3 +391,66 @@ def test_a_lost_node_that_leaves_a_model_no_room_fails_its_cells_instead_of_wait
     assert {cell.model for cell, _, _ in outcome.failed} == {"teacher"}
     assert all("the largest alive node has 2" in message for _, _, message in outcome.failed)
     assert {cell.model for cell in outcome.stored} == {"s1", "s2", "s3"}
+
+
+# -- adaptive tasks: chunk cells behind their gates ------------------------------------------------------
+
+
+@dataclass
+class ChunkedFakeCluster(FakeCluster):
+    """The fake cluster, answering every eval chunk with one 0/1 value per document it was sent:
+    `value[model]` for every document (a fake of lm-eval's per-document scores)."""
+
+    value: dict = field(default_factory=dict)
+    sent: dict = field(default_factory=dict)  # handle -> documents sent with the evaluate call
+
+    def call(self, run: cluster.ModelRun, method: str, *args: object) -> int:
+        handle = super().call(run, method, *args)
+        self.sent[handle] = args[1] if method == "evaluate" and len(args) > 1 else ()
+        return handle
+
+    def result(self, handle: int) -> object:
+        call, documents = self.calls[handle], self.sent.pop(handle)
+        found = super().result(handle)
+        if call.method != "evaluate":
+            return found
+        model = call.run.model.name
+        score = EvalScore("adaptive", "exact_match", "none", 0.0, None, True, len(documents), 0, "fake", "h")
+        samples = [EvalSample("adaptive", doc, "exact_match", "none", self.value[model], "", "") for doc in documents]
+        return [score], samples
+
+
+def test_a_decided_pair_skips_its_remaining_chunks_and_the_servers_stop_only_after_the_last_gate() -> None:
+    """teacher and kd agree on every document (non-inferior after some chunks), bad fails every one
+    (inferior after its first): bad evaluates one chunk, teacher and kd the same few, none all eight; every
+    cell ends stored, failed or skipped exactly once; the teacher's server lives until kd is decided."""
+    models = [*TEACHER_KD, {"name": "bad", "source": "org/bad", "teacher": "teacher"}]
+    task = {"name": "adaptive", "limit": 200, "adaptive": {"chunk_documents": 25}}
+    config = make_config(models, [task], workloads=[])
+    fake = ChunkedFakeCluster(nodes={"gpu-node": 4}, value={"teacher": 1.0, "kd": 1.0, "bad": 0.0})
+    stored, failed = [], []
+    events = cluster.Events(
+        on_started=lambda record: None,
+        on_eval=lambda cell, *_: stored.append(cell),
+        on_perf=lambda cell, *_: stored.append(cell),
+        on_failed=lambda cell, attempts, message: failed.append(cell),
+        on_retry=lambda cell, attempts, message: None,
+        on_replaced=lambda replica, why: None,
+        on_stage=lambda model, what: None,
+        billing_for=lambda record: None,
+    )
+    cells = build_plan(config)
+    gates = ChunkGates(config, cells, stored={})
+    dispatcher = cluster.Dispatch.plan(config, cells, events, fake, gates)
+    dispatcher.run()
+    dispatcher.close()
+    assert sorted(c.key for c in stored + failed + dispatcher.skipped) == sorted(c.key for c in cells)
+    assert not failed and not fake.calls and not fake.placed
+    chunks_run = {name: sorted(c.chunk for c in stored if c.model == name) for name in ("teacher", "kd", "bad")}
+    assert chunks_run["bad"] == [0]
+    assert chunks_run["teacher"] == chunks_run["kd"] == list(range(len(chunks_run["kd"])))
+    assert 1 < len(chunks_run["kd"]) < 8
+    # Each model's server started once: none was stopped while a gate on its task was pending.
+    assert Counter(replica.model for _, replica, method, _ in fake.log if method == "start") == Counter(
+        {"teacher": 1, "kd": 1, "bad": 1}
+    )

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pytest
 
 from bench import pairing
 from bench.pairing import Pair
@@ -106,13 +107,45 @@ def test_every_pair_of_every_run_is_paired_in_one_pass():
     assert (paired.teacher.tolist(), paired.student.tolist()) == ([0, 1], [1, 0])  # docs 0 and 2, by doc_id
 
 
-def test_scores_by_model_keep_the_last_value_and_any_lower_is_better():
+def test_scores_by_model_keep_the_last_value_of_a_cell_and_any_lower_is_better():
     rows = [
-        dict(run_id="r1", model="big", task="t", metric="ppl", filter="none", value=v, higher_is_better=h)
+        dict(
+            run_id="r1",
+            model="big",
+            cell_key="c",
+            task="t",
+            metric="ppl",
+            filter="none",
+            value=v,
+            higher_is_better=h,
+            n=9,
+        )
         for v, h in ((3.0, None), (2.0, False), (1.0, None))
     ]
     (scores,) = pairing.scores_by_model(pa.Table.from_pylist(rows)).values()
     assert scores.values == {("t", "ppl", "none"): 1.0} and scores.lower_is_better == {("t", "ppl", "none")}
+
+
+def test_scores_by_model_average_an_adaptive_tasks_chunks_by_their_documents():
+    """Chunks of 25, 25 and 10 documents scoring 0.8, 0.6 and 0.1: the task's score over its 60 documents."""
+    chunks = (("c0", 0.8, 25), ("c1", 0.6, 25), ("c2", 0.1, 10))
+    rows = [
+        dict(
+            run_id="r1",
+            model="big",
+            cell_key=key,
+            task="t",
+            metric="acc",
+            filter="none",
+            value=v,
+            higher_is_better=True,
+            n=n,
+        )
+        for key, v, n in chunks
+    ]
+    (scores,) = pairing.scores_by_model(pa.Table.from_pylist(rows)).values()
+    expected = sum(v * n for _, v, n in chunks) / sum(n for _, _, n in chunks)
+    assert scores.values == {("t", "acc", "none"): pytest.approx(expected)}
 
 
 def test_pairs_and_run_models():

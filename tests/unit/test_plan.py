@@ -62,7 +62,8 @@ def test_key_is_the_documented_content_hash(parse) -> None:
     """Pin the recipe, so stored results stay addressable: sha256 of canonical JSON, first 16 hex chars.
 
     Settings that shape no result are left out (a model's distillation and active_parameters, a task's
-    estimate), and so is samples_per_question while it is 1 (the keys from before it existed).
+    estimate), and so are samples_per_question while it is 1 and adaptive while unset (the keys from before
+    they existed).
     """
     config = parse()
     model, task = config.models[0], config.tasks[0]
@@ -71,7 +72,7 @@ def test_key_is_the_documented_content_hash(parse) -> None:
         "model": model.model_dump(
             mode="json", exclude={"distillation": True, "active_parameters": True, "serve": {"replicas": True}}
         ),
-        "target": task.model_dump(mode="json", exclude={"estimate", "samples_per_question"}),
+        "target": task.model_dump(mode="json", exclude={"estimate", "samples_per_question", "adaptive"}),
         "seed": config.run.seed,
         "files": {"weights": local_fingerprint(model.source), "task_files": local_fingerprint(task.include_path)},
     }
@@ -280,3 +281,23 @@ def test_replicas_keep_the_model_key_and_the_key_from_before_the_setting(parse) 
     for replicas in (3, "auto"):
         served = model.model_copy(update={"serve": model.serve.model_copy(update={"replicas": replicas})})
         assert model_key(served, None) == expected
+
+
+def test_an_adaptive_task_plans_one_cell_per_chunk_on_shared_documents(parse) -> None:
+    """limit 10, chunks of 4: chunks 0, 1, 2 split the 10 documents, the same for teacher and student, each
+    chunk its own key; the workload's keys stay those of the config without `adaptive`."""
+    plain = parse()
+    config = parse(edited("tasks.0.adaptive", {"chunk_documents": 4}))
+    evals = [cell for cell in build_plan(config) if cell.kind == "eval"]
+    by_model = {model: [c for c in evals if c.model == model] for model in ("teacher", "student")}
+    for model, model_cells in by_model.items():
+        assert [c.chunk for c in model_cells] == [0, 1, 2], model
+        assert sorted(doc for c in model_cells for doc in c.documents) == list(range(10))
+        assert [len(c.documents) for c in model_cells] == [4, 4, 2]
+        assert all(list(c.documents) == sorted(c.documents) for c in model_cells)  # as lm-eval's samples need
+    assert [c.documents for c in by_model["teacher"]] == [c.documents for c in by_model["student"]]
+    assert len({c.key for c in evals}) == len(evals)
+    assert not {c.key for c in evals} & {c.key for c in build_plan(plain)}
+    perf = {k: v for k, v in keys(config).items() if k[0] == "perf"}
+    assert perf == {k: v for k, v in keys(plain).items() if k[0] == "perf"}
+    assert build_plan(config) == build_plan(parse(edited("tasks.0.adaptive", {"chunk_documents": 4})))
