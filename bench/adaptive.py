@@ -41,8 +41,8 @@ DEFAULT_ORDERS = 20  # seeded document orders: enough for a median and a range t
 DEFAULT_CHUNK_DOCUMENTS = 25  # a look every 25 documents; looks cost nothing in a replay
 # The modules a stored row depends on (see `comparison_file.fingerprint`).
 _CODE = (
-    "adaptive", "compare", "comparison_file", "config", "pairing", "records", "sequential", "sequential_replay",
-    "stats", "store", "store_check",
+    "adaptive", "chunks", "compare", "comparison_file", "config", "hashing", "pairing", "records", "sequential",
+    "sequential_replay", "stats", "store", "store_check",
 )  # fmt: skip
 
 
@@ -113,7 +113,8 @@ def eval_device_seconds(run: Path, cells: Iterable[str]) -> dict[tuple[str, str]
         total = sum(tasks.values())
         for task, documents in tasks.items():
             share = documents / total if total else 1 / len(tasks)
-            seconds[(model, task)] = wall_s * devices.get(model, 1) * share
+            key = (model, task)  # a live adaptive task has a cell per chunk: their seconds add up
+            seconds[key] = seconds.get(key, 0.0) + wall_s * devices.get(model, 1) * share
     return seconds
 
 
@@ -158,6 +159,9 @@ def replay_run(run: Path, inputs: pairing.RunInputs, orders: int, chunk_document
     """The replay rows of one run read into `inputs`, under its own compare settings."""
     settings = inputs.settings.get(run.name, CompareConfig())
     quality, perf = sequential_replay.replay_runs(inputs, chunk_documents, seeds=range(orders))
+    # A task the run evaluated adaptively stopped already: replaying its stored chunks would count its stops.
+    live = inputs.adaptive.get(run.name, {})
+    quality = [row for row in quality if row.task not in live]
     seconds = eval_device_seconds(run, inputs.cells.get(run.name, ()))
     return [_quality_row(row, seconds, chunk_documents, settings) for row in quality] + [
         _perf_row(row, settings) for row in perf

@@ -63,6 +63,18 @@ def config_errors() -> Iterator[None]:
         raise typer.Exit(EXIT_CONFIG_ERROR) from None
 
 
+@contextmanager
+def store_errors() -> Iterator[None]:
+    """Turn a StoreError (a damaged results file) raised in the block into one line on stderr and exit code 2."""
+    from bench.store import StoreError
+
+    try:
+        yield
+    except StoreError as error:
+        err_console.print(Text(str(error), style="red"), soft_wrap=True)
+        raise typer.Exit(EXIT_CONFIG_ERROR) from None
+
+
 MAX_ERROR_LINES = 20
 MAX_ERROR_LINE_CHARS = 500  # a key or value quoted from a hostile file can be any length
 
@@ -238,14 +250,11 @@ def _comparison_rows(results_dir: Path) -> list[ComparisonRow]:
     `bench.store`), and the comparison of the rest is printed.
     """
     from bench.compare import compare_results
-    from bench.store import StoreError, skip_report
+    from bench.store import skip_report
 
     skipped: list = []
-    try:
+    with store_errors():
         rows = compare_results(results_dir, skipped=skipped)
-    except StoreError as error:
-        err_console.print(Text(str(error), style="red"), soft_wrap=True)
-        raise typer.Exit(EXIT_CONFIG_ERROR) from None
     for line in skip_report(skipped):
         err_console.print(Text(f"warning: {line}", style="yellow"), soft_wrap=True)
     if not rows:
@@ -326,23 +335,27 @@ def run(
     Example: distill-bench run configs/quickstart.yaml
     """
     from bench.progress import RunProgress
-    from bench.run import counted, log_summary
+    from bench.run import EXIT_INTERRUPTED, counted, log_summary
     from bench.run import run as run_cells
 
     with config_errors():
         config, prices = load_checked(config_path)
         check_results_option(results_dir)
-    outcome = run_cells(config, prices, RunProgress(console), address=address, results_dir=results_dir)
-    if outcome.interrupted:
-        print(
-            f"interrupted: {counted(outcome.succeeded + outcome.failed, 'cell')} finished before Ctrl-C "
-            f"stored; run the same command again to run the {outcome.left} left"
-        )
-    elif _print_comparison(outcome.run_dir, OutputFormat.table):
-        if any(task.adaptive is not None for task in config.tasks):
-            _print_adaptive(config, outcome.run_dir)  # a replay of a run that stopped early would count its stops
-        else:
-            _replay_adaptive(outcome.run_dir)
+    try:
+        with store_errors():  # a damaged file in the run's results (e.g. a chunk an adaptive gate reads)
+            outcome = run_cells(config, prices, RunProgress(console), address=address, results_dir=results_dir)
+            if outcome.interrupted:
+                print(
+                    f"interrupted: {counted(outcome.succeeded, 'cell')} stored, {outcome.failed} failed; the same "
+                    f"command resumes ({outcome.left} to run)"
+                )
+            elif _print_comparison(outcome.run_dir, OutputFormat.table):
+                if any(task.adaptive is not None for task in config.tasks):
+                    _print_adaptive(config, outcome.run_dir)
+                _replay_adaptive(outcome.run_dir)  # the replay leaves out the tasks that already ran adaptively
+    except KeyboardInterrupt:  # before the cells ran, or after: what is stored stays, and a re-run resumes
+        err_console.print("interrupted: nothing in flight; the same command resumes")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     log_summary(outcome)
     console.print(outcome.summary_line(), soft_wrap=True, highlight=False, markup=False)
     raise typer.Exit(outcome.exit_code)
@@ -499,13 +512,9 @@ def compact(
     Example: distill-bench compact results/quickstart
     """
     from bench.compact import compact_run
-    from bench.store import StoreError
 
-    try:
+    with store_errors():
         tables = compact_run(run_dir)
-    except StoreError as error:
-        err_console.print(Text(str(error), style="red"), soft_wrap=True)
-        raise typer.Exit(EXIT_CONFIG_ERROR) from None
     for table in tables:
         for kept in table.kept:
             err_console.print(Text(f"warning: {kept}", style="yellow"), soft_wrap=True)

@@ -42,7 +42,8 @@ NAME = "comparison.parquet"
 KEY_METADATA = b"comparison_key"
 # What a row depends on besides the run's files: these modules' source and these packages' versions.
 _CODE = (
-    "compare", "comparison_file", "config", "matched", "pairing", "records", "report", "stats", "store", "store_check",
+    "chunks", "compare", "comparison_file", "config", "hashing", "matched", "pairing", "records", "report",
+    "sequential", "stats", "store", "store_check",
 )  # fmt: skip
 _PACKAGES = ("numpy", "scipy", "pyarrow")
 

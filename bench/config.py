@@ -593,10 +593,16 @@ class BenchConfig(Section):
     @model_validator(mode="after")
     def _compute_matched_names_two_tasks(self) -> BenchConfig:
         names = [t.name for t in self.tasks]
+        adaptive = {t.name for t in self.tasks if t.adaptive is not None}
         for index, entry in enumerate(self.compare.compute_matched):
             for key, name in (("task", entry.task), ("baseline_task", entry.baseline_task)):
                 if name not in names:
                     raise ValueError(f"compare.compute_matched[{index}].{key}: unknown task {name!r}; tasks: {names}")
+                if name in adaptive:  # its documents stop where a gate decided: a fixed-n interval would not hold
+                    raise ValueError(
+                        f"compare.compute_matched[{index}].{key}: {name!r} is adaptive (tasks[].adaptive); "
+                        "compute-matched rows need every document of both tasks"
+                    )
             if entry.task == entry.baseline_task:
                 raise ValueError(
                     f"compare.compute_matched[{index}].baseline_task: {entry.task!r} is the sampled task itself; "

@@ -235,8 +235,8 @@ _ENTRY_COLUMNS: tuple[tuple[str, Callable[[LeaderboardEntry], str]], ...] = (
     ("throughput x [CI]", lambda e: ratio_text(e, "throughput_ratio")),
     ("$/Mtok x [CI]", lambda e: ratio_text(e, "usd_per_mtok_ratio")),
     ("blocks", lambda e: str(e.n_blocks)),
-    ("docs to decision", lambda e: docs_to_decision_text(e)),
     ("compute-matched k", lambda e: html.escape(matched_text(e))),
+    ("docs to decision", lambda e: docs_to_decision_text(e)),
     ("cost verdict", lambda e: html.escape(e.cost_verdict or "-")),  # last: the one text column that wraps
 )
 _TEXT_COLUMNS = 4  # the first columns are names (left-aligned); the rest are numbers

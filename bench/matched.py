@@ -36,6 +36,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 import pyarrow as pa
@@ -124,6 +125,7 @@ def mean_generated_tokens(responses: Iterable[str], count_tokens: Callable[[str]
     return float(np.mean(counts))
 
 
+@cache  # a worker evaluates many cells (an adaptive task's chunks) with one tokenizer: load it once
 def tokenizer_counter(tokenizer: str) -> Callable[[str], int]:
     """Count a text's tokens with a model's tokenizer (local path or hub id), special tokens left out."""
     from transformers import AutoTokenizer

@@ -45,11 +45,12 @@ class RunOutcome:
     retried: int = 0  # cells that failed at least once and were tried again (whatever their end)
     replaced: int = 0  # servers replaced by a fresh worker and server
     interrupted: bool = False  # stopped by Ctrl-C: the cells in flight were abandoned, none stored half
+    stopped: int = 0  # adaptive chunks a gate decided never to run (their verdicts were settled)
 
     @property
     def left(self) -> int:
-        """Cells neither stored nor failed: what a re-run has to do."""
-        return self.total - self.skipped - self.succeeded - self.failed
+        """Cells a re-run would run: neither stored nor stopped by a gate (failed ones are tried again)."""
+        return self.total - self.skipped - self.succeeded - self.stopped
 
     @property
     def exit_code(self) -> int:
@@ -154,7 +155,7 @@ class _Recorder:
         self.config, self.prices, self.run_dir, self.progress = config, prices, run_dir, progress
         self.model_keys = models
         self.session_id = session_id
-        self.succeeded = self.failed = self.replaced = 0
+        self.succeeded = self.failed = self.replaced = self.stopped = 0
         self.retried: set[str] = set()  # keys of the cells retried: a cell tried three times counts once
 
     def started(self, record: ModelRecord) -> None:
@@ -200,14 +201,19 @@ class _Recorder:
         self.retried.add(cell.key)
         self.progress.cell_retried(cell, attempts, error)
 
+    def cell_stopped(self, cell: Cell) -> None:
+        self.stopped += 1
+        self.progress.cell_skipped(cell)
+
     def server_replaced(self, model: str, reason: str) -> None:
         self.replaced += 1
         self.progress.server_replaced(model, reason)
 
     def outcome(self, run_dir: Path, total: int, skipped: int) -> RunOutcome:
         return RunOutcome(
-            self.config.run.name, run_dir, total, skipped, self.succeeded, self.failed, len(self.retried), self.replaced
-        )
+            self.config.run.name, run_dir, total, skipped, self.succeeded, self.failed,
+            retried=len(self.retried), replaced=self.replaced, stopped=self.stopped,
+        )  # fmt: skip
 
     def billing(self, record: ModelRecord) -> Billing:
         return billing_for(
@@ -225,7 +231,7 @@ class _Recorder:
             on_replaced=self.server_replaced,
             on_stage=self.progress.stage,
             billing_for=self.billing,
-            on_skipped=self.progress.cell_skipped,
+            on_skipped=self.cell_stopped,
         )
 
 

@@ -231,6 +231,6 @@ def test_ctrl_c_mid_cell_stops_the_run_cleanly_keeps_what_it_stored_and_says_how
     assert _until(run.gone, BOUND_S), run.left()
     lines = run.said().splitlines()
     assert "Traceback" not in run.said(), run.said()[-3000:]
-    assert any(line.startswith("interrupted: ") and "run the same command again" in line for line in lines)
+    assert any(line.startswith("interrupted: ") and "the same command resumes" in line for line in lines)
     assert lines[-1].startswith(f"summary: {run.name}: ") and lines[-1].endswith("; exit 130"), lines[-5:]
     assert stored <= store.done_cell_keys(run.run_dir)

@@ -556,6 +556,16 @@ CASES = [
         sampled_task_and({"task": "toy_sampled", "baseline_task": "toy_arith", "k": [1, 0]}),
     ),
     Case(
+        "matched-adaptive-task",
+        "compare.compute_matched[0].task",
+        "is adaptive",
+        both(
+            appending("tasks", {"name": "toy_sampled", "include_path": "./tasks", "limit": 10,
+                                "adaptive": {"chunk_documents": 5}}),
+            setting("compare", {"compute_matched": [{"task": "toy_sampled", "baseline_task": "toy_arith"}]}),
+        ),  # fmt: skip
+    ),
+    Case(
         "matched-unknown-key",
         "compare.compute_matched[0].samples",
         "Extra inputs",
