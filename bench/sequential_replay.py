@@ -19,12 +19,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from bench import compare, pairing, sequential, stats, store
+from bench import compare, pairing, sequential, stats
 from bench.compare import Verdict
 from bench.config import CompareConfig
 from bench.pairing import Pair
@@ -166,18 +165,6 @@ def replay_pair_perf(
             )  # fmt: skip
         )
     return rows
-
-
-def replay_results(
-    results_dir: Path,
-    chunk_documents: int,
-    seeds: Sequence[int] = (0,),
-    target_ratio: float = 1.0,
-    settings: CompareConfig | None = None,
-) -> tuple[list[QualityReplay], list[RatioReplay]]:
-    """Replay every student/teacher pair under `results_dir`; each run's own compare settings unless given."""
-    inputs = pairing.read_runs(store.readable_runs(results_dir))
-    return replay_runs(inputs, chunk_documents, seeds, target_ratio, settings)
 
 
 def replay_runs(

@@ -14,7 +14,7 @@ import math
 import numpy as np
 import pytest
 
-from bench import compare, sequential, sequential_replay, stats
+from bench import compare, pairing, sequential, sequential_replay, stats, store
 from bench.compare import Verdict
 from bench.sequential import RatioDecision
 from tests.unit.test_compare import build_results
@@ -211,7 +211,8 @@ def test_a_replayed_ratio_reports_its_interval_at_the_stopping_block():
 
 @pytest.fixture(scope="module")
 def replay(tmp_path_factory):
-    return sequential_replay.replay_results(build_results(tmp_path_factory.mktemp("replay")), 25, seeds=(0, 1))
+    results = build_results(tmp_path_factory.mktemp("replay"))
+    return sequential_replay.replay_runs(pairing.read_runs(store.readable_runs(results)), 25, seeds=(0, 1))
 
 
 def test_replay_stops_the_clear_task_early_on_the_same_side_as_all_the_data(replay):
