@@ -30,9 +30,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bench import schedule
+from bench.blockgate import BlockGates, block_rows
 from bench.config import BenchConfig, ModelConfig, TaskConfig, WorkloadConfig
 from bench.cost import Billing
-from bench.gate import ChunkGates, chunk_values
+from bench.gate import ChunkGates, ChunkState, chunk_values
 from bench.plan import Cell
 from bench.records import EvalSample, EvalScore, ModelRecord, PerfProbe, PerfRequest, PerfSummary
 from bench.schedule import EvalTiming, Replica, WorkerState
@@ -119,7 +120,7 @@ class Events:
     on_replaced: Callable[[str, str], None]  # (model or model#replica, why): it gets a fresh worker and server
     on_stage: Callable[[str, str], None]  # (model, or model#replica, what it is doing now)
     billing_for: Callable[[ModelRecord], Billing]
-    on_skipped: Callable[[Cell], None] = lambda cell: None  # a chunk cell a gate decided never to run
+    on_skipped: Callable[[Cell], None] = lambda cell: None  # a chunk or block cell a gate decided never to run
 
 
 @dataclass(frozen=True)
@@ -239,15 +240,15 @@ def _target(config: BenchConfig, cell: Cell) -> TaskConfig | WorkloadConfig:
 
 def dispatch(
     config: BenchConfig, cells: list[Cell], run_dir: Path, events: Events, worker_class: type = ModelWorker,
-    gates: ChunkGates | None = None,
+    gates: ChunkGates | None = None, block_gates: BlockGates | None = None,
 ) -> None:  # fmt: skip
-    """Run every cell on a server of its model. Each cell ends stored or reported failed, never dropped.
+    """Run every cell on a server of its model. Each cell ends stored, reported failed or skipped by a gate.
 
     `worker_class` is the Ray actor that owns a server: `ModelWorker`; the scheduling simulation
     (tests/integration/test_scheduling.py) passes a subclass that serves a fake engine instead of vLLM.
     """
     workers = RayWorkers(config, run_dir, worker_class)
-    dispatcher = Dispatch.plan(config, cells, events, workers, gates)
+    dispatcher = Dispatch.plan(config, cells, events, workers, gates, block_gates)
     try:
         dispatcher.run()
     finally:
@@ -275,13 +276,15 @@ class Dispatch:
     announced: set[str] = field(default_factory=set)  # models whose first server came up (`on_started`)
     replicas_made: dict[str, int] = field(default_factory=dict)  # servers created per model: the next index
     gates: ChunkGates | None = None  # the adaptive tasks' chunk gates (`bench.gate`); None: no adaptive task
-    held: list[Cell] = field(default_factory=list)  # chunk cells waiting for the gate of an earlier chunk
-    skipped: list[Cell] = field(default_factory=list)  # chunk cells a gate decided never to run
+    block_gates: BlockGates | None = None  # the adaptive workloads' block gates (`bench.blockgate`)
+    held: list[Cell] = field(default_factory=list)  # chunk or block cells waiting for an earlier gate
+    skipped: list[Cell] = field(default_factory=list)  # chunk or block cells a gate decided never to run
 
     @classmethod
     def plan(
-        cls, config: BenchConfig, cells: list[Cell], events: Events, workers: Workers, gates: ChunkGates | None = None
-    ) -> Dispatch:
+        cls, config: BenchConfig, cells: list[Cell], events: Events, workers: Workers,
+        gates: ChunkGates | None = None, block_gates: BlockGates | None = None,
+    ) -> Dispatch:  # fmt: skip
         node_gpus = list(workers.node_gpus().values())
         gpus = sum(node_gpus)
         models = {m.name: m for m in config.models if any(cell.model == m.name for cell in cells)}
@@ -291,10 +294,11 @@ class Dispatch:
             log.warning("the models do not all fit on the GPUs at once: perf trials run as models come up")
         queue = schedule.run_order(cells, config.run.seed, [m.name for m in config.models])
         dispatcher = cls(
-            config, events, workers, models, placements, queue, gpus <= 0, in_order, node_gpus, gates=gates
-        )
-        dispatcher.held = [cell for cell in queue if cell.chunk is not None]
-        dispatcher.queue = [cell for cell in queue if cell.chunk is None]
+            config, events, workers, models, placements, queue, gpus <= 0, in_order, node_gpus,
+            gates=gates, block_gates=block_gates,
+        )  # fmt: skip
+        dispatcher.held = [cell for cell in queue if dispatcher._gated(cell)]
+        dispatcher.queue = [cell for cell in queue if not dispatcher._gated(cell)]
         dispatcher._open_gates()
         return dispatcher
 
@@ -349,13 +353,24 @@ class Dispatch:
         """A model's cells still to run: queued, or held behind a chunk gate."""
         return [cell for cell in self.queue + self.held if cell.model == model]
 
+    def _gated(self, cell: Cell) -> bool:
+        """Whether a gate decides when this cell runs: an adaptive task's chunk, an adaptive workload's block."""
+        return (cell.chunk is not None and self.gates is not None) or (
+            self.block_gates is not None and self.block_gates.governs(cell)
+        )
+
+    def _gate_state(self, cell: Cell) -> ChunkState:
+        if cell.chunk is not None:
+            assert self.gates is not None
+            return self.gates.state(cell)
+        assert self.block_gates is not None
+        return self.block_gates.state(cell)
+
     def _open_gates(self) -> None:
-        """Move the held chunk cells whose gate opened to the queue; drop those a gate skipped (their
-        documents are never evaluated) and report failed those whose model failed an earlier chunk."""
-        if self.gates is None:
-            return
+        """Move the held cells whose gate opened to the queue; drop those a gate skipped (their documents or
+        blocks never run) and report failed those whose model failed an earlier chunk."""
         for cell in list(self.held):
-            state = self.gates.state(cell)
+            state = self._gate_state(cell)
             if state == "held":
                 continue
             self.held.remove(cell)
@@ -501,6 +516,9 @@ class Dispatch:
             self._reorder()
         else:
             self.events.on_perf(cell, *result)
+            if self.block_gates is not None and self.block_gates.governs(cell):
+                self.block_gates.record(cell, block_rows(cell, result[1]))
+                self._open_gates()
 
     def _started(self, run: ModelRun, record: ModelRecord, call: Call) -> None:
         run.record, run.node = record, self.workers.node_of(run)
@@ -538,9 +556,7 @@ class Dispatch:
             log.warning("%s %s %s failed (attempt %d): %s", run.replica, cell.kind, cell.target, attempts, message)
             if attempts > self.config.run.cell_retries:
                 self.events.on_failed(cell, attempts, message)
-                if cell.chunk is not None and self.gates is not None:
-                    self.gates.fail(cell)
-                    self._open_gates()
+                self._gate_failed(cell)
             else:
                 self.queue.insert(0, cell)
                 self.events.on_retry(cell, attempts, message)
@@ -573,4 +589,16 @@ class Dispatch:
         for pending in self._waiting(model):
             self.events.on_failed(pending, self.attempts.get(pending.key, 0), message)
             (self.queue if pending in self.queue else self.held).remove(pending)
+            if pending.chunk is None:  # a block gate goes on without the model's trials
+                self._gate_failed(pending)
         self.events.on_stage(model, "failed")
+
+    def _gate_failed(self, cell: Cell) -> None:
+        """A gated cell failed for good: its gate decides without it."""
+        if cell.chunk is not None and self.gates is not None:
+            self.gates.fail(cell)
+        elif self.block_gates is not None and self.block_gates.governs(cell):
+            self.block_gates.fail(cell)
+        else:
+            return
+        self._open_gates()

@@ -16,7 +16,10 @@ better one, and retention is teacher / student.
 Speed and cost: per block, the student's perf summary over its teacher's at the same workload and level
 (the highest both ran; for a sweep, each at its capacity); the ratio is exp(mean log-ratio) over blocks with
 a t-interval (`stats.log_ratio_estimate`, which says why t). A control (`compare.controls`) compares two
-models of the same architecture the same way: its interval should contain 1.
+models of the same architecture the same way: its interval should contain 1. A workload whose blocks stopped
+early (`workloads[].adaptive`, `bench.blockgate`: `n_blocks` below `repeats`) is compared the same way over
+the blocks it has; that fixed-n interval is then optimistic, as the run stopped when the ratio looked
+decisive: the anytime-valid bound is the confidence sequence the gate read (`sequential.sequential_ratio`).
 """
 
 from __future__ import annotations

@@ -359,6 +359,17 @@ class SweepConfig(Section):
         return self
 
 
+class AdaptiveBlocksConfig(Section):
+    """Stop a workload's blocks once every pair's throughput ratio is decided (`bench.blockgate`)."""
+
+    min_blocks: int = Field(
+        2,
+        ge=2,  # the ratio's confidence sequence is unbounded after one block: one block says nothing of the noise
+        description="Blocks every model runs before the first look, e.g. 2; after each later block, the "
+        "remaining blocks (up to `repeats`) are skipped once every pair's ratio is above or below 1.",
+    )
+
+
 class WorkloadConfig(Section):
     """A performance workload: synthetic prompts sent at several load levels, or a capacity sweep."""
 
@@ -393,6 +404,11 @@ class WorkloadConfig(Section):
         "seeded random order, so drift of the machine hits every model alike; cost ratios get an interval "
         "over blocks. 5 is recommended; raising it later adds blocks without re-running the stored ones.",
     )
+    adaptive: AdaptiveBlocksConfig | None = Field(
+        None,
+        description="Opt-in adaptive repeats, e.g. {min_blocks: 2}: `repeats` becomes the most blocks run; "
+        "blocks stop early once every student/teacher throughput ratio is decided. Shapes no trial: in no cell key.",
+    )
 
     @field_validator("levels")
     @classmethod
@@ -402,6 +418,12 @@ class WorkloadConfig(Section):
         if info.data.get("mode", "concurrency") == "concurrency" and any(level != int(level) for level in levels):
             raise ValueError("concurrency levels must be whole numbers")
         return levels
+
+    @model_validator(mode="after")
+    def _adaptive_within_repeats(self) -> WorkloadConfig:
+        if self.adaptive is not None and self.adaptive.min_blocks > self.repeats:
+            raise ValueError(f"adaptive.min_blocks: {self.adaptive.min_blocks} is above repeats ({self.repeats})")
+        return self
 
     @model_validator(mode="after")
     def _modes_and_durations_agree(self) -> WorkloadConfig:

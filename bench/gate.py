@@ -198,9 +198,9 @@ SCORE_COLUMNS = ("cell_key", "task", "metric", "filter", "higher_is_better")
 SAMPLE_COLUMNS = ("cell_key", "task", "metric", "filter", "doc_id", "value")
 
 
-def skipped(gates: ChunkGates, cell: Cell) -> bool:
+def skipped(gates: ChunkGates | None, cell: Cell) -> bool:
     """Whether a gate has already decided that this cell never runs."""
-    return cell.chunk is not None and gates.state(cell) == "skipped"
+    return gates is not None and cell.chunk is not None and gates.state(cell) == "skipped"
 
 
 def documents_evaluated(config: BenchConfig, run_dir: Path) -> tuple[int, int]:

@@ -31,8 +31,9 @@ CellKind = Literal["eval", "perf"]
 
 
 BlockState = Literal["complete", "pending", "partial"]
-# `estimate` (documents and tokens for `plan --estimate`) shapes no result, like a workload's `repeats`.
-TARGET_KEY_EXCLUDES: dict[CellKind, set[str]] = {"eval": {"estimate"}, "perf": {"repeats"}}
+# `estimate` (documents and tokens for `plan --estimate`) shapes no result, like a workload's `repeats` and
+# `adaptive` (how many of its blocks run, not what a trial measures: turning it on keeps the stored blocks).
+TARGET_KEY_EXCLUDES: dict[CellKind, set[str]] = {"eval": {"estimate"}, "perf": {"repeats", "adaptive"}}
 # Task settings added after results were stored: in the key only when set away from their default, so a
 # config that leaves them alone keeps the keys (and the stored cells) it had.
 TASK_KEY_WHEN_SET = {"samples_per_question", "adaptive"}

@@ -63,9 +63,13 @@ class RunProgress:
         self._say(f"done {cell.kind} {cell.model} × {cell.target}: {detail}")
 
     def cell_skipped(self, cell: Cell) -> None:
-        """An adaptive task's chunk that a gate decided never to run: it counts as settled on the progress bar."""
+        """An adaptive task's chunk or workload's block that a gate decided never to run: it counts as settled
+        on the progress bar."""
         self.progress.advance(self.cells_task)
-        self._say(f"skipped eval {cell.model} × {cell.target} chunk {cell.chunk}: its verdicts are decided")
+        if cell.chunk is not None:
+            self._say(f"skipped eval {cell.model} × {cell.target} chunk {cell.chunk}: its verdicts are decided")
+        else:
+            self._say(f"skipped perf {cell.model} × {cell.target} block {cell.block}: its ratios are decided")
 
     def cell_failed(self, cell: Cell, error: str) -> None:
         self.progress.advance(self.cells_task)

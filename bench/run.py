@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import cluster, gate, store, tco
+from bench import blockgate, cluster, gate, store, tco
 from bench.config import BenchConfig, redacted_dump
 from bench.cost import Billing, PriceTable, billing_for
 from bench.plan import Cell, Fingerprints, build_plan, local_fingerprints, model_key, pending_cells
@@ -248,8 +248,10 @@ def run(
     fingerprints = local_fingerprints(config)  # the one read of every local input
     cells = build_plan(config, done, fingerprints)
     gates = gate.gates_for(config, cells, done, run_dir)  # adaptive tasks: what the stored chunks decided
-    # Chunks a gate already decided never to run are neither run nor stored: out of the count.
-    cells = [cell for cell in cells if gates is None or cell.key in done or not gate.skipped(gates, cell)]
+    block_gates = blockgate.block_gates_for(config, cells, done, run_dir)  # adaptive workloads: stored blocks
+    # Chunks and blocks a gate already decided never to run are neither run nor stored: out of the count.
+    never = {cell.key for cell in cells if gate.skipped(gates, cell) or blockgate.skipped(block_gates, cell)}
+    cells = [cell for cell in cells if cell.key in done or cell.key not in never]
     pending = pending_cells(cells, done)
     skipped = len(cells) - len(pending)
     progress.plan(len(cells), skipped)
@@ -266,7 +268,7 @@ def run(
     try:
         cluster.connect(address)
         with progress:
-            cluster.dispatch(config, pending, run_dir, recorder.events(), gates=gates)
+            cluster.dispatch(config, pending, run_dir, recorder.events(), gates=gates, block_gates=block_gates)
     except KeyboardInterrupt:  # Ctrl-C: every finished cell is stored already; the servers go with Ray below
         interrupted = True
         log.warning("interrupted (Ctrl-C): stopping; the cells in flight are abandoned")

@@ -144,6 +144,15 @@ CASES = [
     ),
     Case("zero-repeats", at("workloads[0].repeats"), setting("workloads.0.repeats", 0)),
     Case(
+        "adaptive-one-block", at("workloads[0].adaptive.min_blocks"), setting("workloads.0.adaptive", {"min_blocks": 1})
+    ),
+    Case(
+        "adaptive-min-blocks-above-repeats",
+        at("workloads[0].adaptive.min_blocks"),
+        lambda data: setting("workloads.0.adaptive", {"min_blocks": 4})(setting("workloads.0.repeats", 3)(data)),
+    ),
+    Case("adaptive-unknown-key", at("workloads[0].adaptive.blocks"), setting("workloads.0.adaptive", {"blocks": 2})),
+    Case(
         "non-numeric-price",
         at("prices.cpu-core.usd_per_hour", file="prices.yaml"),
         prices='prices: {cpu-core: {usd_per_hour: cheap, source: "x", date: "2026-11-01"}}\n',

@@ -12,13 +12,16 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bench import cluster, schedule
+from bench.blockgate import BlockGates
 from bench.config import parse_config
 from bench.gate import ChunkGates
 from bench.plan import build_plan
-from bench.records import EvalSample, EvalScore
+from bench.records import EvalSample, EvalScore, PerfSummary
+from tests.unit.test_store import make_record
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -396,6 +399,20 @@ def test_a_lost_node_that_leaves_a_model_no_room_fails_its_cells_instead_of_wait
 # -- adaptive tasks: chunk cells behind their gates ------------------------------------------------------
 
 
+def collecting_events(stored: list, failed: list) -> cluster.Events:
+    """Events that collect the stored and the failed cells, and ignore the rest."""
+    return cluster.Events(
+        on_started=lambda record: None,
+        on_eval=lambda cell, *_: stored.append(cell),
+        on_perf=lambda cell, *_: stored.append(cell),
+        on_failed=lambda cell, attempts, message: failed.append(cell),
+        on_retry=lambda cell, attempts, message: None,
+        on_replaced=lambda replica, why: None,
+        on_stage=lambda model, what: None,
+        billing_for=lambda record: None,
+    )
+
+
 @dataclass
 class ChunkedFakeCluster(FakeCluster):
     """The fake cluster, answering every eval chunk with one 0/1 value per document it was sent:
@@ -429,16 +446,7 @@ def test_a_decided_pair_skips_its_remaining_chunks_and_the_servers_stop_only_aft
     config = make_config(models, [task], workloads=[])
     fake = ChunkedFakeCluster(nodes={"gpu-node": 4}, value={"teacher": 1.0, "kd": 1.0, "bad": 0.0})
     stored, failed = [], []
-    events = cluster.Events(
-        on_started=lambda record: None,
-        on_eval=lambda cell, *_: stored.append(cell),
-        on_perf=lambda cell, *_: stored.append(cell),
-        on_failed=lambda cell, attempts, message: failed.append(cell),
-        on_retry=lambda cell, attempts, message: None,
-        on_replaced=lambda replica, why: None,
-        on_stage=lambda model, what: None,
-        billing_for=lambda record: None,
-    )
+    events = collecting_events(stored, failed)
     cells = build_plan(config)
     gates = ChunkGates(config, cells, stored={})
     dispatcher = cluster.Dispatch.plan(config, cells, events, fake, gates)
@@ -454,3 +462,46 @@ def test_a_decided_pair_skips_its_remaining_chunks_and_the_servers_stop_only_aft
     assert Counter(replica.model for _, replica, method, _ in fake.log if method == "start") == Counter(
         {"teacher": 1, "kd": 1, "bad": 1}
     )
+
+
+# -- adaptive workloads: perf blocks behind their gate -----------------------------------------------------
+
+
+@dataclass
+class MeasuringFakeCluster(FakeCluster):
+    """The fake cluster, answering a model's n-th perf trial with one summary at `tps[model][n]` output
+    tokens/s (a fake of the load generator's measurement)."""
+
+    tps: dict = field(default_factory=dict)
+    trials: Counter = field(default_factory=Counter)
+
+    def result(self, handle: int) -> object:
+        call = self.calls[handle]
+        found = super().result(handle)
+        if call.method != "measure":
+            return found
+        model = call.run.model.name
+        rate = self.tps[model][self.trials[model]]
+        self.trials[model] += 1
+        return [], [make_record(PerfSummary, workload=call.target, level=1.0, output_tokens_per_s=rate)], []
+
+
+def test_a_decided_workload_skips_its_remaining_blocks_for_every_model() -> None:
+    """kd is twice as fast as the teacher in every block: the ratio is decided after a few of the eight
+    blocks, and both models skip the rest; every cell ends stored or skipped exactly once."""
+    workload = {"name": "w", "repeats": 8, "adaptive": {"min_blocks": 2}}
+    config = make_config(TEACHER_KD, [], workloads=[workload])
+    rates = np.exp(np.random.default_rng(0).normal(0, 0.05, (2, 8)))
+    fake = MeasuringFakeCluster(nodes=CPU, tps={"teacher": 100 * rates[0], "kd": 200 * rates[1]})
+    stored, failed = [], []
+    events = collecting_events(stored, failed)
+    cells = build_plan(config)
+    dispatcher = cluster.Dispatch.plan(config, cells, events, fake, block_gates=BlockGates(config, cells, {}))
+    dispatcher.run()
+    dispatcher.close()
+    assert sorted(c.key for c in stored + failed + dispatcher.skipped) == sorted(c.key for c in cells)
+    assert not failed and not fake.calls and not fake.placed
+    blocks_run = {name: sorted(c.block for c in stored if c.model == name) for name in ("teacher", "kd")}
+    assert blocks_run["teacher"] == blocks_run["kd"] == list(range(len(blocks_run["kd"])))
+    assert 2 < len(blocks_run["kd"]) < 8
+    assert {c.block for c in dispatcher.skipped} == set(range(len(blocks_run["kd"]), 8))

@@ -131,6 +131,7 @@ def test_result_shaping_settings_change_keys(
         ("models.0.active_parameters", 1000),
         ("models.0.serve", {"replicas": 2}),  # where cells run, not what they produce: resume finds them done
         ("models.1.serve", {"replicas": "auto"}),
+        ("workloads.0.adaptive", {"min_blocks": 2}),  # how many blocks run, not what one measures
     ],
 )
 def test_reading_settings_do_not_change_keys(parse, dotted: str, value: object) -> None:
