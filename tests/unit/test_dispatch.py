@@ -27,6 +27,10 @@ class WorkerDied(RuntimeError):
     """What a call on a worker of a lost node raises (Ray raises RayActorError)."""
 
 
+class Deadlock(AssertionError):
+    """The fake's answer to a wait that would never end: every call waits for GPUs no call will free."""
+
+
 @dataclass
 class FakeCall:
     run: cluster.ModelRun
@@ -99,6 +103,9 @@ class FakeCluster:
             if not due or min(due) > self.lost_at_s[0]:
                 self._lose_node()
         running = [h for h in handles if self.calls[h].finish_s is not None]
+        if not running and self.lost_at_s is None:  # only starts waiting for GPUs that nothing will free
+            waiting = [str(self.calls[h].run.replica) for h in handles]
+            raise Deadlock(f"at {self.clock:g} s every call waits for GPUs: {waiting}")
         first = min(running, key=lambda h: (self.calls[h].finish_s, h), default=None)
         if first is None or self.calls[first].finish_s > self.clock + timeout_s:
             self.clock += timeout_s
@@ -420,37 +427,73 @@ class ChunkedFakeCluster(FakeCluster):
         return [score], samples
 
 
-def test_a_decided_pair_skips_its_remaining_chunks_and_the_servers_stop_only_after_the_last_gate() -> None:
-    """teacher and kd agree on every document (non-inferior after some chunks), bad fails every one
-    (inferior after its first): bad evaluates one chunk, teacher and kd the same few, none all eight; every
-    cell ends stored, failed or skipped exactly once; the teacher's server lives until kd is decided."""
-    models = [*TEACHER_KD, {"name": "bad", "source": "org/bad", "teacher": "teacher"}]
-    task = {"name": "adaptive", "limit": 200, "adaptive": {"chunk_documents": 25}}
-    config = make_config(models, [task], workloads=[])
-    fake = ChunkedFakeCluster(nodes={"gpu-node": 4}, value={"teacher": 1.0, "kd": 1.0, "bad": 0.0})
+@dataclass
+class ChunkOutcome:
+    stored: list
+    failed: list  # (cell, message)
+    skipped: list
+
+
+def run_chunked(config, fake: ChunkedFakeCluster) -> ChunkOutcome:
+    """Dispatch a plan with adaptive tasks behind their gates; every cell ends stored, failed or skipped
+    exactly once, and nothing is left running."""
     stored, failed = [], []
     events = cluster.Events(
         on_started=lambda record: None,
         on_eval=lambda cell, *_: stored.append(cell),
         on_perf=lambda cell, *_: stored.append(cell),
-        on_failed=lambda cell, attempts, message: failed.append(cell),
+        on_failed=lambda cell, attempts, message: failed.append((cell, message)),
         on_retry=lambda cell, attempts, message: None,
         on_replaced=lambda replica, why: None,
         on_stage=lambda model, what: None,
         billing_for=lambda record: None,
     )
     cells = build_plan(config)
-    gates = ChunkGates(config, cells, stored={})
-    dispatcher = cluster.Dispatch.plan(config, cells, events, fake, gates)
+    dispatcher = cluster.Dispatch.plan(config, cells, events, fake, ChunkGates(config, cells, stored={}))
     dispatcher.run()
     dispatcher.close()
-    assert sorted(c.key for c in stored + failed + dispatcher.skipped) == sorted(c.key for c in cells)
-    assert not failed and not fake.calls and not fake.placed
-    chunks_run = {name: sorted(c.chunk for c in stored if c.model == name) for name in ("teacher", "kd", "bad")}
-    assert chunks_run["bad"] == [0]
-    assert chunks_run["teacher"] == chunks_run["kd"] == list(range(len(chunks_run["kd"])))
-    assert 1 < len(chunks_run["kd"]) < 8
+    ended = [c.key for c in stored + dispatcher.skipped] + [cell.key for cell, _ in failed]
+    assert sorted(ended) == sorted(c.key for c in cells)
+    assert not fake.calls and not fake.placed
+    return ChunkOutcome(stored, failed, dispatcher.skipped)
+
+
+def chunks_run(outcome: ChunkOutcome, model: str) -> list[int]:
+    return sorted(c.chunk for c in outcome.stored if c.model == model)
+
+
+ADAPTIVE = {"name": "adaptive", "limit": 200, "adaptive": {"chunk_documents": 25}}
+
+
+def test_a_decided_pair_skips_its_remaining_chunks_and_the_servers_stop_only_after_the_last_gate() -> None:
+    """teacher and kd agree on every document (non-inferior after some chunks), bad fails every one
+    (inferior after its first): bad evaluates one chunk, teacher and kd the same few, none all eight; every
+    cell ends stored, failed or skipped exactly once; the teacher's server lives until kd is decided."""
+    models = [*TEACHER_KD, {"name": "bad", "source": "org/bad", "teacher": "teacher"}]
+    config = make_config(models, [ADAPTIVE], workloads=[])
+    fake = ChunkedFakeCluster(nodes={"gpu-node": 4}, value={"teacher": 1.0, "kd": 1.0, "bad": 0.0})
+    outcome = run_chunked(config, fake)
+    assert not outcome.failed
+    assert chunks_run(outcome, "bad") == [0]
+    assert chunks_run(outcome, "teacher") == chunks_run(outcome, "kd") == list(range(len(chunks_run(outcome, "kd"))))
+    assert 1 < len(chunks_run(outcome, "kd")) < 8
     # Each model's server started once: none was stopped while a gate on its task was pending.
     assert Counter(replica.model for _, replica, method, _ in fake.log if method == "start") == Counter(
         {"teacher": 1, "kd": 1, "bad": 1}
     )
+
+
+def test_models_that_cannot_all_be_up_at_once_take_turns_chunk_by_chunk_instead_of_waiting_forever() -> None:
+    """A TP-4 teacher and a TP-2 student on one 4-GPU node: a server whose next chunk waits for the other
+    model's chunk stops, so the other can start; both walk the same chunks until kd is decided."""
+    models = [
+        {"name": "teacher", "source": "org/t", "serve": {"tensor_parallel_size": 4}},
+        {"name": "kd", "source": "org/kd", "teacher": "teacher", "serve": {"tensor_parallel_size": 2}},
+    ]
+    config = make_config(models, [ADAPTIVE], workloads=[])
+    fake = ChunkedFakeCluster(nodes={"gpu-node": 4}, value={"teacher": 1.0, "kd": 1.0})
+    outcome = run_chunked(config, fake)
+    assert not outcome.failed
+    walked = chunks_run(outcome, "kd")
+    assert chunks_run(outcome, "teacher") == walked == list(range(len(walked)))
+    assert 1 < len(walked) < 8
