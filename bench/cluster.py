@@ -575,8 +575,12 @@ class Dispatch:
             self._give_up(run.model.name, message)
 
     def _give_up(self, model: str, message: str) -> None:
-        """Report every remaining cell of a model as failed."""
+        """Report every remaining cell of a model as failed; its chunks leave their gates, which then open
+        for the other models without it."""
         for pending in self._waiting(model):
             self.events.on_failed(pending, self.attempts.get(pending.key, 0), message)
             (self.queue if pending in self.queue else self.held).remove(pending)
+            if pending.chunk is not None and self.gates is not None:
+                self.gates.fail(pending)
+        self._open_gates()
         self.events.on_stage(model, "failed")

@@ -497,3 +497,19 @@ def test_models_that_cannot_all_be_up_at_once_take_turns_chunk_by_chunk_instead_
     walked = chunks_run(outcome, "kd")
     assert chunks_run(outcome, "teacher") == walked == list(range(len(walked)))
     assert 1 < len(walked) < 8
+
+
+def test_a_student_whose_server_never_starts_leaves_the_gates_to_its_teacher_and_the_other_student() -> None:
+    """s2's server never starts, so its model is given up: its chunks fail, and the gates go on without it
+    (teacher and kd walk their chunks until kd is decided) instead of holding theirs forever."""
+    models = [*TEACHER_KD, {"name": "s2", "source": "org/s2", "teacher": "teacher"}]
+    config = make_config(models, [ADAPTIVE], workloads=[])
+    fake = ChunkedFakeCluster(
+        nodes={"gpu-node": 4}, value={"teacher": 1.0, "kd": 1.0, "s2": 1.0}, failures={("s2", "start"): math.inf}
+    )
+    outcome = run_chunked(config, fake)
+    assert {cell.model for cell, _ in outcome.failed} == {"s2"}
+    assert all("server did not start" in message for _, message in outcome.failed)
+    walked = chunks_run(outcome, "kd")
+    assert chunks_run(outcome, "teacher") == walked == list(range(len(walked)))
+    assert 1 < len(walked) < 8
