@@ -260,7 +260,12 @@ def _quality_inputs(
         key = (task, metric, _pick_filter(teacher, student, task, metric))
         documents = paired(key) or _NO_DOCUMENTS
         scores, higher = (teacher[key], student[key]), key not in lower_is_better
-        inputs.append(_QualityInput(key, scores, higher, documents, settings, (adaptive or {}).get(task)))
+        chunked = (adaptive or {}).get(task)
+        if chunked is not None and documents.teacher.size:
+            # The teacher evaluates chunks while any of its students is undecided, so its stored score covers
+            # more documents than this student's: both scores come from the documents they share.
+            scores = (float(documents.teacher.mean()), float(documents.student.mean()))
+        inputs.append(_QualityInput(key, scores, higher, documents, settings, chunked))
     return inputs
 
 
