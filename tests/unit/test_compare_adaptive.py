@@ -14,7 +14,7 @@ from bench.config import BenchConfig
 from bench.plan import build_plan, local_fingerprints, model_key
 from bench.records import EvalSample, EvalScore, ModelRecord
 from bench.run import manifest, model_keys
-from bench.sequential import sequential_quality
+from bench.sequential import confidence_bounds, sequential_quality
 from tests.unit.test_store import make_record
 
 LIMIT, CHUNK = 200, 25
@@ -127,3 +127,29 @@ def test_each_student_is_scored_against_the_teacher_on_the_documents_they_share(
     assert abs(small.student_score - np.mean([two_students("small", d) for d in documents])) < 1e-12
     assert abs(small.retention_pct - small.student_score / small.teacher_score * 100) < 1e-9
     assert abs(small.diff_mean - (small.student_score - small.teacher_score)) < 1e-12
+
+
+def test_the_interval_and_verdict_cover_every_stored_document_even_past_the_stopping_look(tmp_path: Path) -> None:
+    """Every chunk of both models stored (as where the student kept going for another metric): the
+    confidence sequence holds at every look, so the row reads it after all paired documents, the same
+    documents as its diff_mean and n_paired, not at the replay's first decisive look."""
+    config, run = make_config(), tmp_path / "r"
+    cells = build_plan(config)
+    store_models(run, config)
+    for cell in cells:
+        store_chunk(run, cell)
+    store.write_manifest(run, manifest(config, cells, model_keys(config, local_fingerprints(config)), address=None))
+
+    (row,) = compare.compare_results(run)
+    positions = chunks.evaluation_positions(config.tasks[0], config.run.seed)
+    order = sorted(range(LIMIT), key=positions.__getitem__)
+    teacher, student = np.array([value("big", d) for d in order]), np.array([value("small", d) for d in order])
+    settings = config.compare
+    assert (
+        sequential_quality(teacher, student, CHUNK, settings.retention_margin, settings.confidence).documents_used
+        < LIMIT
+    )
+    assert row.n_paired == LIMIT and row.diff_mean == float((student - teacher).mean())
+    assert (row.diff_ci_low, row.diff_ci_high) == confidence_bounds(student - teacher, LIMIT, settings.confidence)
+    assert row.verdict == compare.verdict(row.diff_ci_low, row.diff_ci_high, settings.retention_margin)
+    assert row.discordant_student_only is None and row.mcnemar_p is None
