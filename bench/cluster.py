@@ -402,7 +402,7 @@ class Dispatch:
             servers = [run for run in self.runs.values() if run.model.name == name]
             if not servers or name not in self.start_s:
                 continue
-            queued = tuple(estimates.seconds(name, c.target) for c in self._queued(name) if c.kind == "eval")
+            queued = tuple(estimates.cell_seconds(c) for c in self._queued(name) if c.kind == "eval")
             idle = sum(run.state == "idle" for run in servers)
             gpus = self.placements[name].num_gpus
             loads.append(schedule.ModelLoad(name, gpus, len(servers), idle, queued, self.start_s[name]))
@@ -416,11 +416,11 @@ class Dispatch:
         free = schedule.free_after([run.placement.num_gpus for run in self.runs.values()], self.node_gpus)
         if self.exclusive or not self.in_order or not auto or free is None:
             return
-        work = self._estimates().work
+        estimates = self._estimates()
         loads = [
             schedule.ModelLoad(
                 run.model.name, run.placement.num_gpus, servers=1, idle=1, start_s=0.0,
-                queued_s=tuple(work.get(c.target) for c in self._queued(run.model.name) if c.kind == "eval"),
+                queued_s=tuple(estimates.cell_work(c) for c in self._queued(run.model.name) if c.kind == "eval"),
             )
             for run in auto
         ]  # fmt: skip
@@ -436,7 +436,8 @@ class Dispatch:
 
     def _estimates(self) -> schedule.Estimates:
         priors = {task.name: schedule.eval_work_tokens(task) for task in self.config.tasks}
-        return schedule.estimate(priors, self.timings)
+        limits = {task.name: task.limit for task in self.config.tasks if task.limit is not None}
+        return schedule.estimate(priors, self.timings, limits)
 
     def _reorder(self) -> None:
         """Evals longest first by the latest estimates (LPT); perf trials keep their block order."""
@@ -499,7 +500,8 @@ class Dispatch:
         if cell is None:
             self._started(run, result, call)
         elif cell.kind == "eval":
-            self.timings.append(EvalTiming(cell.model, cell.target, self.workers.now() - call.sent_s))
+            share = schedule.work_share(cell, _target(self.config, cell).limit)
+            self.timings.append(EvalTiming(cell.model, cell.target, self.workers.now() - call.sent_s, share))
             self.events.on_eval(cell, *result)
             if cell.chunk is not None and self.gates is not None:
                 self.gates.record(cell, chunk_values(*result))
