@@ -372,17 +372,19 @@ class Dispatch:
 
     def _submit(self) -> None:
         self._drop_unplaceable()
+        serving = {run.model.name for run in self.runs.values()}
+        for name in dict.fromkeys(cell.model for cell in self.queue if cell.model not in serving):
+            self._start(self._new_run(self.models[name]))  # its server stopped while its chunk was held
         # Release first: a server shutting down burns CPU, so it must be gone before the next trial starts.
         # A held chunk keeps its model's server (the gate may open it as soon as the chunk in flight is
-        # stored) only where every model's server fits at once: otherwise the GPUs it keeps may be the ones
-        # that the chunk its gate waits for needs, so it stops and starts again once its chunk is queued.
-        waiting = self.queue + self.held if self.in_order else self.queue
+        # stored), unless a server is starting where not every model's fits at once: that start may wait for
+        # the GPUs it keeps, with the chunk the gate waits for, so it stops and starts again once its chunk
+        # is queued.
+        starting = any(run.state == "starting" for run in self.runs.values())
+        waiting = self.queue if starting and not self.in_order else self.queue + self.held
         for replica in schedule.releasable(waiting, self._workers()):
             self._release(self.runs[replica])
             self.events.on_stage(str(replica), "done")
-        serving = {run.model.name for run in self.runs.values()}
-        for name in dict.fromkeys(cell.model for cell in self.queue if cell.model not in serving):
-            self._start(self._new_run(self.models[name]))
         for assignment in schedule.next_cells(self.queue, self._workers(), self.exclusive, self.in_order):
             self.queue.remove(assignment.cell)
             self._call(self.runs[assignment.replica], assignment.cell)

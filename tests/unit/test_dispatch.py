@@ -513,3 +513,22 @@ def test_a_student_whose_server_never_starts_leaves_the_gates_to_its_teacher_and
     walked = chunks_run(outcome, "kd")
     assert chunks_run(outcome, "teacher") == walked == list(range(len(walked)))
     assert 1 < len(walked) < 8
+
+
+def test_a_held_chunk_stops_its_server_only_while_another_server_waits_to_start() -> None:
+    """TP-2 teacher and kd and a TP-1 bad on 4 GPUs: bad's start waits, so the teacher's server stops when
+    its chunk 1 is held (its GPUs let bad run its chunk) and starts again once the gate opens; after bad
+    (inferior at once) leaves, teacher and kd fit side by side and keep their servers to the end."""
+    models = [
+        {"name": "teacher", "source": "org/t", "serve": {"tensor_parallel_size": 2}},
+        {"name": "kd", "source": "org/kd", "teacher": "teacher", "serve": {"tensor_parallel_size": 2}},
+        {"name": "bad", "source": "org/bad", "teacher": "teacher", "serve": {"tensor_parallel_size": 1}},
+    ]
+    config = make_config(models, [ADAPTIVE], workloads=[])
+    fake = ChunkedFakeCluster(nodes={"gpu-node": 4}, value={"teacher": 1.0, "kd": 1.0, "bad": 0.0})
+    outcome = run_chunked(config, fake)
+    assert not outcome.failed and chunks_run(outcome, "bad") == [0]
+    walked = chunks_run(outcome, "kd")
+    assert chunks_run(outcome, "teacher") == walked == list(range(len(walked))) and len(walked) > 2
+    starts = Counter(replica.model for _, replica, method, _ in fake.log if method == "start")
+    assert starts == Counter({"teacher": 2, "kd": 2, "bad": 1})
