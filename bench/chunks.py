@@ -9,6 +9,7 @@ sorted; the order is seeded by (run.seed, task), so a re-run or a resume evaluat
 
 from __future__ import annotations
 
+import functools
 import math
 
 from bench.config import TaskConfig
@@ -20,16 +21,17 @@ def order_seed(run_seed: int, task: str) -> int:
     return int(json_sha256([run_seed, task])[:16], 16)
 
 
-def _order(task: TaskConfig, run_seed: int) -> list[int]:
+def _order(task: TaskConfig, run_seed: int) -> tuple[int, ...]:
     assert task.limit is not None  # config: adaptive needs limit
     return _documents_in_order(task.limit, run_seed, task.name)
 
 
-def _documents_in_order(documents: int, run_seed: int, task: str) -> list[int]:
+@functools.cache  # one order per task, however many chunks and models `plan` cuts from it
+def _documents_in_order(documents: int, run_seed: int, task: str) -> tuple[int, ...]:
     # bench.sequential reads results (pyarrow, through bench.compare): imported here, so that `plan` stays fast.
     from bench.sequential import document_order
 
-    return [int(doc) for doc in document_order(documents, order_seed(run_seed, task))]
+    return tuple(int(doc) for doc in document_order(documents, order_seed(run_seed, task)))
 
 
 def chunk_count(task: TaskConfig) -> int:

@@ -387,9 +387,17 @@ class Dispatch:
 
     def _submit(self) -> None:
         self._drop_unplaceable()
+        serving = {run.model.name for run in self.runs.values()}
+        for name in dict.fromkeys(cell.model for cell in self.queue if cell.model not in serving):
+            self._start(self._new_run(self.models[name]))  # its server stopped while its chunk was held
         # Release first: a server shutting down burns CPU, so it must be gone before the next trial starts.
-        # A held chunk keeps its model's server: the gate may open it as soon as the chunk in flight is stored.
-        for replica in schedule.releasable(self.queue + self.held, self._workers()):
+        # A held chunk keeps its model's server (the gate may open it as soon as the chunk in flight is
+        # stored), unless a server is starting where not every model's fits at once: that start may wait for
+        # the GPUs it keeps, with the chunk the gate waits for, so it stops and starts again once its chunk
+        # is queued.
+        starting = any(run.state == "starting" for run in self.runs.values())
+        waiting = self.queue if starting and not self.in_order else self.queue + self.held
+        for replica in schedule.releasable(waiting, self._workers()):
             self._release(self.runs[replica])
             self.events.on_stage(str(replica), "done")
         for assignment in schedule.next_cells(self.queue, self._workers(), self.exclusive, self.in_order):
@@ -411,7 +419,7 @@ class Dispatch:
             servers = [run for run in self.runs.values() if run.model.name == name]
             if not servers or name not in self.start_s:
                 continue
-            queued = tuple(estimates.seconds(name, c.target) for c in self._queued(name) if c.kind == "eval")
+            queued = tuple(estimates.cell_seconds(c) for c in self._queued(name) if c.kind == "eval")
             idle = sum(run.state == "idle" for run in servers)
             gpus = self.placements[name].num_gpus
             loads.append(schedule.ModelLoad(name, gpus, len(servers), idle, queued, self.start_s[name]))
@@ -425,11 +433,11 @@ class Dispatch:
         free = schedule.free_after([run.placement.num_gpus for run in self.runs.values()], self.node_gpus)
         if self.exclusive or not self.in_order or not auto or free is None:
             return
-        work = self._estimates().work
+        estimates = self._estimates()
         loads = [
             schedule.ModelLoad(
                 run.model.name, run.placement.num_gpus, servers=1, idle=1, start_s=0.0,
-                queued_s=tuple(work.get(c.target) for c in self._queued(run.model.name) if c.kind == "eval"),
+                queued_s=tuple(estimates.cell_work(c) for c in self._queued(run.model.name) if c.kind == "eval"),
             )
             for run in auto
         ]  # fmt: skip
@@ -445,7 +453,8 @@ class Dispatch:
 
     def _estimates(self) -> schedule.Estimates:
         priors = {task.name: schedule.eval_work_tokens(task) for task in self.config.tasks}
-        return schedule.estimate(priors, self.timings)
+        limits = {task.name: task.limit for task in self.config.tasks if task.limit is not None}
+        return schedule.estimate(priors, self.timings, limits)
 
     def _reorder(self) -> None:
         """Evals longest first by the latest estimates (LPT); perf trials keep their block order."""
@@ -508,7 +517,8 @@ class Dispatch:
         if cell is None:
             self._started(run, result, call)
         elif cell.kind == "eval":
-            self.timings.append(EvalTiming(cell.model, cell.target, self.workers.now() - call.sent_s))
+            share = schedule.work_share(cell, _target(self.config, cell).limit)
+            self.timings.append(EvalTiming(cell.model, cell.target, self.workers.now() - call.sent_s, share))
             self.events.on_eval(cell, *result)
             if cell.chunk is not None and self.gates is not None:
                 self.gates.record(cell, chunk_values(*result))
@@ -585,20 +595,26 @@ class Dispatch:
             self._give_up(run.model.name, message)
 
     def _give_up(self, model: str, message: str) -> None:
-        """Report every remaining cell of a model as failed."""
+        """Report every remaining cell of a model as failed; its chunks leave their gates, which then open
+        for the other models without it."""
         for pending in self._waiting(model):
             self.events.on_failed(pending, self.attempts.get(pending.key, 0), message)
             (self.queue if pending in self.queue else self.held).remove(pending)
-            if pending.chunk is None:  # a block gate goes on without the model's trials
-                self._gate_failed(pending)
+            self._fail_in_gate(pending)
+        self._open_gates()
         self.events.on_stage(model, "failed")
 
     def _gate_failed(self, cell: Cell) -> None:
         """A gated cell failed for good: its gate decides without it."""
+        if self._fail_in_gate(cell):
+            self._open_gates()
+
+    def _fail_in_gate(self, cell: Cell) -> bool:
+        """Tell the cell's gate (if a gate governs it) that it failed for good; True when one did."""
         if cell.chunk is not None and self.gates is not None:
             self.gates.fail(cell)
         elif self.block_gates is not None and self.block_gates.governs(cell):
             self.block_gates.fail(cell)
         else:
-            return
-        self._open_gates()
+            return False
+        return True

@@ -64,8 +64,8 @@ class IntervalMethod(StrEnum):
 
     TANGO_CC = "tango-cc"  # every paired value is 0/1: Tango's score interval, continuity-corrected
     BOOTSTRAP = "bootstrap"  # percentile bootstrap over documents
-    # an adaptive task (`tasks[].adaptive`): the anytime-valid confidence sequence of `bench.sequential` at the
-    # look where the run stopped; a fixed-n interval would not cover at a number of documents chosen by the data
+    # an adaptive task (`tasks[].adaptive`): the anytime-valid confidence sequence of `bench.sequential` after
+    # all its paired documents; a fixed-n interval would not cover at a number of documents chosen by the data
     CONFIDENCE_SEQUENCE = "confidence-sequence"
 
 
@@ -263,28 +263,33 @@ def _quality_inputs(
         key = (task, metric, _pick_filter(teacher, student, task, metric))
         documents = paired(key) or _NO_DOCUMENTS
         scores, higher = (teacher[key], student[key]), key not in lower_is_better
-        inputs.append(_QualityInput(key, scores, higher, documents, settings, (adaptive or {}).get(task)))
+        chunked = (adaptive or {}).get(task)
+        if chunked is not None and documents.teacher.size:
+            # The teacher evaluates chunks while any of its students is undecided, so its stored score covers
+            # more documents than this student's: both scores come from the documents they share.
+            scores = (float(documents.teacher.mean()), float(documents.student.mean()))
+        inputs.append(_QualityInput(key, scores, higher, documents, settings, chunked))
     return inputs
 
 
 def _sequential_interval(item: _QualityInput) -> dict[str, Any] | None:
-    """An adaptive task's interval and verdict: the confidence sequence over its paired documents in their
-    evaluation order, at the look where it stopped; None where it does not apply (values outside [0, 1],
-    documents without ids), and the fixed-n interval stands."""
-    from bench.sequential import in_unit_interval, sequential_quality  # sequential uses this module's verdicts
+    """An adaptive task's interval: the confidence sequence after all its paired documents, read in their
+    evaluation order (it covers at every look at once, so also at the last one, however far past the gate's
+    stopping look the stored documents go); None where it does not apply (values outside [0, 1], documents
+    without ids), and the fixed-n interval stands. The verdict is read from it as from any interval."""
+    from bench.sequential import confidence_bounds, in_unit_interval  # sequential uses this module's verdicts
 
     paired, task = item.paired, item.adaptive
     if task is None or paired.doc_ids is None or not in_unit_interval(paired.teacher, paired.student):
         return None
     order = np.argsort([task.positions.get(int(doc), len(task.positions)) for doc in paired.doc_ids], kind="stable")
-    stop = sequential_quality(
-        paired.teacher[order], paired.student[order], task.chunk_documents, item.settings.retention_margin,
-        item.settings.confidence, item.higher_is_better, max(task.planned_documents, paired.teacher.size),
-    )  # fmt: skip
-    return dict(
-        diff_ci_low=stop.diff_ci_low, diff_ci_high=stop.diff_ci_high, verdict=stop.verdict,
-        interval_method=IntervalMethod.CONFIDENCE_SEQUENCE,
-    )  # fmt: skip
+    gains = (paired.student - paired.teacher)[order]
+    if not item.higher_is_better:
+        gains = -gains
+    planned = max(task.planned_documents, gains.size)
+    low, high = confidence_bounds(gains, planned, item.settings.confidence)
+    diff_low, diff_high = (low, high) if item.higher_is_better else (-high, -low)
+    return dict(diff_ci_low=diff_low, diff_ci_high=diff_high, interval_method=IntervalMethod.CONFIDENCE_SEQUENCE)
 
 
 def _intervals(inputs: list[_QualityInput], seed: int) -> list[dict[str, Any] | None]:
@@ -334,8 +339,7 @@ def _quality(item: _QualityInput, interval: dict[str, Any] | None) -> QualityCom
     if interval is not None:
         low, high = interval["diff_ci_low"], interval["diff_ci_high"]
         fields.update(interval, diff_mean=float((paired.student - paired.teacher).mean()))
-        if "verdict" not in interval:  # the confidence sequence gives its own, at the look where it stopped
-            fields.update(verdict=verdict(low, high, item.settings.retention_margin, higher_is_better))
+        fields.update(verdict=verdict(low, high, item.settings.retention_margin, higher_is_better))
         retention = _retention_ci_pct(teacher_score, low, high, higher_is_better)
         fields.update(retention_ci_low_pct=retention[0], retention_ci_high_pct=retention[1])
     return QualityComparison(**fields)

@@ -266,6 +266,12 @@ def eval_work_tokens(task: TaskConfig) -> float | None:
     return float(task.limit * (task.max_gen_toks or DEFAULT_TOKENS_PER_DOCUMENT))
 
 
+def work_share(cell: Cell, limit: int | None) -> float:
+    """The part of its task's work an eval cell does: a chunk (`tasks[].adaptive`) its documents of the
+    task's `limit`, any other cell all of it."""
+    return len(cell.documents) / limit if cell.chunk is not None and limit else 1.0
+
+
 @dataclasses.dataclass(frozen=True)
 class EvalTiming:
     """A finished eval cell: `seconds` from submission to result, on one server of `model`."""
@@ -273,14 +279,16 @@ class EvalTiming:
     model: str
     task: str
     seconds: float
+    share: float = 1.0  # the part of the task's work it did (`work_share`)
 
 
 @dataclasses.dataclass(frozen=True)
 class Estimates:
-    """Seconds of an eval cell on one server: work(task) / rate(model), from `estimate`."""
+    """Seconds of an eval cell on one server: work(task) × its share / rate(model), from `estimate`."""
 
     work: Mapping[str, float]  # task -> tokens; a task missing here has no known size yet
     rates: Mapping[str, float]  # model -> tokens per second, measured on its finished cells
+    limits: Mapping[str, int] = dataclasses.field(default_factory=dict)  # task -> `limit`, for chunks' shares
 
     def rate(self, model: str) -> float | None:
         """The model's measured rate; before its first cell finishes, the median of the others'."""
@@ -288,23 +296,31 @@ class Estimates:
             return self.rates[model]
         return statistics.median(self.rates.values()) if self.rates else None
 
-    def seconds(self, model: str, task: str) -> float | None:
-        work, rate = self.work.get(task), self.rate(model)
+    def cell_work(self, cell: Cell) -> float | None:
+        """Tokens of one eval cell: its task's work, a chunk's share of it."""
+        work = self.work.get(cell.target)
+        return None if work is None else work * work_share(cell, self.limits.get(cell.target))
+
+    def cell_seconds(self, cell: Cell) -> float | None:
+        work, rate = self.cell_work(cell), self.rate(cell.model)
         return None if work is None or rate is None else work / rate
 
 
-def estimate(priors: Mapping[str, float | None], timings: Sequence[EvalTiming]) -> Estimates:
+def estimate(
+    priors: Mapping[str, float | None], timings: Sequence[EvalTiming], limits: Mapping[str, int] | None = None
+) -> Estimates:
     """Refine the config's sizes (`priors`: task -> `eval_work_tokens`) with the cells finished so far.
 
-    A model's rate is the work of its finished cells of known size over their seconds. A task of unknown
-    size learns it from its finished cells: seconds × the rate of the model that ran it (mean over models).
+    A model's rate is the work of its finished cells of known size (a chunk's share of its task's) over their
+    seconds. A task of unknown size learns it from its finished cells: seconds × the rate of the model that
+    ran it, over the cell's share (mean over models).
     """
     tokens: dict[str, float] = {}
     seconds: dict[str, float] = {}
     for timing in timings:
         prior = priors.get(timing.task)
         if prior is not None and timing.seconds > 0:
-            tokens[timing.model] = tokens.get(timing.model, 0.0) + prior
+            tokens[timing.model] = tokens.get(timing.model, 0.0) + prior * timing.share
             seconds[timing.model] = seconds.get(timing.model, 0.0) + timing.seconds
     known = Estimates(
         work={task: prior for task, prior in priors.items() if prior is not None},
@@ -314,16 +330,16 @@ def estimate(priors: Mapping[str, float | None], timings: Sequence[EvalTiming]) 
     for timing in timings:
         rate = known.rate(timing.model)
         if timing.task not in known.work and rate is not None:
-            learned.setdefault(timing.task, []).append(timing.seconds * rate)
+            learned.setdefault(timing.task, []).append(timing.seconds * rate / timing.share)
     work = dict(known.work) | {task: statistics.fmean(sizes) for task, sizes in learned.items()}
-    return Estimates(work=work, rates=known.rates)
+    return Estimates(work=work, rates=known.rates, limits=dict(limits or {}))
 
 
 def gpu_seconds(cell: Cell, estimates: Estimates, gpus: int) -> float:
     """Estimated GPU-seconds of an eval cell, for ordering: infinite when its task's size is unknown (it may be
     the longest); before any cell has finished, work × GPUs (every model at one assumed rate of 1 token/s,
     which orders cells exactly as their sizes do)."""
-    work = estimates.work.get(cell.target)
+    work = estimates.cell_work(cell)
     if work is None:
         return math.inf
     return work / (estimates.rate(cell.model) or 1.0) * gpus

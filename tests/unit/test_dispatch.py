@@ -30,6 +30,10 @@ class WorkerDied(RuntimeError):
     """What a call on a worker of a lost node raises (Ray raises RayActorError)."""
 
 
+class Deadlock(AssertionError):
+    """The fake's answer to a wait that would never end: every call waits for GPUs no call will free."""
+
+
 @dataclass
 class FakeCall:
     run: cluster.ModelRun
@@ -102,6 +106,9 @@ class FakeCluster:
             if not due or min(due) > self.lost_at_s[0]:
                 self._lose_node()
         running = [h for h in handles if self.calls[h].finish_s is not None]
+        if not running and self.lost_at_s is None:  # only starts waiting for GPUs that nothing will free
+            waiting = [str(self.calls[h].run.replica) for h in handles]
+            raise Deadlock(f"at {self.clock:g} s every call waits for GPUs: {waiting}")
         first = min(running, key=lambda h: (self.calls[h].finish_s, h), default=None)
         if first is None or self.calls[first].finish_s > self.clock + timeout_s:
             self.clock += timeout_s
@@ -400,12 +407,12 @@ def test_a_lost_node_that_leaves_a_model_no_room_fails_its_cells_instead_of_wait
 
 
 def collecting_events(stored: list, failed: list) -> cluster.Events:
-    """Events that collect the stored and the failed cells, and ignore the rest."""
+    """Events that collect the stored cells and the failed ones with their message, and ignore the rest."""
     return cluster.Events(
         on_started=lambda record: None,
         on_eval=lambda cell, *_: stored.append(cell),
         on_perf=lambda cell, *_: stored.append(cell),
-        on_failed=lambda cell, attempts, message: failed.append(cell),
+        on_failed=lambda cell, attempts, message: failed.append((cell, message)),
         on_retry=lambda cell, attempts, message: None,
         on_replaced=lambda replica, why: None,
         on_stage=lambda model, what: None,
@@ -437,31 +444,102 @@ class ChunkedFakeCluster(FakeCluster):
         return [score], samples
 
 
+@dataclass
+class ChunkOutcome:
+    stored: list
+    failed: list  # (cell, message)
+    skipped: list
+
+
+def run_chunked(config, fake: ChunkedFakeCluster) -> ChunkOutcome:
+    """Dispatch a plan with adaptive tasks behind their gates; every cell ends stored, failed or skipped
+    exactly once, and nothing is left running."""
+    stored, failed = [], []
+    events = collecting_events(stored, failed)
+    cells = build_plan(config)
+    dispatcher = cluster.Dispatch.plan(config, cells, events, fake, ChunkGates(config, cells, stored={}))
+    dispatcher.run()
+    dispatcher.close()
+    ended = [c.key for c in stored + dispatcher.skipped] + [cell.key for cell, _ in failed]
+    assert sorted(ended) == sorted(c.key for c in cells)
+    assert not fake.calls and not fake.placed
+    return ChunkOutcome(stored, failed, dispatcher.skipped)
+
+
+def chunks_run(outcome: ChunkOutcome, model: str) -> list[int]:
+    return sorted(c.chunk for c in outcome.stored if c.model == model)
+
+
+ADAPTIVE = {"name": "adaptive", "limit": 200, "adaptive": {"chunk_documents": 25}}
+
+
 def test_a_decided_pair_skips_its_remaining_chunks_and_the_servers_stop_only_after_the_last_gate() -> None:
     """teacher and kd agree on every document (non-inferior after some chunks), bad fails every one
     (inferior after its first): bad evaluates one chunk, teacher and kd the same few, none all eight; every
     cell ends stored, failed or skipped exactly once; the teacher's server lives until kd is decided."""
     models = [*TEACHER_KD, {"name": "bad", "source": "org/bad", "teacher": "teacher"}]
-    task = {"name": "adaptive", "limit": 200, "adaptive": {"chunk_documents": 25}}
-    config = make_config(models, [task], workloads=[])
+    config = make_config(models, [ADAPTIVE], workloads=[])
     fake = ChunkedFakeCluster(nodes={"gpu-node": 4}, value={"teacher": 1.0, "kd": 1.0, "bad": 0.0})
-    stored, failed = [], []
-    events = collecting_events(stored, failed)
-    cells = build_plan(config)
-    gates = ChunkGates(config, cells, stored={})
-    dispatcher = cluster.Dispatch.plan(config, cells, events, fake, gates)
-    dispatcher.run()
-    dispatcher.close()
-    assert sorted(c.key for c in stored + failed + dispatcher.skipped) == sorted(c.key for c in cells)
-    assert not failed and not fake.calls and not fake.placed
-    chunks_run = {name: sorted(c.chunk for c in stored if c.model == name) for name in ("teacher", "kd", "bad")}
-    assert chunks_run["bad"] == [0]
-    assert chunks_run["teacher"] == chunks_run["kd"] == list(range(len(chunks_run["kd"])))
-    assert 1 < len(chunks_run["kd"]) < 8
+    outcome = run_chunked(config, fake)
+    assert not outcome.failed
+    assert chunks_run(outcome, "bad") == [0]
+    assert chunks_run(outcome, "teacher") == chunks_run(outcome, "kd") == list(range(len(chunks_run(outcome, "kd"))))
+    assert 1 < len(chunks_run(outcome, "kd")) < 8
     # Each model's server started once: none was stopped while a gate on its task was pending.
     assert Counter(replica.model for _, replica, method, _ in fake.log if method == "start") == Counter(
         {"teacher": 1, "kd": 1, "bad": 1}
     )
+
+
+def test_models_that_cannot_all_be_up_at_once_take_turns_chunk_by_chunk_instead_of_waiting_forever() -> None:
+    """A TP-4 teacher and a TP-2 student on one 4-GPU node: a server whose next chunk waits for the other
+    model's chunk stops, so the other can start; both walk the same chunks until kd is decided."""
+    models = [
+        {"name": "teacher", "source": "org/t", "serve": {"tensor_parallel_size": 4}},
+        {"name": "kd", "source": "org/kd", "teacher": "teacher", "serve": {"tensor_parallel_size": 2}},
+    ]
+    config = make_config(models, [ADAPTIVE], workloads=[])
+    fake = ChunkedFakeCluster(nodes={"gpu-node": 4}, value={"teacher": 1.0, "kd": 1.0})
+    outcome = run_chunked(config, fake)
+    assert not outcome.failed
+    walked = chunks_run(outcome, "kd")
+    assert chunks_run(outcome, "teacher") == walked == list(range(len(walked)))
+    assert 1 < len(walked) < 8
+
+
+def test_a_student_whose_server_never_starts_leaves_the_gates_to_its_teacher_and_the_other_student() -> None:
+    """s2's server never starts, so its model is given up: its chunks fail, and the gates go on without it
+    (teacher and kd walk their chunks until kd is decided) instead of holding theirs forever."""
+    models = [*TEACHER_KD, {"name": "s2", "source": "org/s2", "teacher": "teacher"}]
+    config = make_config(models, [ADAPTIVE], workloads=[])
+    fake = ChunkedFakeCluster(
+        nodes={"gpu-node": 4}, value={"teacher": 1.0, "kd": 1.0, "s2": 1.0}, failures={("s2", "start"): math.inf}
+    )
+    outcome = run_chunked(config, fake)
+    assert {cell.model for cell, _ in outcome.failed} == {"s2"}
+    assert all("server did not start" in message for _, message in outcome.failed)
+    walked = chunks_run(outcome, "kd")
+    assert chunks_run(outcome, "teacher") == walked == list(range(len(walked)))
+    assert 1 < len(walked) < 8
+
+
+def test_a_held_chunk_stops_its_server_only_while_another_server_waits_to_start() -> None:
+    """TP-2 teacher and kd and a TP-1 bad on 4 GPUs: bad's start waits, so the teacher's server stops when
+    its chunk 1 is held (its GPUs let bad run its chunk) and starts again once the gate opens; after bad
+    (inferior at once) leaves, teacher and kd fit side by side and keep their servers to the end."""
+    models = [
+        {"name": "teacher", "source": "org/t", "serve": {"tensor_parallel_size": 2}},
+        {"name": "kd", "source": "org/kd", "teacher": "teacher", "serve": {"tensor_parallel_size": 2}},
+        {"name": "bad", "source": "org/bad", "teacher": "teacher", "serve": {"tensor_parallel_size": 1}},
+    ]
+    config = make_config(models, [ADAPTIVE], workloads=[])
+    fake = ChunkedFakeCluster(nodes={"gpu-node": 4}, value={"teacher": 1.0, "kd": 1.0, "bad": 0.0})
+    outcome = run_chunked(config, fake)
+    assert not outcome.failed and chunks_run(outcome, "bad") == [0]
+    walked = chunks_run(outcome, "kd")
+    assert chunks_run(outcome, "teacher") == walked == list(range(len(walked))) and len(walked) > 2
+    starts = Counter(replica.model for _, replica, method, _ in fake.log if method == "start")
+    assert starts == Counter({"teacher": 2, "kd": 2, "bad": 1})
 
 
 # -- adaptive workloads: perf blocks behind their gate -----------------------------------------------------
@@ -499,7 +577,9 @@ def test_a_decided_workload_skips_its_remaining_blocks_for_every_model() -> None
     dispatcher = cluster.Dispatch.plan(config, cells, events, fake, block_gates=BlockGates(config, cells, {}))
     dispatcher.run()
     dispatcher.close()
-    assert sorted(c.key for c in stored + failed + dispatcher.skipped) == sorted(c.key for c in cells)
+    assert sorted([c.key for c in stored + dispatcher.skipped] + [c.key for c, _ in failed]) == sorted(
+        c.key for c in cells
+    )
     assert not failed and not fake.calls and not fake.placed
     blocks_run = {name: sorted(c.block for c in stored if c.model == name) for name in ("teacher", "kd")}
     assert blocks_run["teacher"] == blocks_run["kd"] == list(range(len(blocks_run["kd"])))

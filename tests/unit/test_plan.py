@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from bench import chunks
 from bench.config import BenchConfig, parse_config
 from bench.hashing import FINGERPRINT_SAMPLE_BYTES, local_fingerprint
 from bench.plan import Cell, block_state, build_plan, gpus_per_model, model_key, pending_cells, select_blocks
@@ -302,3 +303,12 @@ def test_an_adaptive_task_plans_one_cell_per_chunk_on_shared_documents(parse) ->
     perf = {k: v for k, v in keys(config).items() if k[0] == "perf"}
     assert perf == {k: v for k, v in keys(plain).items() if k[0] == "perf"}
     assert build_plan(config) == build_plan(parse(edited("tasks.0.adaptive", {"chunk_documents": 4})))
+
+
+def test_an_adaptive_task_draws_its_document_order_once_for_all_chunks_and_models(parse) -> None:
+    """Each chunk is a slice of one seeded order: drawing it per chunk and model made `plan` quadratic in
+    `limit` (seconds for a 20,000-document task)."""
+    config = parse(edited("tasks.0.adaptive", {"chunk_documents": 4}))
+    chunks._documents_in_order.cache_clear()
+    build_plan(config)
+    assert chunks._documents_in_order.cache_info().misses == 1

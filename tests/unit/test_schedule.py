@@ -29,6 +29,7 @@ from bench.schedule import (
     replica_to_add,
     replicas_to_add,
     run_order,
+    work_share,
 )
 
 MODELS = ("teacher", "kd", "label")
@@ -310,14 +311,30 @@ def test_eval_work_tokens() -> None:
 
 def test_estimates_refine_rates_and_unknown_sizes_from_finished_cells() -> None:
     priors = {"a": 1000.0, "b": 4000.0, "c": None}
-    assert estimate(priors, []).seconds("kd", "a") is None  # no rate before a cell finishes
+    assert estimate(priors, []).cell_seconds(evals("kd", "a")) is None  # no rate before a cell finishes
     timings = [EvalTiming("kd", "a", 10.0), EvalTiming("kd", "b", 30.0), EvalTiming("teacher", "a", 40.0)]
     estimates = estimate(priors, timings + [EvalTiming("teacher", "c", 20.0)])
     assert estimates.rates == {"kd": 5000 / 40, "teacher": 1000 / 40}
-    assert estimates.seconds("teacher", "b") == 160.0
-    assert estimates.seconds("label", "b") == 4000 / statistics.median([125, 25])  # the others' median rate
+    assert estimates.cell_seconds(evals("teacher", "b")) == 160.0
+    assert estimates.cell_seconds(evals("label", "b")) == 4000 / statistics.median([125, 25])  # others' median
     assert estimates.work["c"] == 20.0 * 25  # learned on the teacher: its seconds × the teacher's rate
-    assert estimates.seconds("kd", "c") == 500 / 125
+    assert estimates.cell_seconds(evals("kd", "c")) == 500 / 125
+
+
+def test_a_chunk_cell_is_credited_with_its_share_of_the_task() -> None:
+    """A chunk of 25 of a task's 200 documents does an eighth of its work: a model's rate is measured on that
+    eighth (not on the whole task per chunk), and a queued chunk is estimated at an eighth of the task."""
+    limit, size, prior = 200, 25, 6400.0
+    chunk = Cell("eval", "kd", "a", "a-kd-0", chunk=0, documents=tuple(range(size)))
+    share = work_share(chunk, limit)
+    assert share == size / limit and work_share(evals("kd", "a"), limit) == 1.0
+    estimates = estimate({"a": prior}, [EvalTiming("kd", "a", 10.0, share)], {"a": limit})
+    assert estimates.rates == {"kd": prior * share / 10.0}
+    assert estimates.cell_work(chunk) == prior * share and estimates.cell_seconds(chunk) == 10.0
+    assert estimates.cell_seconds(evals("kd", "a")) == 10.0 / share
+    assert gpu_seconds(chunk, estimates, 2) == 20.0
+    learned = estimate({"a": None, "b": prior}, [EvalTiming("kd", "b", 10.0), EvalTiming("kd", "a", 5.0, share)])
+    assert learned.work["a"] == 5.0 * prior / 10.0 / share  # the whole task's size, learned from one chunk
 
 
 def test_lpt_orders_by_gpu_seconds_unknown_sizes_first() -> None:
