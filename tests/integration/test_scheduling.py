@@ -188,8 +188,11 @@ def simulate(
     """`run.run` on the cluster at `address`, its dispatch timed; `during(spans)` runs in a thread meanwhile."""
     spans, dispatchers = Spans(gpus), []
 
-    def timed_dispatch(config: BenchConfig, cells: list, run_dir: Path, events: cluster.Events) -> None:
-        dispatcher = cluster.Dispatch.plan(config, cells, events, TimedWorkers(config, run_dir, spans))
+    def timed_dispatch(
+        config: BenchConfig, cells: list, run_dir: Path, events: cluster.Events, gates=None, block_gates=None
+    ) -> None:  # cluster.dispatch's signature, the worker class aside
+        workers = TimedWorkers(config, run_dir, spans)
+        dispatcher = cluster.Dispatch.plan(config, cells, events, workers, gates, block_gates)
         dispatchers.append(dispatcher)
         helper = threading.Thread(target=during, args=(spans,), daemon=True) if during else None
         started = time.monotonic()
