@@ -224,9 +224,11 @@ def start_cluster(monkeypatch: pytest.MonkeyPatch, node_gpus: list[int]):
 
 
 def stored_rows(run_dir: Path, table: str) -> list[dict]:
+    """A table's rows without what differs between two runs of the same cells: the run and the wall time."""
     rows = store.read_table(run_dir, table).to_pylist()
     for row in rows:
         del row["run_id"]
+        row.pop("eval_wall_s", None)
     return sorted(rows, key=lambda row: sorted((k, str(v)) for k, v in row.items()))
 
 
