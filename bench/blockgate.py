@@ -135,7 +135,3 @@ def block_gates_for(
             stored[row.pop("cell_key")].append(row)
     return BlockGates(config, planned, stored)
 
-
-def skipped(gates: BlockGates | None, cell: Cell) -> bool:
-    """Whether a block gate has already decided that this cell never runs."""
-    return gates is not None and gates.governs(cell) and gates.state(cell) == "skipped"

@@ -33,7 +33,7 @@ from bench import schedule
 from bench.blockgate import BlockGates, block_rows
 from bench.config import BenchConfig, ModelConfig, TaskConfig, WorkloadConfig
 from bench.cost import Billing
-from bench.gate import ChunkGates, ChunkState, chunk_values
+from bench.gate import ChunkGates, Gates, chunk_values
 from bench.plan import Cell
 from bench.records import EvalSample, EvalScore, ModelRecord, PerfProbe, PerfRequest, PerfSummary
 from bench.schedule import EvalTiming, Replica, WorkerState
@@ -353,24 +353,21 @@ class Dispatch:
         """A model's cells still to run: queued, or held behind a chunk gate."""
         return [cell for cell in self.queue + self.held if cell.model == model]
 
-    def _gated(self, cell: Cell) -> bool:
-        """Whether a gate decides when this cell runs: an adaptive task's chunk, an adaptive workload's block."""
-        return (cell.chunk is not None and self.gates is not None) or (
-            self.block_gates is not None and self.block_gates.governs(cell)
-        )
+    def _gate_of(self, cell: Cell) -> Gates | None:
+        """The gate that decides when this cell runs (an adaptive task's chunk, an adaptive workload's
+        block), or None."""
+        return next((g for g in (self.gates, self.block_gates) if g is not None and g.governs(cell)), None)
 
-    def _gate_state(self, cell: Cell) -> ChunkState:
-        if cell.chunk is not None:
-            assert self.gates is not None
-            return self.gates.state(cell)
-        assert self.block_gates is not None
-        return self.block_gates.state(cell)
+    def _gated(self, cell: Cell) -> bool:
+        return self._gate_of(cell) is not None
 
     def _open_gates(self) -> None:
         """Move the held cells whose gate opened to the queue; drop those a gate skipped (their documents or
         blocks never run) and report failed those whose model failed an earlier chunk."""
         for cell in list(self.held):
-            state = self._gate_state(cell)
+            gate = self._gate_of(cell)
+            assert gate is not None
+            state = gate.state(cell)
             if state == "held":
                 continue
             self.held.remove(cell)
@@ -611,10 +608,7 @@ class Dispatch:
 
     def _fail_in_gate(self, cell: Cell) -> bool:
         """Tell the cell's gate (if a gate governs it) that it failed for good; True when one did."""
-        if cell.chunk is not None and self.gates is not None:
-            self.gates.fail(cell)
-        elif self.block_gates is not None and self.block_gates.governs(cell):
-            self.block_gates.fail(cell)
-        else:
-            return False
-        return True
+        gate = self._gate_of(cell)
+        if gate is not None:
+            gate.fail(cell)
+        return gate is not None

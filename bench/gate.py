@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -122,6 +122,9 @@ class ChunkGates:
             self.positions[task.name] = chunks.evaluation_positions(task, config.run.seed)
             self._advance(task.name)
 
+    def governs(self, cell: Cell) -> bool:
+        return cell.chunk is not None
+
     def state(self, cell: Cell) -> ChunkState:
         assert cell.chunk is not None
         if cell.model in self.abandoned[cell.target]:
@@ -198,9 +201,17 @@ SCORE_COLUMNS = ("cell_key", "task", "metric", "filter", "higher_is_better")
 SAMPLE_COLUMNS = ("cell_key", "task", "metric", "filter", "doc_id", "value")
 
 
-def skipped(gates: ChunkGates | None, cell: Cell) -> bool:
-    """Whether a gate has already decided that this cell never runs."""
-    return gates is not None and cell.chunk is not None and gates.state(cell) == "skipped"
+class Gates(Protocol):
+    """What the dispatch asks of a gate: `ChunkGates` here, `bench.blockgate.BlockGates` for perf blocks."""
+
+    def governs(self, cell: Cell) -> bool: ...
+    def state(self, cell: Cell) -> ChunkState: ...
+    def fail(self, cell: Cell) -> None: ...
+
+
+def skipped(gates: Gates | None, cell: Cell) -> bool:
+    """Whether a gate (chunk or block) has already decided that this cell never runs."""
+    return gates is not None and gates.governs(cell) and gates.state(cell) == "skipped"
 
 
 def documents_evaluated(config: BenchConfig, run_dir: Path) -> tuple[int, int]:

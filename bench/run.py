@@ -250,7 +250,7 @@ def run(
     gates = gate.gates_for(config, cells, done, run_dir)  # adaptive tasks: what the stored chunks decided
     block_gates = blockgate.block_gates_for(config, cells, done, run_dir)  # adaptive workloads: stored blocks
     # Chunks and blocks a gate already decided never to run are neither run nor stored: out of the count.
-    never = {cell.key for cell in cells if gate.skipped(gates, cell) or blockgate.skipped(block_gates, cell)}
+    never = {cell.key for cell in cells if gate.skipped(gates, cell) or gate.skipped(block_gates, cell)}
     cells = [cell for cell in cells if cell.key in done or cell.key not in never]
     pending = pending_cells(cells, done)
     skipped = len(cells) - len(pending)
