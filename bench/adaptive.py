@@ -14,6 +14,12 @@ an upper bound on the saving. A teacher's documents serve every student: its cel
 student has stopped on that task, and a task with several metrics stops when its last metric does.
 Runs stored before schema 5 have no wall time: their rows carry null device-seconds and only documents count.
 
+A task the run evaluated adaptively (`tasks[].adaptive`) is not replayed: its row (`ReplayKind.LIVE`) is the
+run itself, the documents both models answered out of the task's limit and compare's verdict from the
+confidence sequence, with no order and no full-data verdict. Its device-seconds are the ones its chunks took;
+what it saved is estimated at that rate per document for the documents it skipped (`full_run_device_s`).
+In a run's totals and the leaderboard's "docs to decision", a live task counts the same in every order.
+
 Stored like `comparison.parquet` (`bench.comparison_file`): computed once per run with the default orders and
 chunk, keyed by the fingerprint of the run's files, manifest and this code, and recomputed when any of them
 changes (a resume that adds cells, a new cell key in run.json). The leaderboard reads only fresh files.
@@ -21,6 +27,7 @@ changes (a resume that adds cells, a new cell key in run.json). The leaderboard 
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -48,12 +55,14 @@ _CODE = (
 
 class ReplayKind(StrEnum):
     QUALITY = "quality"  # one (pair, task, metric, filter) under one document order
+    LIVE = "live"  # one (pair, task, metric, filter) the run evaluated adaptively: as it ran, no order
     PERF = "perf"  # one (pair, workload, level) ratio over its blocks
 
 
 @dataclass(frozen=True)
 class ReplayRow:
-    """One row of `sequential.parquet`; quality columns are null in perf rows and the other way round."""
+    """One row of `sequential.parquet`; quality columns are null in perf rows and the other way round; a live
+    row (a task the run evaluated adaptively) has no order and no full-data verdict to agree with."""
 
     run_id: str
     teacher: str
@@ -65,22 +74,23 @@ class ReplayRow:
     workload: str | None
     level: float | None
     order_seed: int | None  # the document order (quality); perf blocks replay in the order measured
-    documents_full: int | None  # documents both models answered
-    documents_used: int | None  # documents the adaptive run would have evaluated
+    documents_full: int | None  # documents both models answered (live: the task's limit)
+    documents_used: int | None  # documents the adaptive run would have evaluated (live: did evaluate)
     blocks_full: int | None
     blocks_used: int | None
     sequential_verdict: Verdict | None
-    full_verdict: Verdict | None  # compare's, from all documents
+    full_verdict: Verdict | None  # compare's, from all documents (live: null, they were not all evaluated)
     sequential_decision: RatioDecision | None  # the ratio against target_ratio
     full_decision: RatioDecision | None  # from the fixed-n t-interval over all blocks
-    agrees: bool
-    opposite: bool  # the two verdicts (decisions) on opposite sides: an error of one of them
+    agrees: bool | None  # null in live rows
+    opposite: bool | None  # the two verdicts (decisions) on opposite sides: an error of one of them
     ratio: float | None  # perf: student / teacher over the blocks used
     ci_low: float | None  # at the stopping look: quality student - teacher; perf the ratio (null: unbounded)
     ci_high: float | None
     full_ci_low: float | None  # quality: compare's interval over all documents
     full_ci_high: float | None
-    teacher_eval_device_s: float | None  # the teacher's eval of this task, device-seconds; null: not recorded
+    # The teacher's eval of this task, device-seconds (live: of the chunks it ran); null: not recorded.
+    teacher_eval_device_s: float | None
     student_eval_device_s: float | None
     chunk_documents: int | None
     target_ratio: float | None
@@ -139,6 +149,20 @@ def _quality_row(
     )  # fmt: skip
 
 
+def _live_row(live: sequential_replay.LiveQuality, seconds: Mapping, settings: CompareConfig) -> ReplayRow:
+    return ReplayRow(
+        run_id=live.run_id, teacher=live.teacher, student=live.student, kind=ReplayKind.LIVE, task=live.task,
+        metric=live.metric, filter=live.filter, workload=None, level=None, order_seed=None,
+        documents_full=live.documents_planned, documents_used=live.documents_used, blocks_full=None,
+        blocks_used=None, sequential_verdict=live.verdict, full_verdict=None, sequential_decision=None,
+        full_decision=None, agrees=None, opposite=None, ratio=None, ci_low=live.diff_ci_low,
+        ci_high=live.diff_ci_high, full_ci_low=None, full_ci_high=None,
+        teacher_eval_device_s=seconds.get((live.teacher, live.task)),
+        student_eval_device_s=seconds.get((live.student, live.task)), chunk_documents=None, target_ratio=None,
+        retention_margin=settings.retention_margin, confidence=settings.confidence,
+    )  # fmt: skip
+
+
 def _perf_row(replay: sequential_replay.RatioReplay, settings: CompareConfig) -> ReplayRow:
     decisions = {replay.decision, replay.full_decision}
     return ReplayRow(
@@ -158,14 +182,13 @@ def _perf_row(replay: sequential_replay.RatioReplay, settings: CompareConfig) ->
 def replay_run(run: Path, inputs: pairing.RunInputs, orders: int, chunk_documents: int) -> list[ReplayRow]:
     """The replay rows of one run read into `inputs`, under its own compare settings."""
     settings = inputs.settings.get(run.name, CompareConfig())
-    quality, perf = sequential_replay.replay_runs(inputs, chunk_documents, seeds=range(orders))
-    # A task the run evaluated adaptively stopped already: replaying its stored chunks would count its stops.
-    live = inputs.adaptive.get(run.name, {})
-    quality = [row for row in quality if row.task not in live]
+    found = sequential_replay.replay_runs(inputs, chunk_documents, seeds=range(orders))
     seconds = eval_device_seconds(run, inputs.cells.get(run.name, ()))
-    return [_quality_row(row, seconds, chunk_documents, settings) for row in quality] + [
-        _perf_row(row, settings) for row in perf
-    ]
+    return (
+        [_quality_row(row, seconds, chunk_documents, settings) for row in found.quality]
+        + [_live_row(row, seconds, settings) for row in found.live]
+        + [_perf_row(row, settings) for row in found.perf]
+    )
 
 
 def _fingerprint(run: Path) -> str:
@@ -250,7 +273,7 @@ def spread(values: Sequence[float]) -> Spread:
 
 @dataclass(frozen=True)
 class QualitySummary:
-    """One (pair, task, metric, filter) over its orders."""
+    """One (pair, task, metric, filter) over its orders; a live task (`live`) is its one run."""
 
     run_id: str
     teacher: str
@@ -258,13 +281,14 @@ class QualitySummary:
     task: str
     metric: str
     filter: str
+    live: bool  # the run evaluated the task adaptively: no orders, no full-data verdict
     orders: int
     documents_full: int
     documents_used: Spread
     verdicts: Counter  # sequential verdict -> orders that reached it
-    full_verdict: Verdict
-    agree: int  # orders whose verdict is the full-data one
-    opposite: int
+    full_verdict: Verdict | None  # None for a live task
+    agree: int | None  # orders whose verdict is the full-data one; None for a live task
+    opposite: int | None
     student_device_s_saved: Spread | None  # the student's cell alone; None: wall time not recorded
 
 
@@ -276,23 +300,52 @@ class RunSavings:
     orders: int
     evaluations_full: int
     evaluations_used: Spread
-    device_s_total: float | None  # every replayed eval cell's device-seconds; None if any is not recorded
+    device_s_total: float | None  # a full run's eval device-seconds (`full_run_device_s`); None: not recorded
     device_s_saved: Spread | None
+
+
+_QUALITY_KINDS = (ReplayKind.QUALITY, ReplayKind.LIVE)
 
 
 def _pair_key(row: ReplayRow) -> tuple[str, str, str]:
     return (row.run_id, row.teacher, row.student)
 
 
+def full_run_device_s(row: ReplayRow, device_s: float | None, used: int) -> float | None:
+    """A model's eval device-seconds for all of the row's task documents, from its `device_s` over `used`
+    documents: measured for a replayed task (its cells evaluated them all); for a live one, the seconds its
+    chunks took scaled to the task's limit, at the run's own seconds per document (an estimate)."""
+    if device_s is None or row.kind != ReplayKind.LIVE:
+        return device_s
+    return device_s * row.documents_full / used if used else None
+
+
+def _by_order(rows: Sequence[ReplayRow]) -> list[ReplayRow]:
+    """The quality rows, a live row counted in every replayed order of its run (it ran once, the same in every
+    order), so that a run's totals per order cover all of its tasks."""
+    seeds: dict[str, set[int | None]] = {}
+    for row in rows:
+        if row.kind == ReplayKind.QUALITY:
+            seeds.setdefault(row.run_id, set()).add(row.order_seed)
+    found = []
+    for row in rows:
+        if row.kind == ReplayKind.QUALITY:
+            found.append(row)
+        elif row.kind == ReplayKind.LIVE:
+            found += [dataclasses.replace(row, order_seed=seed) for seed in seeds.get(row.run_id, {None})]
+    return found
+
+
 def summarize_quality(rows: Sequence[ReplayRow]) -> list[QualitySummary]:
     groups: dict[tuple, list[ReplayRow]] = {}
     for row in rows:
-        if row.kind == ReplayKind.QUALITY:
+        if row.kind in _QUALITY_KINDS:
             groups.setdefault((*_pair_key(row), row.task, row.metric, row.filter), []).append(row)
     summaries = []
     for key, group in groups.items():
         first = group[0]
-        device_s = first.student_eval_device_s
+        live = first.kind == ReplayKind.LIVE
+        device_s = full_run_device_s(first, first.student_eval_device_s, first.documents_used)
         saved = (
             [device_s * (1 - row.documents_used / row.documents_full) for row in group]
             if device_s is not None
@@ -301,13 +354,14 @@ def summarize_quality(rows: Sequence[ReplayRow]) -> list[QualitySummary]:
         summaries.append(
             QualitySummary(
                 *key,
+                live=live,
                 orders=len(group),
                 documents_full=first.documents_full,
                 documents_used=spread([row.documents_used for row in group]),
                 verdicts=Counter(row.sequential_verdict for row in group),
                 full_verdict=first.full_verdict,
-                agree=sum(row.agrees for row in group),
-                opposite=sum(row.opposite for row in group),
+                agree=None if live else sum(row.agrees for row in group),
+                opposite=None if live else sum(row.opposite for row in group),
                 student_device_s_saved=spread(saved) if saved is not None else None,
             )
         )
@@ -315,27 +369,25 @@ def summarize_quality(rows: Sequence[ReplayRow]) -> list[QualitySummary]:
 
 
 def model_documents(rows: Sequence[ReplayRow]) -> dict[tuple, tuple[int, int, float | None]]:
-    """Per (run, model, task, order): (documents used, documents full, the eval's device-seconds).
+    """Per (run, model, task, order): (documents used, documents full, a full run's device-seconds).
 
     A model's cell stops when the last of its metrics, and for a teacher the last of its students, stops.
     """
-    found: dict[tuple, tuple[int, int, float | None]] = {}
-    for row in rows:
-        if row.kind != ReplayKind.QUALITY:
-            continue
+    seen: dict[tuple, tuple[int, int, float | None, ReplayRow]] = {}
+    for row in _by_order(rows):
         for model, device_s in ((row.teacher, row.teacher_eval_device_s), (row.student, row.student_eval_device_s)):
             key = (row.run_id, model, row.task, row.order_seed)
-            used, full, _ = found.get(key, (0, 0, None))
-            found[key] = (max(used, row.documents_used), max(full, row.documents_full), device_s)
-    return found
+            used, full, _, _ = seen.get(key, (0, 0, None, row))
+            seen[key] = (max(used, row.documents_used), max(full, row.documents_full), device_s, row)
+    return {key: (used, full, full_run_device_s(row, s, used)) for key, (used, full, s, row) in seen.items()}
 
 
 def run_savings(rows: Sequence[ReplayRow]) -> list[RunSavings]:
-    per_order: dict[tuple[str, int], list[tuple[int, int, float | None]]] = {}
+    per_order: dict[tuple[str, int | None], list[tuple[int, int, float | None]]] = {}
     for (run_id, _, _, order), value in model_documents(rows).items():
         per_order.setdefault((run_id, order), []).append(value)
     by_run: dict[str, list[list[tuple[int, int, float | None]]]] = {}
-    for (run_id, _), cells in sorted(per_order.items()):
+    for (run_id, _), cells in sorted(per_order.items(), key=lambda item: (item[0][0], item[0][1] or 0)):
         by_run.setdefault(run_id, []).append(cells)
     savings = []
     for run_id, orders in by_run.items():
@@ -360,13 +412,12 @@ def run_savings(rows: Sequence[ReplayRow]) -> list[RunSavings]:
 
 def docs_to_decision(rows: Sequence[ReplayRow]) -> dict[tuple[str, str, str], float]:
     """Per (run, teacher, student): the median over orders of the share of the pair's documents an adaptive
-    run needed (over all its tasks; a task stops when its last metric does)."""
+    run needed (over all its tasks, those it ran adaptively included; a task stops when its last metric does)."""
     tasks: dict[tuple, tuple[int, int]] = {}
-    for row in rows:
-        if row.kind == ReplayKind.QUALITY:
-            key = (*_pair_key(row), row.order_seed, row.task)
-            used, full = tasks.get(key, (0, 0))
-            tasks[key] = (max(used, row.documents_used), max(full, row.documents_full))
+    for row in _by_order(rows):
+        key = (*_pair_key(row), row.order_seed, row.task)
+        used, full = tasks.get(key, (0, 0))
+        tasks[key] = (max(used, row.documents_used), max(full, row.documents_full))
     per_order: dict[tuple, list[tuple[int, int]]] = {}
     for key, value in tasks.items():
         per_order.setdefault(key[:4], []).append(value)

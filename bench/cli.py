@@ -33,6 +33,7 @@ from bench.estimate import estimate as estimate_config
 from bench.plan import build_plan, gpus_per_model, pending_cells
 
 if TYPE_CHECKING:
+    from bench.adaptive import QualitySummary, RunSavings
     from bench.compare import ComparisonRow
 
 EXIT_CONFIG_ERROR = 2  # same code click uses for bad usage: the run never started
@@ -350,9 +351,7 @@ def run(
                     f"command resumes ({outcome.left} to run)"
                 )
             elif _print_comparison(outcome.run_dir, OutputFormat.table):
-                if any(task.adaptive is not None for task in config.tasks):
-                    _print_adaptive(config, outcome.run_dir)
-                _replay_adaptive(outcome.run_dir)  # the replay leaves out the tasks that already ran adaptively
+                _print_adaptive(outcome.run_dir)
     except KeyboardInterrupt:  # before the cells ran, or after: what is stored stays, and a re-run resumes
         err_console.print("interrupted: nothing in flight; the same command resumes")
         raise typer.Exit(EXIT_INTERRUPTED) from None
@@ -399,28 +398,34 @@ def compare(
         _print_sequential(results_dir, orders, chunk_documents)
 
 
-def _print_adaptive(config: BenchConfig, run_dir: Path) -> None:
-    """What the run's adaptive tasks evaluated, in one line."""
-    from bench.gate import documents_evaluated
-
-    evaluated, planned = documents_evaluated(config, run_dir)
-    print(
-        f"adaptive tasks: {evaluated} of {planned} documents evaluated ({evaluated / planned:.0%}), every model counted"
-    )
-
-
-def _replay_adaptive(run_dir: Path) -> None:
-    """The adaptive replay at its defaults, stored as sequential.parquet (the leaderboard's "docs to
-    decision"), in one line; `compare --sequential` prints its tables."""
+def _print_adaptive(run_dir: Path) -> None:
+    """At a run's end: what its adaptive tasks saved, and what the replay says the others would have; a line
+    each. Stores the rows as sequential.parquet (the leaderboard's "docs to decision")."""
     from bench import adaptive
 
-    for run in adaptive.run_savings(adaptive.replay_rows(run_dir, skipped=[])):
-        share = run.evaluations_used.median / run.evaluations_full
+    rows = adaptive.replay_rows(run_dir, skipped=[])
+    for run in adaptive.run_savings([row for row in rows if row.kind == adaptive.ReplayKind.LIVE]):
+        print(
+            f"adaptive tasks: {_evaluations(run)} evaluated, teachers and students counted; "
+            + (
+                f"about {run.device_s_saved.median:.1f} of {run.device_s_total:.1f} eval device-seconds saved "
+                "(the run's own seconds per document, times the documents it skipped)"
+                if run.device_s_saved is not None and run.device_s_total is not None
+                else "eval device-seconds not recorded"
+            )
+        )
+    for run in adaptive.run_savings([row for row in rows if row.kind == adaptive.ReplayKind.QUALITY]):
         print(
             f"adaptive verdicts, replayed over {run.orders} document orders: an adaptive run would have evaluated "
-            f"{run.evaluations_used.text('.0f')} of {run.evaluations_full} documents ({share:.0%}); "
-            f"distill-bench compare {run_dir} --sequential shows where it stops and whether it agrees"
+            f"{_evaluations(run)}; distill-bench compare {run_dir} --sequential shows where it stops and whether "
+            "it agrees"
         )
+
+
+def _evaluations(run: RunSavings) -> str:
+    """ "1925 [1775, 2025] of 2400 documents (80%)": a run's document evaluations used of a full run's."""
+    share = run.evaluations_used.median / run.evaluations_full
+    return f"{run.evaluations_used.text('.0f')} of {run.evaluations_full} documents ({share:.0%})"
 
 
 def _print_sequential(results_dir: Path, orders: int | None, chunk_documents: int | None) -> None:
@@ -439,9 +444,10 @@ def _print_sequential(results_dir: Path, orders: int | None, chunk_documents: in
         saved = item.student_device_s_saved
         quality.add_row(
             item.run_id, f"{item.student} / {item.teacher}", item.task, f"{item.metric} ({item.filter})",
-            f"{item.documents_used.text('.0f')} / {item.documents_full}", verdicts, str(item.full_verdict),
-            f"{item.agree}/{item.orders}" + (f", {item.opposite} opposite" if item.opposite else ""),
-            saved.text(".1f") if saved is not None else "not recorded",
+            f"{item.documents_used.text('.0f')} / {item.documents_full}", verdicts,
+            "not run (adaptive run)" if item.live else str(item.full_verdict),
+            _agreement(item),
+            (saved.text(".1f") + (" (estimated)" if item.live else "")) if saved is not None else "not recorded",
         )  # fmt: skip
     print_table(quality)
     perf = [row for row in rows if row.kind == adaptive.ReplayKind.PERF]
@@ -456,17 +462,22 @@ def _print_sequential(results_dir: Path, orders: int | None, chunk_documents: in
                 str(row.full_decision), "yes" if row.agrees else "no", interval,
             )  # fmt: skip
         print_table(ratios)
-    savings = Table("run", "document evaluations used / full", "eval device-s saved / total")
+    savings = Table("run", "document evaluations used", "eval device-s saved / total")
     for run in adaptive.run_savings(rows):
         device = (
             f"{run.device_s_saved.text('.1f')} / {run.device_s_total:.1f}"
             if run.device_s_saved is not None and run.device_s_total is not None
             else "not recorded (eval_wall_s: schema 5)"
         )
-        share = run.evaluations_used.median / run.evaluations_full
-        used = f"{run.evaluations_used.text('.0f')} / {run.evaluations_full} ({share:.0%})"
-        savings.add_row(run.run_id, used, device)
+        savings.add_row(run.run_id, _evaluations(run), device)
     print_table(savings)
+
+
+def _agreement(item: QualitySummary) -> str:
+    """ "18/20, 1 opposite": orders whose sequential verdict is the full-data one; "-" for a live task."""
+    if item.live:
+        return "-"
+    return f"{item.agree}/{item.orders}" + (f", {item.opposite} opposite" if item.opposite else "")
 
 
 def _bound(value: float | None) -> str:

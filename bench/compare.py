@@ -356,9 +356,11 @@ def compare_quality(
     lower_is_better: set[ScoreKey],
     settings: CompareConfig,
     seed: int,
+    adaptive: dict[str, AdaptiveTask] | None = None,
 ) -> list[QualityComparison]:
-    """Every (task, metric) both models scored, with the paired per-document values."""
-    return _qualities(_quality_inputs(teacher, student, paired.get, lower_is_better, settings), seed)
+    """Every (task, metric) both models scored, with the paired per-document values (`adaptive`: the tasks
+    the run evaluated in chunks, read from their confidence sequence)."""
+    return _qualities(_quality_inputs(teacher, student, paired.get, lower_is_better, settings, adaptive), seed)
 
 
 # Ratio field -> the perf_summary column it divides: output tokens/s, $/Mtok, J/token, capacity (sweeps).

@@ -213,12 +213,3 @@ def skipped(gates: Gates | None, cell: Cell) -> bool:
     """Whether a gate (chunk or block) has already decided that this cell never runs."""
     return gates is not None and gates.governs(cell) and gates.state(cell) == "skipped"
 
-
-def documents_evaluated(config: BenchConfig, run_dir: Path) -> tuple[int, int]:
-    """(documents evaluated, documents a full run would evaluate) over a run's adaptive tasks, every model
-    counted, from the chunk cells its manifest lists."""
-    limits = {task.name: task.limit or 0 for task in config.tasks if task.adaptive is not None}
-    keys = store.read_manifest(run_dir).get("cell_keys") or None
-    rows = store.read_run_table(run_dir, "eval_scores", columns=("cell_key", "task", "n"), cells=keys).to_pylist()
-    per_cell = {row["cell_key"]: row["n"] for row in rows if row["task"] in limits}  # one n per cell, any metric
-    return sum(per_cell.values()), len(config.models) * sum(limits.values())

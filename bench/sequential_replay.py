@@ -12,12 +12,16 @@ sequential verdict is on the same side, possibly weaker ("non-inferior" where al
 it stopped at the first decisive look), unless one of the two is one of the rare errors both allow
 (`QualityReplay.opposite`); an "inconclusive" where the full data decide is the price of looking often
 (see `bench.sequential`).
+
+A task the run already evaluated adaptively (`tasks[].adaptive`) is not replayed (its stored documents are the
+ones its gate let through; replaying them would count its stops twice): it is reported as it ran
+(`LiveQuality`), its documents out of the task's limit and the verdict `compare` reads from its sequence.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,48 +92,105 @@ class RatioReplay:
     ci_high: float
 
 
+@dataclass(frozen=True)
+class LiveQuality:
+    """One (pair, task, metric) of a task the run evaluated adaptively (`tasks[].adaptive`): where its own
+    gate stopped, and the verdict `compare` reads from the confidence sequence. Nothing is replayed: the
+    documents it skipped were never evaluated, so there is no full-data verdict to hold it against."""
+
+    run_id: str
+    teacher: str
+    student: str
+    task: str
+    metric: str
+    filter: str
+    documents_planned: int  # the task's limit: what a full run evaluates
+    documents_used: int  # documents both models answered
+    verdict: Verdict
+    diff_ci_low: float | None  # the confidence sequence after those documents
+    diff_ci_high: float | None
+
+
+@dataclass(frozen=True)
+class RunReplays:
+    """What `replay_runs` finds: replayed quality (one row per order), live adaptive tasks, perf ratios."""
+
+    quality: list[QualityReplay]
+    live: list[LiveQuality]
+    perf: list[RatioReplay]
+
+
 def replay_pair_quality(
-    tables: dict[str, pa.Table], pair: Pair, settings: CompareConfig, chunk_documents: int, seeds: Sequence[int]
-) -> list[QualityReplay]:
-    """Every (task, metric) of one pair whose per-document values lie in [0, 1], under each order seed."""
+    tables: dict[str, pa.Table],
+    pair: Pair,
+    settings: CompareConfig,
+    chunk_documents: int,
+    seeds: Sequence[int],
+    adaptive: Mapping[str, pairing.AdaptiveTask] | None = None,
+) -> tuple[list[QualityReplay], list[LiveQuality]]:
+    """Every (task, metric) of one pair whose per-document values lie in [0, 1], under each order seed; a task
+    the run evaluated adaptively (`adaptive`) is not replayed but reported as it ran."""
+    adaptive = adaptive or {}
     documents = pairing.paired_documents(tables["eval_samples"], [pair])
     scores = pairing.scores_by_model(tables["eval_scores"])
     none = pairing.ModelScores({}, set())
     teacher, student = scores.get((pair.run_id, pair.teacher), none), scores.get((pair.run_id, pair.student), none)
     paired = {key: documents.get(pair, key) for _, key in documents.groups}
-    full = compare.compare_quality(teacher.values, student.values, paired, teacher.lower_is_better, settings, seed=0)
-    rows = []
+    full = compare.compare_quality(
+        teacher.values, student.values, paired, teacher.lower_is_better, settings, seed=0, adaptive=dict(adaptive)
+    )
+    rows, live = [], []
     for quality in full:
         values = paired.get((quality.task, quality.metric, quality.filter))
-        if (
-            values is None
-            or quality.verdict == Verdict.NO_DATA
-            or not sequential.in_unit_interval(values.teacher, values.student)
-        ):
-            continue  # no documents both answered, or a metric the betting sequence cannot bound
-        for seed in seeds:
-            order = sequential.document_order(values.teacher.size, seed)
-            stop = sequential.sequential_quality(
-                values.teacher[order], values.student[order], chunk_documents,
-                settings.retention_margin, settings.confidence, quality.higher_is_better,
+        if values is None or quality.verdict == Verdict.NO_DATA:
+            continue  # no documents both answered
+        if quality.task in adaptive:
+            live.append(_live(pair, quality, adaptive[quality.task]))
+        elif sequential.in_unit_interval(values.teacher, values.student):  # else the sequence cannot bound it
+            rows += _replayed(pair, quality, values, settings, chunk_documents, seeds)
+    return rows, live
+
+
+def _live(pair: Pair, quality: compare.QualityComparison, task: pairing.AdaptiveTask) -> LiveQuality:
+    return LiveQuality(
+        **dataclasses.asdict(pair), task=quality.task, metric=quality.metric, filter=quality.filter,
+        documents_planned=max(task.planned_documents, quality.n_paired), documents_used=quality.n_paired,
+        verdict=quality.verdict, diff_ci_low=quality.diff_ci_low, diff_ci_high=quality.diff_ci_high,
+    )  # fmt: skip
+
+
+def _replayed(
+    pair: Pair,
+    quality: compare.QualityComparison,
+    values: pairing.PairedValues,
+    settings: CompareConfig,
+    chunk_documents: int,
+    seeds: Sequence[int],
+) -> list[QualityReplay]:
+    rows = []
+    for seed in seeds:
+        order = sequential.document_order(values.teacher.size, seed)
+        stop = sequential.sequential_quality(
+            values.teacher[order], values.student[order], chunk_documents,
+            settings.retention_margin, settings.confidence, quality.higher_is_better,
+        )  # fmt: skip
+        rows.append(
+            QualityReplay(
+                **dataclasses.asdict(pair),
+                task=quality.task,
+                metric=quality.metric,
+                filter=quality.filter,
+                order_seed=seed,
+                documents_full=quality.n_paired,
+                documents_used=stop.documents_used,
+                sequential_verdict=stop.verdict,
+                full_verdict=quality.verdict,
+                diff_ci_low=stop.diff_ci_low,
+                diff_ci_high=stop.diff_ci_high,
+                full_diff_ci_low=quality.diff_ci_low,
+                full_diff_ci_high=quality.diff_ci_high,
             )  # fmt: skip
-            rows.append(
-                QualityReplay(
-                    **dataclasses.asdict(pair),
-                    task=quality.task,
-                    metric=quality.metric,
-                    filter=quality.filter,
-                    order_seed=seed,
-                    documents_full=quality.n_paired,
-                    documents_used=stop.documents_used,
-                    sequential_verdict=stop.verdict,
-                    full_verdict=quality.verdict,
-                    diff_ci_low=stop.diff_ci_low,
-                    diff_ci_high=stop.diff_ci_high,
-                    full_diff_ci_low=quality.diff_ci_low,
-                    full_diff_ci_high=quality.diff_ci_high,
-                )  # fmt: skip
-            )
+        )
     return rows
 
 
@@ -173,12 +234,16 @@ def replay_runs(
     seeds: Sequence[int],
     target_ratio: float = 1.0,
     settings: CompareConfig | None = None,
-) -> tuple[list[QualityReplay], list[RatioReplay]]:
-    """Replay every student/teacher pair of runs already read (`pairing.read_runs`)."""
+) -> RunReplays:
+    """Replay every student/teacher pair of runs already read (`pairing.read_runs`); the tasks a run evaluated
+    adaptively come back as they ran (`RunReplays.live`)."""
     tables = inputs.tables
-    quality, perf = [], []
+    found = RunReplays([], [], [])
     for pair in pairing.pairs(tables["models"]):
         run_settings = settings or inputs.settings.get(pair.run_id, CompareConfig())
-        quality += replay_pair_quality(tables, pair, run_settings, chunk_documents, seeds)
-        perf += replay_pair_perf(tables, pair, target_ratio, run_settings.confidence)
-    return quality, perf
+        adaptive = inputs.adaptive.get(pair.run_id)
+        quality, live = replay_pair_quality(tables, pair, run_settings, chunk_documents, seeds, adaptive)
+        found.quality.extend(quality)
+        found.live.extend(live)
+        found.perf.extend(replay_pair_perf(tables, pair, target_ratio, run_settings.confidence))
+    return found

@@ -223,7 +223,7 @@ def test_compare_sequential_prints_documents_verdicts_and_device_seconds(results
 def test_the_end_of_a_run_stores_the_default_replay_and_sums_it_up_in_one_line(results, capsys):
     from bench import cli
 
-    cli._replay_adaptive(results / "r1")  # what `distill-bench run` does after its comparison
+    cli._print_adaptive(results / "r1")  # what `distill-bench run` does after its comparison
     (line,) = capsys.readouterr().out.splitlines()
     (savings,) = adaptive.run_savings(adaptive.stored_rows(results))  # stored: the leaderboard reads it
     assert f"{savings.evaluations_used.text('.0f')} of {savings.evaluations_full} documents" in line
@@ -262,3 +262,29 @@ def test_the_leaderboard_shows_docs_to_decision_only_for_replayed_runs(results, 
 def test_an_entry_without_a_replay_shows_a_dash():
     entry = make_record(leaderboard.LeaderboardEntry, docs_to_decision_pct=None)
     assert leaderboard.docs_to_decision_text(entry) == "-"
+
+
+def quality_row(task: str, used: int, full: int, kind: ReplayKind = ReplayKind.QUALITY, order: int | None = None):
+    return make_record(
+        adaptive.ReplayRow, run_id="r", teacher="big", student="small", kind=kind, task=task, metric="acc",
+        filter="none", order_seed=order, documents_used=used, documents_full=full, teacher_eval_device_s=None,
+        student_eval_device_s=None,
+        **({"full_verdict": None, "agrees": None, "opposite": None} if kind == ReplayKind.LIVE else {}),
+    )  # fmt: skip
+
+
+def test_a_task_run_adaptively_counts_the_same_in_every_replayed_order():
+    """A run with a replayed task (two orders) and a task it evaluated adaptively (one live row): each order's
+    share covers both tasks, the live one with the documents it did evaluate."""
+    rows = [
+        quality_row("replayed", used=50, full=200, order=0),
+        quality_row("replayed", used=100, full=200, order=1),
+        quality_row("live", used=75, full=100, kind=ReplayKind.LIVE),
+    ]
+    shares = [(50 + 75) / 300, (100 + 75) / 300]
+    assert adaptive.docs_to_decision(rows) == {("r", "big", "small"): pytest.approx(statistics.median(shares))}
+    (savings,) = adaptive.run_savings(rows)
+    assert savings.orders == 2 and savings.evaluations_full == 2 * 300
+    assert (savings.evaluations_used.low, savings.evaluations_used.high) == (2 * 125, 2 * 175)
+    (live,) = [item for item in adaptive.summarize_quality(rows) if item.live]
+    assert live.orders == 1 and live.agree is None and live.opposite is None

@@ -8,8 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from bench import chunks, compare, gate, store
+from bench import adaptive, chunks, cli, compare, gate, store
+from bench.adaptive import ReplayKind
 from bench.config import BenchConfig
 from bench.plan import build_plan, local_fingerprints, model_key
 from bench.records import EvalSample, EvalScore, ModelRecord
@@ -18,6 +20,7 @@ from bench.sequential import confidence_bounds, sequential_quality
 from tests.unit.test_store import make_record
 
 LIMIT, CHUNK = 200, 25
+SECONDS_PER_DOCUMENT = 0.1  # each chunk's lm-eval wall time, per document
 
 
 def value(model: str, doc: int) -> float:
@@ -48,8 +51,9 @@ def store_chunk(run: Path, cell, value: Callable[[str, int], float] = value) -> 
     ]
     mean = float(np.mean([s.value for s in samples]))
     score = make_record(
-        EvalScore, task="toy_add", metric="acc", filter="none", value=mean, higher_is_better=True, n=len(samples)
-    )
+        EvalScore, task="toy_add", metric="acc", filter="none", value=mean, higher_is_better=True, n=len(samples),
+        eval_wall_s=SECONDS_PER_DOCUMENT * len(samples),
+    )  # fmt: skip
     store.write_cell(run, "eval_samples", cell.key, cell.model, samples)
     store.write_cell(run, "eval_scores", cell.key, cell.model, [score])
     return gate.chunk_values([score], samples)
@@ -62,6 +66,11 @@ def store_models(run: Path, config: BenchConfig) -> None:
             distillation_teacher_tokens=None,
         )  # fmt: skip
         store.write_cell(run, "models", model_key(model, None), model.name, [record])
+
+
+def two_students(model: str, doc: int) -> float:
+    """noisy also misses one document in 25: near the margin, it keeps its teacher going."""
+    return float(value(model, doc) and doc % 25 != 1) if model == "noisy" else value(model, doc)
 
 
 def run_gated(run: Path, config: BenchConfig, value: Callable[[str, int], float] = value) -> dict[str, set[int]]:
@@ -100,8 +109,6 @@ def test_an_adaptive_run_is_compared_on_its_confidence_sequence(tmp_path: Path) 
     assert full.documents_used == len(evaluated)
     assert row.diff_ci_low > -config.compare.retention_margin
 
-    assert gate.documents_evaluated(config, run) == (2 * len(evaluated), 2 * LIMIT)
-
     # A resume rebuilds the gates from the stored rows: no chunk is left to run.
     resumed = gate.gates_for(config, cells, store.done_cell_keys(run), run)
     waiting = [c for c in cells if c.key not in store.done_cell_keys(run)]
@@ -111,9 +118,6 @@ def test_an_adaptive_run_is_compared_on_its_confidence_sequence(tmp_path: Path) 
 def test_each_student_is_scored_against_the_teacher_on_the_documents_they_share(tmp_path: Path) -> None:
     """small is decided early; noisy, which also misses one document in 25, near the margin, keeps the
     teacher going: small's teacher_score, student_score and retention cover small's documents only."""
-
-    def two_students(model: str, doc: int) -> float:
-        return float(value(model, doc) and doc % 25 != 1) if model == "noisy" else value(model, doc)
 
     config, run = make_config("noisy"), tmp_path / "r"
     evaluated = run_gated(run, config, two_students)
@@ -153,3 +157,42 @@ def test_the_interval_and_verdict_cover_every_stored_document_even_past_the_stop
     assert (row.diff_ci_low, row.diff_ci_high) == confidence_bounds(student - teacher, LIMIT, settings.confidence)
     assert row.verdict == compare.verdict(row.diff_ci_low, row.diff_ci_high, settings.retention_margin)
     assert row.discordant_student_only is None and row.mcnemar_p is None
+
+
+def test_the_replay_reports_an_adaptive_task_as_it_ran_with_its_documents_and_device_seconds(
+    tmp_path: Path, capsys
+) -> None:
+    """Nothing of a live task is replayed: one `live` row with the documents both models answered and compare's
+    verdict; the saving is priced at the run's own seconds per document; the end of `run` says so in a line."""
+    config, run = make_config(), tmp_path / "r"
+    evaluated = len(run_gated(run, config)["small"])
+    (compared,) = compare.compare_results(run)
+
+    rows = adaptive.replay_rows(tmp_path)
+    (row,) = rows
+    assert row.kind == ReplayKind.LIVE and row.order_seed is None
+    assert (row.documents_used, row.documents_full) == (compared.n_paired, LIMIT) == (evaluated, LIMIT)
+    assert row.sequential_verdict == compared.verdict and row.full_verdict is None and row.agrees is None
+    assert (row.ci_low, row.ci_high) == (compared.diff_ci_low, compared.diff_ci_high)
+    assert row.student_eval_device_s == pytest.approx(SECONDS_PER_DOCUMENT * evaluated)
+
+    (savings,) = adaptive.run_savings(rows)
+    assert savings.orders == 1
+    assert (savings.evaluations_used.median, savings.evaluations_full) == (2 * evaluated, 2 * LIMIT)
+    assert savings.device_s_total == pytest.approx(2 * SECONDS_PER_DOCUMENT * LIMIT)
+    assert savings.device_s_saved.median == pytest.approx(2 * SECONDS_PER_DOCUMENT * (LIMIT - evaluated))
+    assert adaptive.docs_to_decision(adaptive.stored_rows(tmp_path)) == {("r", "big", "small"): evaluated / LIMIT}
+
+    cli._print_adaptive(run)
+    (line,) = capsys.readouterr().out.splitlines()  # no replay line: the run's only task ran adaptively
+    assert line.startswith(f"adaptive tasks: {2 * evaluated} of {2 * LIMIT} documents")
+    assert f"{savings.device_s_saved.median:.1f} of {savings.device_s_total:.1f} eval device-seconds saved" in line
+
+
+def test_a_teachers_documents_are_counted_once_up_to_its_last_student(tmp_path: Path) -> None:
+    config, run = make_config("noisy"), tmp_path / "r"
+    evaluated = {model: len(docs) for model, docs in run_gated(run, config, two_students).items()}
+    (savings,) = adaptive.run_savings(adaptive.replay_rows(tmp_path))
+    assert evaluated["big"] == max(evaluated["small"], evaluated["noisy"])
+    assert savings.evaluations_used.median == sum(evaluated.values())
+    assert savings.evaluations_full == 3 * LIMIT

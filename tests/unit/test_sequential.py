@@ -216,7 +216,7 @@ def replay(tmp_path_factory):
 
 
 def test_replay_stops_the_clear_task_early_on_the_same_side_as_all_the_data(replay):
-    quality, _ = replay
+    quality = replay.quality
     sort_rows = [row for row in quality if row.task == "toy_sort"]  # student better by +0.3: full data say better
     assert len(sort_rows) == 2 and {row.full_verdict for row in sort_rows} == {Verdict.BETTER}
     # It stops at the first decisive look, which may be "non-inferior" before "better" is shown: not opposite.
@@ -226,6 +226,6 @@ def test_replay_stops_the_clear_task_early_on_the_same_side_as_all_the_data(repl
 
 
 def test_replay_of_one_block_decides_nothing(replay):
-    _, perf = replay
+    perf = replay.perf
     assert perf and all(row.blocks_full == 1 and row.decision == RatioDecision.UNDECIDED for row in perf)
     assert all(row.full_decision == RatioDecision.UNDECIDED for row in perf)
