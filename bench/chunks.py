@@ -49,10 +49,4 @@ def chunk_documents(task: TaskConfig, run_seed: int, chunk: int) -> tuple[int, .
 
 def evaluation_positions(task: TaskConfig, run_seed: int) -> dict[int, int]:
     """Each document's place in the task's evaluation order: the gate reads the gains in this order."""
-    assert task.limit is not None
-    return positions(task.limit, run_seed, task.name)
-
-
-def positions(documents: int, run_seed: int, task: str) -> dict[int, int]:
-    """`evaluation_positions` from a task's name and limit (as a run's manifest records them)."""
-    return {doc: position for position, doc in enumerate(_documents_in_order(documents, run_seed, task))}
+    return {doc: position for position, doc in enumerate(_order(task, run_seed))}

@@ -55,6 +55,15 @@ def _within_any_batch(value: int) -> int:
 InFlightCount = Annotated[int, Field(gt=0), AfterValidator(_within_any_batch)]  # lm-eval requests or prompts
 
 
+def _seed_is_32_bit(seed: int) -> int:
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"must be between 0 and {MAX_SEED} (numpy and lm-eval take 32-bit seeds)")
+    return seed
+
+
+Seed = Annotated[int, AfterValidator(_seed_is_32_bit)]  # run.seed, also as `bench.pairing` reads it back from run.json
+
+
 def _unprintable(text: str) -> str | None:
     return next((character for character in text if unicodedata.category(character) in UNPRINTABLE_CATEGORIES), None)
 
@@ -506,7 +515,7 @@ class RunConfig(Section):
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$", description="Run id; results/<name>/.")
     results_dir: str = "results"
-    seed: int = 0
+    seed: Seed = 0
     cell_retries: int = Field(1, ge=0, description="Extra attempts for a failed cell.")
     cell_timeout_s: PositiveFloat = 3600
 
@@ -518,13 +527,6 @@ class RunConfig(Section):
                 f"{name!r} starts with '.': the run directory would be results_dir itself, its parent, or hidden"
             )
         return name
-
-    @field_validator("seed")
-    @classmethod
-    def _seed_is_32_bit(cls, seed: int) -> int:
-        if not 0 <= seed <= MAX_SEED:
-            raise ValueError(f"must be between 0 and {MAX_SEED} (numpy and lm-eval take 32-bit seeds)")
-        return seed
 
 
 class BenchConfig(Section):

@@ -20,15 +20,15 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 from bench import chunks, store
-from bench.config import CompareConfig
+from bench.config import CompareConfig, Seed, TaskConfig
 
 _DOC_KEYS = ("task", "metric", "filter", "doc_id")
 SWEEP_MODE = "sweep"
@@ -135,14 +135,15 @@ def read_runs(runs: Sequence[Path], skipped: list[store.SkippedFile] | None = No
     """The tables and compare settings of `runs`, keeping only each run's current cells.
 
     Damaged or foreign files are left out and reported in `skipped` (`store.read_run_table`); without a
-    list, they raise `store.StoreError`, as does a manifest whose compare section does not validate.
+    list, they raise `store.StoreError`, as does a manifest whose settings do not validate (`_manifest_config`).
     """
     parts: dict[str, list[pa.Table]] = {table: [] for table in TABLES}
     settings, cells, clean, adaptive = {}, {}, set(), {}
     for run in runs:
         manifest = _manifest(run)
-        settings[run.name] = _settings(run, manifest)
-        adaptive[run.name] = _adaptive_tasks(manifest)
+        config = _manifest_config(run, manifest)
+        settings[run.name] = config.compare
+        adaptive[run.name] = _adaptive_tasks(config)
         current = _current_cell_keys(manifest)
         found: list[store.SkippedFile] | None = None if skipped is None else []
         read = {table: store.read_run_table(run, table, found, COLUMNS[table], current) for table in TABLES}
@@ -160,19 +161,6 @@ def read_runs(runs: Sequence[Path], skipped: list[store.SkippedFile] | None = No
     return RunInputs(tables, settings, cells, frozenset(clean), adaptive)
 
 
-def _adaptive_tasks(manifest: dict[str, Any]) -> dict[str, AdaptiveTask]:
-    """The run's adaptive tasks, from its manifest's config dump (validated when the run started)."""
-    config = manifest.get("config", {})
-    seed = config.get("run", {}).get("seed", 0)
-    found = {}
-    for task in config.get("tasks", []):
-        if task.get("adaptive") and task.get("limit"):
-            found[task["name"]] = AdaptiveTask(
-                task["adaptive"]["chunk_documents"], task["limit"], chunks.positions(task["limit"], seed, task["name"])
-            )
-    return found
-
-
 def _manifest(run: Path) -> dict[str, Any]:
     try:
         return store.read_manifest(run)
@@ -180,19 +168,58 @@ def _manifest(run: Path) -> dict[str, Any]:
         return {}
 
 
-def _settings(run: Path, manifest: dict[str, Any]) -> CompareConfig:
-    """The run's compare settings from its manifest's config dump (defaults where it has none).
+_TASK_KEYS_READ = ("name", "limit", "adaptive")
 
-    A compare section that does not validate raises `store.StoreError` naming the manifest and the key: a
-    run's margin and confidence decide its verdicts, so defaults must not silently stand in for them.
+
+def _keys_read(task: object) -> object:
+    # Only what a comparison reads of a task: an older manifest's other keys need not validate today.
+    return {key: task[key] for key in _TASK_KEYS_READ if key in task} if isinstance(task, dict) else task
+
+
+class _RunRead(BaseModel):
+    model_config = ConfigDict(frozen=True)  # other keys of the run section are ignored
+
+    seed: Seed = 0
+
+
+class _ManifestConfig(BaseModel):
+    """What a comparison reads of a manifest's config dump: the compare section, run.seed and the tasks' name,
+    limit and adaptive settings, validated by the config's own models; every other key is ignored. A section a
+    manifest lacks (an older run, or a run without tasks) takes its default."""
+
+    model_config = ConfigDict(frozen=True)
+
+    compare: CompareConfig = CompareConfig()
+    run: _RunRead = _RunRead()
+    tasks: tuple[Annotated[TaskConfig, BeforeValidator(_keys_read)], ...] = ()
+
+
+def _manifest_config(run: Path, manifest: dict[str, Any]) -> _ManifestConfig:
+    """The run's settings from its manifest's config dump, validated again: the file may have been edited.
+
+    A key that does not validate raises `store.StoreError` naming the manifest and the key (dotted, from
+    `config`): a run's margin and confidence decide its verdicts, and an adaptive task's chunks and seeded
+    order decide which documents are read when, so neither defaults nor a traceback may stand in for them.
     """
-    # Only the compare section: an older manifest's other sections need not validate today.
     try:
-        return CompareConfig.model_validate(manifest.get("config", {}).get("compare", {}))
+        return _ManifestConfig.model_validate(manifest.get("config", {}))
     except ValidationError as error:
         first = error.errors()[0]
-        key = ".".join(str(part) for part in ("config", "compare", *first["loc"]))
-        raise store.StoreError(run / store.MANIFEST_NAME, f"{key}: {first['msg']}") from None
+        key = ".".join(str(part) for part in ("config", *first["loc"]))
+        raise store.StoreError(
+            run / store.MANIFEST_NAME, f"{key}: {first['msg'].removeprefix('Value error, ')}"
+        ) from None
+
+
+def _adaptive_tasks(config: _ManifestConfig) -> dict[str, AdaptiveTask]:
+    """The run's adaptive tasks (its config requires a limit of each: `TaskConfig`)."""
+    return {
+        task.name: AdaptiveTask(
+            task.adaptive.chunk_documents, task.limit, chunks.evaluation_positions(task, config.run.seed)
+        )
+        for task in config.tasks
+        if task.adaptive is not None and task.limit is not None
+    }
 
 
 def _current_cell_keys(manifest: dict[str, Any]) -> frozenset[str] | None:

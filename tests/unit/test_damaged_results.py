@@ -97,6 +97,20 @@ def edit_manifest(results: Path, change: Callable[[dict], object]) -> None:
     path.write_text(json.dumps(change(manifest)))
 
 
+ADAPTIVE_TASK = {"name": "toy_add", "limit": 200, "adaptive": {"chunk_documents": 25}}
+
+
+def edit_config(**sections: object) -> Callable[[Path], None]:
+    """A damage: r1's manifest with these config sections set, its compare section kept."""
+    return lambda r: edit_manifest(r, lambda m: {**m, "config": {**m["config"], **sections}})
+
+
+def adaptive_task(**keys: object) -> list[dict]:
+    """The tasks section of a run with one adaptive task, these keys of it changed (None: left out)."""
+    task = {**ADAPTIVE_TASK, **keys}
+    return [{key: value for key, value in task.items() if value is not None}]
+
+
 # -- the cases ----------------------------------------------------------------------------------------
 
 SAMPLES = "eval_samples/small-toy_add"
@@ -385,6 +399,78 @@ CASES = [
         "run.json compare margin a string",
         lambda r: edit_manifest(r, lambda m: {**m, "config": {"compare": {"retention_margin": "wide"}}}),
         "config.compare.retention_margin: Input should be a valid number",
+        "r1/run.json",
+    ),
+    Case(
+        "run.json adaptive a string",
+        edit_config(tasks=adaptive_task(adaptive="yes")),
+        "config.tasks.0.adaptive: Input should be a valid dictionary or instance of AdaptiveConfig",
+        "r1/run.json",
+    ),
+    Case(
+        "run.json chunk_documents missing",
+        edit_config(tasks=adaptive_task(adaptive={})),
+        "config.tasks.0.adaptive.chunk_documents: Field required",
+        "r1/run.json",
+    ),
+    Case(
+        "run.json chunk_documents zero",
+        edit_config(tasks=adaptive_task(adaptive={"chunk_documents": 0})),
+        "config.tasks.0.adaptive.chunk_documents: Input should be greater than 0",
+        "r1/run.json",
+    ),
+    Case(
+        "run.json chunk_documents a fraction",
+        edit_config(tasks=adaptive_task(adaptive={"chunk_documents": 2.5})),
+        "config.tasks.0.adaptive.chunk_documents: Input should be a valid integer, got a number with a fractional",
+        "r1/run.json",
+    ),
+    Case(
+        "run.json limit a string",
+        edit_config(tasks=adaptive_task(limit="all")),
+        "config.tasks.0.limit: Input should be a valid integer, unable to parse string as an integer",
+        "r1/run.json",
+    ),
+    Case(
+        "run.json limit negative",
+        edit_config(tasks=adaptive_task(limit=-200)),
+        "config.tasks.0.limit: Input should be greater than 0",
+        "r1/run.json",
+    ),
+    Case(
+        "run.json adaptive task without a limit",
+        edit_config(tasks=adaptive_task(limit=None)),
+        "config.tasks.0: adaptive: needs limit",
+        "r1/run.json",
+    ),
+    Case(
+        "run.json task without a name",
+        edit_config(tasks=adaptive_task(name=None)),
+        "config.tasks.0.name: Field required",
+        "r1/run.json",
+    ),
+    Case(
+        "run.json tasks an object",
+        edit_config(tasks=ADAPTIVE_TASK),
+        "config.tasks: Input should be a valid tuple",
+        "r1/run.json",
+    ),
+    Case(
+        "run.json task a string",
+        edit_config(tasks=["toy_add"]),
+        "config.tasks.0: Input should be a valid dictionary or instance of TaskConfig",
+        "r1/run.json",
+    ),
+    Case(
+        "run.json seed a string",
+        edit_config(run={"name": "r1", "seed": "five"}, tasks=adaptive_task()),
+        "config.run.seed: Input should be a valid integer, unable to parse string as an integer",
+        "r1/run.json",
+    ),
+    Case(
+        "run.json seed negative",
+        edit_config(run={"name": "r1", "seed": -1}, tasks=adaptive_task()),
+        "config.run.seed: must be between 0 and 4294967295",
         "r1/run.json",
     ),
 ]

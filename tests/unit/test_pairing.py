@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
-from bench import pairing
-from bench.pairing import Pair
+from bench import chunks, pairing, store
+from bench.config import BenchConfig, redacted_dump
+from bench.pairing import AdaptiveTask, Pair
+from tests.unit.test_compare import build_results
 
 PAIR = Pair("r1", "big", "small")
 
@@ -128,7 +131,7 @@ def test_scores_by_model_keep_the_last_value_of_a_cell_and_any_lower_is_better()
 
 def test_scores_by_model_average_an_adaptive_tasks_chunks_by_their_documents():
     """Chunks of 25, 25 and 10 documents scoring 0.8, 0.6 and 0.1: the task's score over its 60 documents."""
-    chunks = (("c0", 0.8, 25), ("c1", 0.6, 25), ("c2", 0.1, 10))
+    cells = (("c0", 0.8, 25), ("c1", 0.6, 25), ("c2", 0.1, 10))
     rows = [
         dict(
             run_id="r1",
@@ -141,10 +144,10 @@ def test_scores_by_model_average_an_adaptive_tasks_chunks_by_their_documents():
             higher_is_better=True,
             n=n,
         )
-        for key, v, n in chunks
+        for key, v, n in cells
     ]
     (scores,) = pairing.scores_by_model(pa.Table.from_pylist(rows)).values()
-    expected = sum(v * n for _, v, n in chunks) / sum(n for _, _, n in chunks)
+    expected = sum(v * n for _, v, n in cells) / sum(n for _, _, n in cells)
     assert scores.values == {("t", "acc", "none"): pytest.approx(expected)}
 
 
@@ -154,3 +157,31 @@ def test_pairs_and_run_models():
     models = pa.Table.from_pylist(rows)
     assert pairing.pairs(models) == [PAIR]
     assert pairing.run_models(models) == {"r1": {"big", "small"}, "r2": {"solo"}}
+
+
+def test_a_runs_adaptive_tasks_are_read_from_its_manifest(tmp_path: Path):
+    """The config dump a run writes to run.json gives back each adaptive task: its chunk size, its limit, and its
+    documents' order under the run's seed. Keys a comparison does not read are not validated (an older run's
+    dump may hold keys or values today's config rejects); a manifest without tasks has no adaptive task."""
+    results = build_results(tmp_path, run_id="r1")
+    config = BenchConfig.model_validate(
+        {
+            "run": {"name": "r1", "seed": 7},
+            "models": [
+                {"name": "big", "source": "org/big"},
+                {"name": "small", "source": "org/small", "teacher": "big"},
+            ],
+            "tasks": [{"name": "toy_add", "limit": 60, "adaptive": {"chunk_documents": 25}}, {"name": "toy_sort"}],
+            "compare": {"retention_margin": 0.1},
+        }
+    )
+    assert pairing.read_runs([results / "r1"]).adaptive == {"r1": {}}  # build_results' manifest: compare only
+    dumped = redacted_dump(config)
+    dumped["run"]["cell_retries"] = -1
+    dumped["tasks"][0] |= {"num_fewshot": "many", "a_key_of_another_version": 1}
+    store.write_manifest(results / "r1", {"config": dumped})
+    inputs = pairing.read_runs([results / "r1"])
+    positions = chunks.evaluation_positions(config.tasks[0], 7)
+    assert inputs.adaptive == {"r1": {"toy_add": AdaptiveTask(25, 60, positions)}}
+    assert sorted(positions) == list(range(60)) and positions != chunks.evaluation_positions(config.tasks[0], 0)
+    assert inputs.settings["r1"] == config.compare
