@@ -1,0 +1,244 @@
+"""A live adaptive run (`tasks[].adaptive`) end to end: `distill-bench run` with embedded Ray and the toy pair
+behind real vLLM CPU servers, two adaptive tasks cut into chunk cells behind gates (bench/gate.py). One run is
+read by every test: which chunks it stored and with which documents, that the gate's rule stopped it where
+the stored rows say it must, and that `compare` reports the confidence sequence over the paired documents;
+then the same command again runs nothing, and after the student's last chunk is deleted it runs that one.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from bench import chunks, gate, store
+from bench.compare import ComparisonRow, IntervalMethod, Verdict, compare_results
+from bench.config import BenchConfig, load_config
+from bench.plan import Cell, build_plan
+from bench.report import to_json
+from bench.sequential import sequential_quality
+
+from .conftest import REPO, TOY_MODELS, TOY_SERVE
+
+pytestmark = pytest.mark.slow
+TASKS = ("toy_reverse", "toy_sort")
+TEACHER, STUDENT = "toy-teacher", "toy-student-kd"
+RUN_TIMEOUT_S = 600.0
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """One `distill-bench run` of the config: its exit code and stdout."""
+
+    exit_code: int
+    stdout: str
+
+    @property
+    def last_line(self) -> str:
+        return self.stdout.rstrip("\n").splitlines()[-1]
+
+
+@dataclass(frozen=True)
+class AdaptiveRun:
+    path: Path
+    config: BenchConfig
+    run_dir: Path
+    first: Invocation
+    cells: dict[str, Cell]  # every planned chunk cell, by key
+    stored: frozenset[str]  # the cell keys the first run stored
+
+
+def adaptive_config(root: Path) -> dict:
+    serve = TOY_SERVE.model_dump(mode="json")
+    toy_tasks = str(REPO / "configs" / "tasks" / "toy")
+    return {
+        "run": {"name": "adaptive-toy", "results_dir": str(root / "results"), "seed": 0, "cell_retries": 1},
+        "hardware": {
+            "device_type": "cpu-core",
+            "prices": str(REPO / "configs" / "prices.yaml"),
+            "devices_per_model": 1,
+        },
+        "models": [
+            {"name": TEACHER, "source": str(TOY_MODELS / "teacher"), "serve": serve},
+            {"name": STUDENT, "source": str(TOY_MODELS / "student-kd"), "teacher": TEACHER, "serve": serve},
+        ],
+        "tasks": [
+            {
+                "name": t,
+                "include_path": toy_tasks,
+                "limit": 200,
+                "max_gen_toks": 16,
+                "adaptive": {"chunk_documents": 25},
+            }
+            for t in TASKS
+        ],
+        "compare": {"retention_margin": 0.05, "confidence": 0.95},
+    }
+
+
+def distill_bench_run(path: Path) -> Invocation:
+    """The real CLI in a process of its own, as a user runs it from the repository root."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.cli", "run", str(path)],
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+    )
+    return Invocation(done.returncode, done.stdout)
+
+
+@pytest.fixture(scope="module")
+def adaptive_run(tmp_path_factory: pytest.TempPathFactory) -> AdaptiveRun:
+    root = tmp_path_factory.mktemp("adaptive")
+    path = root / "adaptive.yaml"
+    path.write_text(yaml.safe_dump(adaptive_config(root)))
+    first = distill_bench_run(path)
+    config = load_config(path)
+    run_dir = config.run_dir()
+    cells = {cell.key: cell for cell in build_plan(config) if cell.chunk is not None}
+    return AdaptiveRun(path, config, run_dir, first, cells, frozenset(store.done_cell_keys(run_dir)))
+
+
+def stored_chunks(run: AdaptiveRun, model: str, task: str) -> list[int]:
+    return sorted(c.chunk for key, c in run.cells.items() if key in run.stored and (c.model, c.target) == (model, task))
+
+
+def task_config(run: AdaptiveRun, name: str):
+    return next(task for task in run.config.tasks if task.name == name)
+
+
+def adaptive_rows(run_dir: Path) -> list[ComparisonRow]:
+    return [row for row in compare_results(run_dir) if row.task in TASKS]
+
+
+def test_the_run_succeeds_and_ends_with_its_summary_line(adaptive_run: AdaptiveRun) -> None:
+    first = adaptive_run.first
+    assert first.exit_code == 0, first.stdout
+    assert first.last_line.startswith(f"summary: adaptive-toy: {len(adaptive_run.stored)} cells run, 0 already stored")
+    assert first.last_line.endswith("exit 0")
+
+
+def test_only_chunk_cells_are_stored_each_a_prefix_and_some_task_stops_early(adaptive_run: AdaptiveRun) -> None:
+    assert adaptive_run.stored and adaptive_run.stored <= adaptive_run.cells.keys()
+    stopped_early = []
+    for task in TASKS:
+        total = chunks.chunk_count(task_config(adaptive_run, task))
+        for model in (TEACHER, STUDENT):
+            found = stored_chunks(adaptive_run, model, task)
+            assert found == list(range(len(found))) and 0 < len(found) <= total, (model, task, found)
+            stopped_early.append(len(found) < total)
+    assert any(stopped_early)
+
+
+def test_each_chunk_evaluated_exactly_its_documents(adaptive_run: AdaptiveRun) -> None:
+    samples = store.read_run_table(adaptive_run.run_dir, "eval_samples", columns=("cell_key", "doc_id")).to_pylist()
+    scores = store.read_run_table(adaptive_run.run_dir, "eval_scores", columns=("cell_key", "n")).to_pylist()
+    for key in adaptive_run.stored:
+        cell = adaptive_run.cells[key]
+        expected = chunks.chunk_documents(
+            task_config(adaptive_run, cell.target), adaptive_run.config.run.seed, cell.chunk
+        )
+        assert cell.documents == expected
+        assert {row["doc_id"] for row in samples if row["cell_key"] == key} == set(expected)
+        assert {row["n"] for row in scores if row["cell_key"] == key} == {len(expected)}
+
+
+def test_the_teacher_evaluates_every_chunk_its_student_does(adaptive_run: AdaptiveRun) -> None:
+    for task in TASKS:
+        assert set(stored_chunks(adaptive_run, STUDENT, task)) <= set(stored_chunks(adaptive_run, TEACHER, task))
+
+
+def test_the_gate_stopped_at_the_first_decisive_chunk_and_skips_the_rest(adaptive_run: AdaptiveRun) -> None:
+    """Rebuilt from the stored rows (as a resume does), the gate decides the student at its last stored
+    chunk and not before, and leaves every chunk not stored skipped."""
+    planned = list(adaptive_run.cells.values())
+    gates = gate.gates_for(adaptive_run.config, planned, adaptive_run.stored, adaptive_run.run_dir)
+    assert gates is not None
+    compare = adaptive_run.config.compare
+    for name in TASKS:
+        task = task_config(adaptive_run, name)
+        last = len(stored_chunks(adaptive_run, STUDENT, name)) - 1
+        positions = chunks.evaluation_positions(task, adaptive_run.config.run.seed)
+
+        def decided_after(chunk: int, task=task, name=name, positions=positions) -> bool:
+            seen = [
+                [gates.values[c.key] for c in planned if (c.model, c.target) == (m, name) and c.chunk <= chunk]
+                for m in (TEACHER, STUDENT)
+            ]
+            return gate.decided(*seen, positions, task, compare.retention_margin, compare.confidence)
+
+        if last + 1 < chunks.chunk_count(task):
+            assert decided_after(last)
+        assert last == 0 or not decided_after(last - 1)
+        for cell in planned:
+            if cell.target == name and cell.key not in adaptive_run.stored:
+                assert gates.state(cell) == "skipped", cell
+
+
+def test_compare_reads_the_adaptive_tasks_with_the_confidence_sequence(adaptive_run: AdaptiveRun) -> None:
+    """Each adaptive row: the confidence sequence over the documents both models answered, and the verdict
+    the gate's rule (`sequential_quality`) gives at the stop, decisive where the run stopped early."""
+    run_dir, config = adaptive_run.run_dir, adaptive_run.config
+    rows = adaptive_rows(run_dir)
+    assert {row.task for row in rows} == set(TASKS)
+    samples = store.read_run_table(run_dir, "eval_samples").to_pylist()
+    for row in rows:
+        task = task_config(adaptive_run, row.task)
+        values = {}
+        for model in (TEACHER, STUDENT):
+            keys = {key for key in adaptive_run.stored if adaptive_run.cells[key].model == model}
+            values[model] = {
+                s["doc_id"]: s["value"]
+                for s in samples
+                if s["cell_key"] in keys and (s["task"], s["metric"], s["filter"]) == (row.task, row.metric, row.filter)
+            }
+        positions = chunks.evaluation_positions(task, config.run.seed)
+        both = sorted(values[TEACHER].keys() & values[STUDENT].keys(), key=positions.__getitem__)
+        assert row.interval_method == IntervalMethod.CONFIDENCE_SEQUENCE
+        assert row.n_paired == len(both) == len(values[STUDENT])
+        stop = sequential_quality(
+            np.array([values[TEACHER][doc] for doc in both]),
+            np.array([values[STUDENT][doc] for doc in both]),
+            task.adaptive.chunk_documents,
+            config.compare.retention_margin,
+            config.compare.confidence,
+            bool(row.higher_is_better),
+            task.limit,
+        )
+        assert (stop.verdict, stop.documents_used) == (row.verdict, row.n_paired)
+        assert (stop.diff_ci_low, stop.diff_ci_high) == pytest.approx((row.diff_ci_low, row.diff_ci_high))
+        if row.n_paired < task.limit:
+            assert row.verdict != Verdict.INCONCLUSIVE
+
+
+def test_a_second_run_runs_nothing_and_compares_identically(adaptive_run: AdaptiveRun) -> None:
+    before = to_json(compare_results(adaptive_run.run_dir))
+    again = distill_bench_run(adaptive_run.path)
+    assert again.exit_code == 0, again.stdout
+    assert again.last_line.startswith(f"summary: adaptive-toy: 0 cells run, {len(adaptive_run.stored)} already stored")
+    assert store.done_cell_keys(adaptive_run.run_dir) == adaptive_run.stored
+    assert to_json(compare_results(adaptive_run.run_dir)) == before
+
+
+def test_a_resume_reruns_exactly_the_students_deleted_last_chunk(adaptive_run: AdaptiveRun) -> None:
+    """Runs last: it deletes a stored chunk, and the run puts it back."""
+    run_dir = adaptive_run.run_dir
+    last = max(
+        (adaptive_run.cells[key] for key in adaptive_run.stored if adaptive_run.cells[key].model == STUDENT),
+        key=lambda cell: (cell.target, cell.chunk),
+    )
+    verdicts = {(row.task, row.metric): (row.verdict, row.n_paired) for row in adaptive_rows(run_dir)}
+    store.remove_files([store.cell_path(run_dir, table, last.key) for table in ("eval_scores", "eval_samples")])
+    resumed = distill_bench_run(adaptive_run.path)
+    assert resumed.exit_code == 0, resumed.stdout
+    assert resumed.last_line.startswith(f"summary: adaptive-toy: 1 cell run, {len(adaptive_run.stored) - 1} already")
+    assert store.done_cell_keys(run_dir) == adaptive_run.stored
+    assert {(row.task, row.metric): (row.verdict, row.n_paired) for row in adaptive_rows(run_dir)} == verdicts
