@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import yaml
 
-from bench import chunks, gate, store
+from bench import adaptive, chunks, gate, store
+from bench.adaptive import ReplayKind
 from bench.compare import ComparisonRow, IntervalMethod, Verdict, compare_results
 from bench.config import BenchConfig, load_config
 from bench.plan import Cell, build_plan
@@ -217,6 +218,32 @@ def test_compare_reads_the_adaptive_tasks_with_the_confidence_sequence(adaptive_
         assert (stop.diff_ci_low, stop.diff_ci_high) == pytest.approx((row.diff_ci_low, row.diff_ci_high))
         if row.n_paired < task.limit:
             assert row.verdict != Verdict.INCONCLUSIVE
+
+
+def test_the_run_stores_its_live_rows_and_ends_with_documents_and_device_seconds_saved(
+    adaptive_run: AdaptiveRun,
+) -> None:
+    """sequential.parquet holds each adaptive task as it ran (the leaderboard's "docs to decision" reads it),
+    and the run's output says what that evaluated and saved."""
+    run_dir = adaptive_run.run_dir
+    compared = {(row.task, row.metric, row.filter): row for row in adaptive_rows(run_dir)}
+    rows = adaptive.stored_rows(run_dir.parent)  # stored by the run: the leaderboard computes nothing
+    live = {(row.task, row.metric, row.filter): row for row in rows if row.kind == ReplayKind.LIVE}
+    assert live.keys() == compared.keys() and all(row.kind == ReplayKind.LIVE for row in rows)
+    for key, row in live.items():
+        limit = task_config(adaptive_run, key[0]).limit
+        assert (row.documents_used, row.documents_full) == (compared[key].n_paired, limit)
+        assert row.sequential_verdict == compared[key].verdict
+        assert row.teacher_eval_device_s > 0 and row.student_eval_device_s > 0
+    used = {task: max(row.documents_used for key, row in live.items() if key[0] == task) for task in TASKS}
+    share = adaptive.docs_to_decision(rows)[("adaptive-toy", TEACHER, STUDENT)]
+    assert share == sum(used.values()) / sum(task_config(adaptive_run, task).limit for task in TASKS) < 1
+
+    (savings,) = adaptive.run_savings(rows)
+    assert 0 < savings.device_s_saved.median < savings.device_s_total
+    (line,) = [line for line in adaptive_run.first.stdout.splitlines() if line.startswith("adaptive tasks: ")]
+    assert line.startswith(f"adaptive tasks: {2 * sum(used.values())} of {savings.evaluations_full} documents")
+    assert f"about {savings.device_s_saved.median:.1f} of {savings.device_s_total:.1f} eval device-seconds" in line
 
 
 def test_a_second_run_runs_nothing_and_compares_identically(adaptive_run: AdaptiveRun) -> None:
