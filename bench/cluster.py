@@ -307,12 +307,14 @@ class Dispatch:
         largest = max(self.node_gpus, default=0)
         placeable = []
         # Biggest first (estimated GPU-seconds), so where not every model fits, small ones fill the gaps; every
-        # model's first server before any extra one, so extras never take the GPUs a first server needs.
+        # model's first server before any extra one, so extras never take the GPUs a first server needs. A
+        # model whose cells all wait behind a gate (a resumed adaptive task) starts once one is queued
+        # (`_submit`), if ever: the gate may skip them all.
         for model in sorted(self.models.values(), key=self._size, reverse=True):
             needs = self.placements[model.name].num_gpus
             if needs > largest:
                 self._give_up(model.name, f"needs {needs} GPUs on one node; the largest node has {largest:g}")
-            else:
+            elif self._queued(model.name):
                 placeable.append(model)
                 self._start(self._new_run(model))
         for model in placeable:

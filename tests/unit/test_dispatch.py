@@ -18,7 +18,7 @@ import pytest
 from bench import cluster, schedule
 from bench.blockgate import BlockGates
 from bench.config import parse_config
-from bench.gate import ChunkGates
+from bench.gate import ChunkGates, chunk_values
 from bench.plan import build_plan
 from bench.records import EvalSample, EvalScore, PerfSummary
 from tests.unit.test_store import make_record
@@ -438,10 +438,13 @@ class ChunkedFakeCluster(FakeCluster):
         found = super().result(handle)
         if call.method != "evaluate":
             return found
-        model = call.run.model.name
-        score = EvalScore("adaptive", "exact_match", "none", 0.0, None, True, len(documents), 0, "fake", "h")
-        samples = [EvalSample("adaptive", doc, "exact_match", "none", self.value[model], "", "") for doc in documents]
-        return [score], samples
+        return fake_answers(documents, self.value[call.run.model.name])
+
+
+def fake_answers(documents, value: float) -> tuple[list[EvalScore], list[EvalSample]]:
+    """A chunk's rows as lm-eval would give them, every document scored `value`."""
+    score = EvalScore("adaptive", "exact_match", "none", 0.0, None, True, len(documents), 0, "fake", "h")
+    return [score], [EvalSample("adaptive", doc, "exact_match", "none", value, "", "") for doc in documents]
 
 
 @dataclass
@@ -540,6 +543,30 @@ def test_a_held_chunk_stops_its_server_only_while_another_server_waits_to_start(
     assert chunks_run(outcome, "teacher") == walked == list(range(len(walked))) and len(walked) > 2
     starts = Counter(replica.model for _, replica, method, _ in fake.log if method == "start")
     assert starts == Counter({"teacher": 2, "kd": 2, "bad": 1})
+
+
+def test_a_resume_starts_no_server_for_a_model_whose_chunks_only_wait_on_a_gate() -> None:
+    """The student's last chunk was lost, the teacher's stored: the resume runs that one chunk, which decides
+    the pair, so the teacher's next chunk (held behind the gate) is skipped and its server never starts."""
+    config = make_config(TEACHER_KD, [ADAPTIVE], workloads=[])
+    values = {"teacher": 1.0, "kd": 1.0}
+    walked = len(chunks_run(run_chunked(config, ChunkedFakeCluster(nodes={"gpu-node": 4}, value=values)), "kd"))
+    cells = build_plan(config)
+    lost = next(cell for cell in cells if (cell.model, cell.chunk) == ("kd", walked - 1))
+    stored = {
+        cell.key: chunk_values(*fake_answers(cell.documents, values[cell.model]))
+        for cell in cells
+        if cell.chunk < walked and cell != lost
+    }
+    ran, failed = [], []
+    fake = ChunkedFakeCluster(nodes={"gpu-node": 4}, value=values)
+    pending = [cell for cell in cells if cell.key not in stored]
+    gates = ChunkGates(config, cells, stored)
+    dispatcher = cluster.Dispatch.plan(config, pending, collecting_events(ran, failed), fake, gates)
+    dispatcher.run()
+    dispatcher.close()
+    assert ran == [lost] and not failed and len(dispatcher.skipped) == len(pending) - 1
+    assert Counter(replica.model for _, replica, method, _ in fake.log if method == "start") == Counter({"kd": 1})
 
 
 # -- adaptive workloads: perf blocks behind their gate -----------------------------------------------------
