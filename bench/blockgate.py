@@ -135,3 +135,16 @@ def block_gates_for(
             stored[row.pop("cell_key")].append(row)
     return BlockGates(config, planned, stored)
 
+
+
+def blocks_run(config: BenchConfig, run_dir: Path) -> dict[str, tuple[int, int]]:
+    """Per adaptive workload: (blocks stored, blocks planned: its `repeats`), from the perf cells the run's
+    manifest lists (a block counts once any model's trial of it is stored)."""
+    planned = {workload.name: workload.repeats for workload in config.workloads if workload.adaptive is not None}
+    keys = store.read_manifest(run_dir).get("cell_keys") or None
+    rows = store.read_run_table(run_dir, "perf_summary", columns=("workload", "block"), cells=keys).to_pylist()
+    blocks: dict[str, set[int]] = {name: set() for name in planned}
+    for row in rows:
+        if row["workload"] in planned:
+            blocks[row["workload"]].add(row["block"])
+    return {name: (len(blocks[name]), repeats) for name, repeats in planned.items()}

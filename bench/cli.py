@@ -352,6 +352,8 @@ def run(
                 )
             elif _print_comparison(outcome.run_dir, OutputFormat.table):
                 _print_adaptive(outcome.run_dir)
+                if any(workload.adaptive is not None for workload in config.workloads):
+                    _print_adaptive_blocks(config, outcome.run_dir)
     except KeyboardInterrupt:  # before the cells ran, or after: what is stored stays, and a re-run resumes
         err_console.print("interrupted: nothing in flight; the same command resumes")
         raise typer.Exit(EXIT_INTERRUPTED) from None
@@ -420,6 +422,14 @@ def _print_adaptive(run_dir: Path) -> None:
             f"{_evaluations(run)}; distill-bench compare {run_dir} --sequential shows where it stops and whether "
             "it agrees"
         )
+
+
+def _print_adaptive_blocks(config: BenchConfig, run_dir: Path) -> None:
+    """At a run's end: the blocks each adaptive workload ran of its `repeats`, in one line."""
+    from bench.blockgate import blocks_run
+
+    counts = ", ".join(f"{name} {run} of {planned}" for name, (run, planned) in blocks_run(config, run_dir).items())
+    print(f"adaptive workloads, blocks run: {counts} (the rest skipped once every pair's throughput ratio was decided)")
 
 
 def _evaluations(run: RunSavings) -> str:

@@ -1,8 +1,10 @@
-"""A live adaptive run (`tasks[].adaptive`) end to end: `distill-bench run` with embedded Ray and the toy pair
-behind real vLLM CPU servers, two adaptive tasks cut into chunk cells behind gates (bench/gate.py). One run is
+"""A live adaptive run end to end: `distill-bench run` with embedded Ray and the toy pair behind real vLLM CPU
+servers, two adaptive tasks (`tasks[].adaptive`) cut into chunk cells behind gates (bench/gate.py) and an
+adaptive workload (`workloads[].adaptive`) whose blocks stop behind theirs (bench/blockgate.py). One run is
 read by every test: which chunks it stored and with which documents, that the gate's rule stopped it where
-the stored rows say it must, and that `compare` reports the confidence sequence over the paired documents;
-then the same command again runs nothing, and after the student's last chunk is deleted it runs that one.
+the stored rows say it must, that `compare` reports the confidence sequence over the paired documents, what
+it stored in sequential.parquet and printed; then the same command again runs nothing, and after the
+student's last chunk is deleted it runs that one.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 import pytest
 import yaml
 
-from bench import adaptive, chunks, gate, store
+from bench import adaptive, blockgate, chunks, gate, store
 from bench.adaptive import ReplayKind
 from bench.compare import ComparisonRow, IntervalMethod, Verdict, compare_results
 from bench.config import BenchConfig, load_config
@@ -29,6 +31,7 @@ from .conftest import REPO, TOY_MODELS, TOY_SERVE
 
 pytestmark = pytest.mark.slow
 TASKS = ("toy_reverse", "toy_sort")
+WORKLOAD, REPEATS, MIN_BLOCKS = "short-load", 4, 2
 TEACHER, STUDENT = "toy-teacher", "toy-student-kd"
 RUN_TIMEOUT_S = 600.0
 
@@ -52,7 +55,12 @@ class AdaptiveRun:
     run_dir: Path
     first: Invocation
     cells: dict[str, Cell]  # every planned chunk cell, by key
-    stored: frozenset[str]  # the cell keys the first run stored
+    stored: frozenset[str]  # the chunk cells the first run stored
+    perf: frozenset[str]  # the perf cells (trials) it stored
+
+    @property
+    def every_cell(self) -> frozenset[str]:
+        return self.stored | self.perf
 
 
 def adaptive_config(root: Path) -> dict:
@@ -78,6 +86,19 @@ def adaptive_config(root: Path) -> dict:
                 "adaptive": {"chunk_documents": 25},
             }
             for t in TASKS
+        ],
+        "workloads": [
+            {
+                "name": WORKLOAD,
+                "mode": "concurrency",
+                "levels": [4],
+                "num_requests": 16,
+                "warmup_requests": 2,
+                "prompt_tokens": {"kind": "fixed", "mean": 8},
+                "output_tokens": {"kind": "fixed", "mean": 16},
+                "repeats": REPEATS,
+                "adaptive": {"min_blocks": MIN_BLOCKS},
+            }
         ],
         "compare": {"retention_margin": 0.05, "confidence": 0.95},
     }
@@ -105,7 +126,8 @@ def adaptive_run(tmp_path_factory: pytest.TempPathFactory) -> AdaptiveRun:
     config = load_config(path)
     run_dir = config.run_dir()
     cells = {cell.key: cell for cell in build_plan(config) if cell.chunk is not None}
-    return AdaptiveRun(path, config, run_dir, first, cells, frozenset(store.done_cell_keys(run_dir)))
+    done = frozenset(store.done_cell_keys(run_dir))
+    return AdaptiveRun(path, config, run_dir, first, cells, done & cells.keys(), done - cells.keys())
 
 
 def stored_chunks(run: AdaptiveRun, model: str, task: str) -> list[int]:
@@ -123,12 +145,13 @@ def adaptive_rows(run_dir: Path) -> list[ComparisonRow]:
 def test_the_run_succeeds_and_ends_with_its_summary_line(adaptive_run: AdaptiveRun) -> None:
     first = adaptive_run.first
     assert first.exit_code == 0, first.stdout
-    assert first.last_line.startswith(f"summary: adaptive-toy: {len(adaptive_run.stored)} cells run, 0 already stored")
+    cells = len(adaptive_run.every_cell)
+    assert first.last_line.startswith(f"summary: adaptive-toy: {cells} cells run, 0 already stored")
     assert first.last_line.endswith("exit 0")
 
 
-def test_only_chunk_cells_are_stored_each_a_prefix_and_some_task_stops_early(adaptive_run: AdaptiveRun) -> None:
-    assert adaptive_run.stored and adaptive_run.stored <= adaptive_run.cells.keys()
+def test_eval_cells_are_chunks_each_a_prefix_and_some_task_stops_early(adaptive_run: AdaptiveRun) -> None:
+    assert adaptive_run.stored and all(cell.kind == "eval" for cell in adaptive_run.cells.values())
     stopped_early = []
     for task in TASKS:
         total = chunks.chunk_count(task_config(adaptive_run, task))
@@ -229,7 +252,8 @@ def test_the_run_stores_its_live_rows_and_ends_with_documents_and_device_seconds
     compared = {(row.task, row.metric, row.filter): row for row in adaptive_rows(run_dir)}
     rows = adaptive.stored_rows(run_dir.parent)  # stored by the run: the leaderboard computes nothing
     live = {(row.task, row.metric, row.filter): row for row in rows if row.kind == ReplayKind.LIVE}
-    assert live.keys() == compared.keys() and all(row.kind == ReplayKind.LIVE for row in rows)
+    assert live.keys() == compared.keys()
+    assert {row.kind for row in rows} == {ReplayKind.LIVE, ReplayKind.PERF}  # no task was left to replay
     for key, row in live.items():
         limit = task_config(adaptive_run, key[0]).limit
         assert (row.documents_used, row.documents_full) == (compared[key].n_paired, limit)
@@ -246,12 +270,31 @@ def test_the_run_stores_its_live_rows_and_ends_with_documents_and_device_seconds
     assert f"about {savings.device_s_saved.median:.1f} of {savings.device_s_total:.1f} eval device-seconds" in line
 
 
+def test_the_adaptive_workload_runs_the_same_blocks_for_every_model_and_says_how_many(
+    adaptive_run: AdaptiveRun,
+) -> None:
+    """Every model ran blocks 0 .. B-1, at least `min_blocks`; the blocks not run are the ones the block gate,
+    rebuilt from the stored trials, skips; compare pairs B blocks and the run's output says B of REPEATS."""
+    config, run_dir = adaptive_run.config, adaptive_run.run_dir
+    rows = store.read_run_table(run_dir, "perf_summary", columns=("model", "block")).to_pylist()
+    blocks = {model: sorted({row["block"] for row in rows if row["model"] == model}) for model in (TEACHER, STUDENT)}
+    ran = len(blocks[STUDENT])
+    assert blocks[TEACHER] == blocks[STUDENT] == list(range(ran)) and MIN_BLOCKS <= ran <= REPEATS
+    planned = [cell for cell in build_plan(config) if cell.kind == "perf"]
+    gates = blockgate.block_gates_for(config, planned, adaptive_run.perf, run_dir)
+    assert gates is not None
+    assert all(gates.state(cell) == "skipped" for cell in planned if cell.key not in adaptive_run.perf)
+    assert {row.n_blocks for row in compare_results(run_dir) if row.workload == WORKLOAD} == {ran}
+    assert f"adaptive workloads, blocks run: {WORKLOAD} {ran} of {REPEATS} " in adaptive_run.first.stdout
+
+
 def test_a_second_run_runs_nothing_and_compares_identically(adaptive_run: AdaptiveRun) -> None:
     before = to_json(compare_results(adaptive_run.run_dir))
     again = distill_bench_run(adaptive_run.path)
     assert again.exit_code == 0, again.stdout
-    assert again.last_line.startswith(f"summary: adaptive-toy: 0 cells run, {len(adaptive_run.stored)} already stored")
-    assert store.done_cell_keys(adaptive_run.run_dir) == adaptive_run.stored
+    cells = len(adaptive_run.every_cell)
+    assert again.last_line.startswith(f"summary: adaptive-toy: 0 cells run, {cells} already stored")
+    assert store.done_cell_keys(adaptive_run.run_dir) == adaptive_run.every_cell
     assert to_json(compare_results(adaptive_run.run_dir)) == before
 
 
@@ -266,6 +309,7 @@ def test_a_resume_reruns_exactly_the_students_deleted_last_chunk(adaptive_run: A
     store.remove_files([store.cell_path(run_dir, table, last.key) for table in ("eval_scores", "eval_samples")])
     resumed = distill_bench_run(adaptive_run.path)
     assert resumed.exit_code == 0, resumed.stdout
-    assert resumed.last_line.startswith(f"summary: adaptive-toy: 1 cell run, {len(adaptive_run.stored) - 1} already")
-    assert store.done_cell_keys(run_dir) == adaptive_run.stored
+    stored = len(adaptive_run.every_cell) - 1
+    assert resumed.last_line.startswith(f"summary: adaptive-toy: 1 cell run, {stored} already stored")
+    assert store.done_cell_keys(run_dir) == adaptive_run.every_cell
     assert {(row.task, row.metric): (row.verdict, row.n_paired) for row in adaptive_rows(run_dir)} == verdicts

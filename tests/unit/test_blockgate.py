@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import store
-from bench.blockgate import BlockGates, Rows, block_gates_for, block_rows, decided
+from bench.blockgate import BlockGates, Rows, block_gates_for, block_rows, blocks_run, decided
 from bench.config import parse_config
 from bench.plan import build_plan
 from bench.records import PerfSummary
@@ -117,6 +117,8 @@ def test_a_resumed_run_rebuilds_the_gate_from_the_stored_blocks(tmp_path: Path) 
             row = dataclasses.replace(summary("w", tps[cell.model][cell.block]), block=cell.block)
             store.write_cell(tmp_path, "perf_summary", cell.key, cell.model, [row])
     done = store.done_cell_keys(tmp_path)
+    store.write_manifest(tmp_path, {"cell_keys": sorted(done)})
+    assert blocks_run(config, tmp_path) == {"w": (len(ran["kd"]), REPEATS)}
     resumed = block_gates_for(config, build_plan(config, done), done, tmp_path)
     assert resumed is not None
     assert {c.key: resumed.state(c) for c in cells} == {c.key: live.state(c) for c in cells}
