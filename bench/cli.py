@@ -410,8 +410,8 @@ def _print_adaptive(run_dir: Path) -> None:
         print(
             f"adaptive tasks: {_evaluations(run)} evaluated, teachers and students counted; "
             + (
-                f"about {run.device_s_saved.median:.1f} of {run.device_s_total:.1f} eval device-seconds saved "
-                "(the run's own seconds per document, times the documents it skipped)"
+                f"the chunks skipped would have taken about {run.device_s_saved.median:.1f} more eval device-seconds "
+                f"at its own rate ({run.device_s_total - run.device_s_saved.median:.1f} spent)"
                 if run.device_s_saved is not None and run.device_s_total is not None
                 else "eval device-seconds not recorded"
             )

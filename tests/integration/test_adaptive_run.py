@@ -267,7 +267,7 @@ def test_the_run_stores_its_live_rows_and_ends_with_documents_and_device_seconds
     assert 0 < savings.device_s_saved.median < savings.device_s_total
     (line,) = [line for line in adaptive_run.first.stdout.splitlines() if line.startswith("adaptive tasks: ")]
     assert line.startswith(f"adaptive tasks: {2 * sum(used.values())} of {savings.evaluations_full} documents")
-    assert f"about {savings.device_s_saved.median:.1f} of {savings.device_s_total:.1f} eval device-seconds" in line
+    assert f"about {savings.device_s_saved.median:.1f} more eval device-seconds" in line
 
 
 def test_the_adaptive_workload_runs_the_same_blocks_for_every_model_and_says_how_many(
