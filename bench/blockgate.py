@@ -136,7 +136,6 @@ def block_gates_for(
     return BlockGates(config, planned, stored)
 
 
-
 def blocks_run(config: BenchConfig, run_dir: Path) -> dict[str, tuple[int, int]]:
     """Per adaptive workload: (blocks stored, blocks planned: its `repeats`), from the perf cells the run's
     manifest lists (a block counts once any model's trial of it is stored)."""

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import partial
@@ -255,7 +255,7 @@ def _quality_inputs(
     paired: Callable[[ScoreKey], PairedValues | None],
     lower_is_better: set[ScoreKey],
     settings: CompareConfig,
-    adaptive: dict[str, AdaptiveTask] | None = None,
+    adaptive: Mapping[str, AdaptiveTask] | None = None,
 ) -> list[_QualityInput]:
     """Every (task, metric) both models scored, at its preferred filter, with its paired documents."""
     inputs = []
@@ -356,7 +356,7 @@ def compare_quality(
     lower_is_better: set[ScoreKey],
     settings: CompareConfig,
     seed: int,
-    adaptive: dict[str, AdaptiveTask] | None = None,
+    adaptive: Mapping[str, AdaptiveTask] | None = None,
 ) -> list[QualityComparison]:
     """Every (task, metric) both models scored, with the paired per-document values (`adaptive`: the tasks
     the run evaluated in chunks, read from their confidence sequence)."""

@@ -120,8 +120,25 @@ class RunReplays:
     perf: list[RatioReplay]
 
 
+@dataclass(frozen=True)
+class _Grouped:
+    """The tables of a batch of runs grouped once for all their pairs (`pairing`'s one-pass groupings)."""
+
+    documents: pairing.PairedDocuments
+    scores: dict[tuple[str, str], pairing.ModelScores]
+    perf: dict[tuple[str, str], list[dict]]
+
+    @classmethod
+    def of(cls, tables: dict[str, pa.Table], pairs: Sequence[Pair]) -> _Grouped:
+        return cls(
+            pairing.paired_documents(tables["eval_samples"], pairs),
+            pairing.scores_by_model(tables["eval_scores"]),
+            pairing.perf_rows_by_model(tables["perf_summary"]),
+        )
+
+
 def replay_pair_quality(
-    tables: dict[str, pa.Table],
+    grouped: _Grouped,
     pair: Pair,
     settings: CompareConfig,
     chunk_documents: int,
@@ -131,13 +148,12 @@ def replay_pair_quality(
     """Every (task, metric) of one pair whose per-document values lie in [0, 1], under each order seed; a task
     the run evaluated adaptively (`adaptive`) is not replayed but reported as it ran."""
     adaptive = adaptive or {}
-    documents = pairing.paired_documents(tables["eval_samples"], [pair])
-    scores = pairing.scores_by_model(tables["eval_scores"])
-    none = pairing.ModelScores({}, set())
-    teacher, student = scores.get((pair.run_id, pair.teacher), none), scores.get((pair.run_id, pair.student), none)
-    paired = {key: documents.get(pair, key) for _, key in documents.groups}
+    documents, none = grouped.documents, pairing.ModelScores({}, set())
+    teacher = grouped.scores.get((pair.run_id, pair.teacher), none)
+    student = grouped.scores.get((pair.run_id, pair.student), none)
+    paired = {key: documents.get(pair, key) for group_pair, key in documents.groups if group_pair == pair}
     full = compare.compare_quality(
-        teacher.values, student.values, paired, teacher.lower_is_better, settings, seed=0, adaptive=dict(adaptive)
+        teacher.values, student.values, paired, teacher.lower_is_better, settings, seed=0, adaptive=adaptive
     )
     rows, live = [], []
     for quality in full:
@@ -194,12 +210,10 @@ def _replayed(
     return rows
 
 
-def replay_pair_perf(
-    tables: dict[str, pa.Table], pair: Pair, target_ratio: float, confidence: float
-) -> list[RatioReplay]:
+def replay_pair_perf(grouped: _Grouped, pair: Pair, target_ratio: float, confidence: float) -> list[RatioReplay]:
     """Every workload of one pair with at least one usable block: the ratio of `RATIO_COLUMN` over blocks."""
     rows = []
-    perf = pairing.perf_rows_by_model(tables["perf_summary"])
+    perf = grouped.perf
     teacher, student = perf.get((pair.run_id, pair.teacher), []), perf.get((pair.run_id, pair.student), [])
     for workload in pairing.paired_workloads(teacher, student):
         student, teacher = workload.values(RATIO_COLUMN)
@@ -237,13 +251,14 @@ def replay_runs(
 ) -> RunReplays:
     """Replay every student/teacher pair of runs already read (`pairing.read_runs`); the tasks a run evaluated
     adaptively come back as they ran (`RunReplays.live`)."""
-    tables = inputs.tables
+    pairs = pairing.pairs(inputs.tables["models"])
+    grouped = _Grouped.of(inputs.tables, pairs)
     found = RunReplays([], [], [])
-    for pair in pairing.pairs(tables["models"]):
+    for pair in pairs:
         run_settings = settings or inputs.settings.get(pair.run_id, CompareConfig())
         adaptive = inputs.adaptive.get(pair.run_id)
-        quality, live = replay_pair_quality(tables, pair, run_settings, chunk_documents, seeds, adaptive)
+        quality, live = replay_pair_quality(grouped, pair, run_settings, chunk_documents, seeds, adaptive)
         found.quality.extend(quality)
         found.live.extend(live)
-        found.perf.extend(replay_pair_perf(tables, pair, target_ratio, run_settings.confidence))
+        found.perf.extend(replay_pair_perf(grouped, pair, target_ratio, run_settings.confidence))
     return found
